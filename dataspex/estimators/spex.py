@@ -1,0 +1,665 @@
+"""SPEX: sparse Fourier interactions from a structured (aliasing) mask design.
+
+Our implementation of Kang et al. 2025 (arXiv 2502.13870), batched over the T outputs.
+
+Design (:class:`SpexDesign`)
+----------------------------
+C groups, each with a random ``n x b`` binary matrix ``M_c`` and an offset ``r_c`` (n bits), and
+P + 1 shared delays ``d_0 = 0, d_1 .. d_P`` (the rows of a t-error-correcting BCH parity-check
+matrix).  Mask for group c, delay p and ``l in {0,1}^b``::
+
+    x = M_c l  XOR  d_p  XOR  r_c          (bit 1 = training example KEPT, as everywhere in dataspex)
+
+Row order of :meth:`SpexDesign.masks`: ``row = (c * (P + 1) + p) * 2^b + l`` with bit u of the
+integer l being ``l_u``.
+
+Why an offset.  With ``r_c = 0`` (the paper's form) the row ``l = 0, p = 0`` of every group is the
+EMPTY training set (a retrain on nothing, far outside the half-size subsets every other mask has)
+and the C groups repeat the same P + 1 masks.  ``offset="ones"`` makes those rows the full data set
+(the complement design); ``offset="random"`` (default) makes every mask a uniformly random half-size
+subset and removes the repeats.  The offset does not move the Fourier support and does not change
+the syndromes (it flips all delays of a bin together); it only multiplies the coefficient seen in
+group c by ``(-1)^{<k, r_c>}``, which the decoder undoes.  So the decoder reports ``F`` in the
+dataspex convention ``f(x) = sum_k F[k] (-1)^{|k & x|}`` whatever the offset.
+
+Decoder (:class:`SPEX`)
+-----------------------
+For group c and delay p, the WHT over l of the ``2^b`` outputs gives, in bin j::
+
+    U[c, p, j] = sum over k with M_c^T k = j of  F[k] (-1)^{<k, r_c>} (-1)^{<k, d_p>}.
+
+A bin holding one k (a singleton) has ``|U[c, p, j]|`` constant over p and signs whose pattern
+against p = 0 is the BCH syndrome of k.  We decode it (Berlekamp-Massey, Chien search), accept it
+if k hashes to bin j and the fit residual is at the noise level, subtract k from its bin in every
+group (peeling), and repeat.  Under noise, bins whose hard decision fails are retried with the
+least reliable signs (smallest ``|U|``) flipped (Chase decoding), keeping the candidate with the
+smallest residual.  Finally the values on each output's recovered support are refit by ridge
+regression on all queried masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import chi2
+
+from dataspex.estimators._bch import BCHCode, bch_code
+from dataspex.estimators.base import BaseInteractionEstimator, DataspexInputError
+from dataspex.estimators.result import InteractionResult
+from dataspex.estimators.transforms import fwht
+
+__all__ = ["SpexDesign", "SPEX"]
+
+DESIGN_FORMAT = "dataspex.SpexDesign"
+DESIGN_FORMAT_VERSION = 1
+_OFFSETS = ("random", "ones", "zeros")
+_MAX_B = 24  # 2^24 masks per group and delay is far beyond any retraining budget
+
+
+# ---------------------------------------------------------------------------------------------
+# The design
+# ---------------------------------------------------------------------------------------------
+
+
+def _bits_to_str(row: np.ndarray) -> str:
+    return "".join("1" if v else "0" for v in row)
+
+
+def _str_to_bits(text: str, length: int, what: str) -> np.ndarray:
+    if len(text) != length or set(text) - {"0", "1"}:
+        raise DataspexInputError(f"design dict: {what} must be a 0/1 string of length {length}")
+    return (np.frombuffer(text.encode(), dtype=np.uint8) - ord("0")).astype(np.uint8)
+
+
+def _resolve_seed(random_state) -> int:
+    """An int seed recorded in the design, so the design can be regenerated from it."""
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**63))
+    if isinstance(random_state, (int, np.integer)) and random_state >= 0:
+        return int(random_state)
+    raise DataspexInputError(
+        f"random_state must be None, a non-negative int or a numpy Generator, got {random_state!r}"
+    )
+
+
+class SpexDesign:
+    """The structured masks SPEX needs, and everything required to decode their outputs.
+
+    Parameters
+    ----------
+    n : int
+        Number of training examples (mask length).
+    budget : int, optional
+        Retrain budget; ``b`` is the largest with ``n_groups * 2^b * (P + 1) <= budget``.
+    b : int, optional
+        Bits per group (2^b bins); give exactly one of ``budget`` and ``b``.
+    n_groups : int
+        Subsampling groups C (3 in the paper).
+    max_degree : int
+        Largest interaction order t the BCH delays can identify.
+    random_state : None, int or numpy Generator
+        Seed for the ``M_c`` and offsets; the int actually used is stored as ``seed``.
+    offset : {"random", "ones", "zeros"}
+        Per-group XOR offset ``r_c`` (see the module docstring): random bits, all ones (the
+        complement design: l = 0 is the full data set) or zeros (the paper's form).
+
+    Attributes
+    ----------
+    matrices : (C, n, b) uint8   the ``M_c``.
+    offsets : (C, n) uint8       the ``r_c``.
+    delays : (P + 1, n) uint8    ``d_0 = 0`` then the BCH parity-check rows.
+    n_masks : int                ``C * (P + 1) * 2^b``.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        budget: int | None = None,
+        b: int | None = None,
+        n_groups: int = 3,
+        max_degree: int = 3,
+        random_state=None,
+        offset: str = "random",
+    ) -> None:
+        n, n_groups, max_degree = int(n), int(n_groups), int(max_degree)
+        if n < 2 or n_groups < 1 or max_degree < 1:
+            raise DataspexInputError(
+                f"SpexDesign needs n >= 2, n_groups >= 1, max_degree >= 1; got n={n}, "
+                f"n_groups={n_groups}, max_degree={max_degree}"
+            )
+        if offset not in _OFFSETS:
+            raise DataspexInputError(f"offset must be one of {_OFFSETS}, got {offset!r}")
+        code = bch_code(n, max_degree)
+        b = self._choose_b(budget, b, n_groups, code.n_parity + 1)
+        seed = _resolve_seed(random_state)
+        rng = np.random.default_rng(seed)
+        matrices = rng.integers(0, 2, size=(n_groups, n, b), dtype=np.uint8)
+        if offset == "random":
+            offsets = rng.integers(0, 2, size=(n_groups, n), dtype=np.uint8)
+        else:
+            offsets = np.full((n_groups, n), offset == "ones", dtype=np.uint8)
+        self._set(n, b, max_degree, seed, offset, matrices, offsets, code)
+
+    @staticmethod
+    def _choose_b(budget, b, n_groups: int, n_delays: int) -> int:
+        if (budget is None) == (b is None):
+            raise DataspexInputError("SpexDesign needs exactly one of budget= and b=")
+        if b is None:
+            per_bit = n_groups * n_delays
+            if budget < 2 * per_bit:
+                raise DataspexInputError(
+                    f"budget {budget} is too small for SPEX: even b=1 needs "
+                    f"{2 * per_bit} retrains (n_groups * 2 * (P+1) with P+1={n_delays}); "
+                    f"raise the budget or lower max_degree / n_groups"
+                )
+            b = int(np.floor(np.log2(budget / per_bit) + 1e-12))
+        b = int(b)
+        if not 1 <= b <= _MAX_B:
+            raise DataspexInputError(f"b must be in [1, {_MAX_B}], got {b}")
+        return b
+
+    def _set(self, n, b, max_degree, seed, offset, matrices, offsets, code: BCHCode) -> None:
+        self.n, self.b, self.max_degree, self.seed, self.offset = n, b, max_degree, seed, offset
+        self.n_groups = matrices.shape[0]
+        self.matrices = matrices
+        self.offsets = offsets
+        self.code = code
+        self.delays = np.concatenate([np.zeros((1, n), np.uint8), code.parity_check])
+
+    # -- sizes -----------------------------------------------------------------------------
+    @property
+    def n_delays(self) -> int:
+        """P + 1 (the undelayed signal plus one per syndrome bit)."""
+        return self.delays.shape[0]
+
+    @property
+    def n_bins(self) -> int:
+        return 1 << self.b
+
+    @property
+    def n_masks(self) -> int:
+        return self.n_groups * self.n_delays * self.n_bins
+
+    def __repr__(self) -> str:
+        return (
+            f"SpexDesign(n={self.n}, b={self.b}, n_groups={self.n_groups}, "
+            f"max_degree={self.max_degree}, n_delays={self.n_delays}, n_masks={self.n_masks}, "
+            f"offset={self.offset!r}, seed={self.seed})"
+        )
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, SpexDesign):
+            return NotImplemented
+        return (
+            (self.n, self.b, self.max_degree) == (other.n, other.b, other.max_degree)
+            and np.array_equal(self.matrices, other.matrices)
+            and np.array_equal(self.offsets, other.offsets)
+        )
+
+    # -- masks -----------------------------------------------------------------------------
+    def masks(self) -> np.ndarray:
+        """All design masks, ``(n_masks, n)`` uint8, in the order of the module docstring."""
+        L = self.n_bins
+        l_bits = ((np.arange(L)[:, None] >> np.arange(self.b)) & 1).astype(np.uint8)  # (L, b)
+        ml = (np.einsum("lu,cnu->cln", l_bits, self.matrices, dtype=np.int64) & 1).astype(np.uint8)
+        out = ml[:, None] ^ self.delays[None, :, None] ^ self.offsets[:, None, None]
+        return out.reshape(self.n_masks, self.n)
+
+    def check_masks(self, masks: np.ndarray) -> None:
+        """Raise a one-line DataspexInputError unless ``masks`` equals :meth:`masks` row by row."""
+        expected = self.masks()
+        if masks.shape != expected.shape:
+            raise DataspexInputError(
+                f"masks have shape {masks.shape} but this SPEX design has {expected.shape} "
+                f"(n_groups * (P+1) * 2^b = {self.n_groups} * {self.n_delays} * {self.n_bins}): "
+                f"fit needs exactly the design's masks, in design order"
+            )
+        bad = np.flatnonzero(np.any(masks != expected, axis=1))
+        if bad.size:
+            preview = ", ".join(str(int(r)) for r in bad[:5]) + (" ..." if bad.size > 5 else "")
+            raise DataspexInputError(
+                f"{bad.size} mask rows differ from the SPEX design (rows {preview}); fit needs "
+                f"exactly design.masks() in design order, with Y row i the outputs of mask i"
+            )
+
+    # -- hashing used by the decoder ---------------------------------------------------------
+    def bin_codes(self) -> np.ndarray:
+        """``(C, n + 1)`` int64: bin of the single example i in group c (``M_c^T e_i`` as an int).
+
+        Column n is 0, the padding index for key rows shorter than t.
+        """
+        weights = (1 << np.arange(self.b, dtype=np.int64))
+        codes = (self.matrices.astype(np.int64) * weights).sum(axis=2)
+        return np.concatenate([codes, np.zeros((self.n_groups, 1), np.int64)], axis=1)
+
+    # -- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict that :meth:`from_dict` turns back into an equal design.
+
+        Binary matrices are stored as 0/1 strings: ``matrices[c][i]`` is row i of ``M_c``
+        (b characters), ``offsets[c]`` and ``delays[p]`` have n characters.
+        """
+        return {
+            "format": DESIGN_FORMAT,
+            "version": DESIGN_FORMAT_VERSION,
+            "n": self.n,
+            "b": self.b,
+            "n_groups": self.n_groups,
+            "max_degree": self.max_degree,
+            "n_delays": self.n_delays,
+            "n_masks": self.n_masks,
+            "seed": self.seed,
+            "offset": self.offset,
+            "bch": {"m": self.code.m, "generator": hex(self.code.generator)},
+            "mask_rule": "x = M_c l XOR d_p XOR r_c; bit 1 = example kept",
+            "mask_order": "row = (c * n_delays + p) * 2**b + l; bit u of l is l_u",
+            "matrices": [[_bits_to_str(row) for row in M] for M in self.matrices],
+            "offsets": [_bits_to_str(r) for r in self.offsets],
+            "delays": [_bits_to_str(d) for d in self.delays],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpexDesign:
+        """Rebuild a design from :meth:`to_dict` output (validated; the delays are re-derived
+        from the BCH code and must match the stored ones)."""
+        if not isinstance(data, dict) or data.get("format") != DESIGN_FORMAT:
+            raise DataspexInputError(f"not a SPEX design dict (expected format {DESIGN_FORMAT!r})")
+        if data.get("version") != DESIGN_FORMAT_VERSION:
+            raise DataspexInputError(f"unsupported SPEX design version {data.get('version')!r}")
+        try:
+            n, b, t = int(data["n"]), int(data["b"]), int(data["max_degree"])
+            mats, offs = data["matrices"], data["offsets"]
+            matrices = np.array(
+                [[_str_to_bits(r, b, "matrices row") for r in M] for M in mats], dtype=np.uint8
+            ).reshape(len(mats), n, b)
+            offsets = np.array([_str_to_bits(r, n, "offsets") for r in offs], dtype=np.uint8)
+            delays = np.array([_str_to_bits(d, n, "delays") for d in data["delays"]], np.uint8)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataspexInputError(f"malformed SPEX design dict: {err}") from None
+        code = bch_code(n, t)
+        obj = cls.__new__(cls)
+        obj._set(n, b, t, int(data["seed"]), data.get("offset", "custom"), matrices, offsets, code)
+        if offsets.shape != (matrices.shape[0], n) or not np.array_equal(delays, obj.delays):
+            raise DataspexInputError(
+                "SPEX design dict is inconsistent: its offsets or delays do not match n, "
+                "n_groups and the BCH code for max_degree"
+            )
+        return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder
+# ---------------------------------------------------------------------------------------------
+
+
+class _Peeler:
+    """Peeling decoder state for all outputs at once.
+
+    ``U`` has shape ``(C, J, T, Q)``: group, bin, output, delay (Q = P + 1).  Recovered terms
+    are appended to ``found_t`` (output), ``found_keys`` ((R, t) padded with -1) and
+    ``found_vals`` (F in the dataspex convention).
+    """
+
+    def __init__(self, design: SpexDesign, U: np.ndarray, soft: bool, chase_bits: int,
+                 false_alarm: float):
+        self.design = design
+        self.code = design.code
+        self.U = U
+        self.C, self.J, self.T, self.Q = U.shape
+        self.soft = soft
+        self.chase_bits = max(0, min(int(chase_bits), self.Q))
+        self.bins = design.bin_codes()  # (C, n + 1)
+        # Delay parity of example i (column n = padding, parity 0): (n + 1, Q).
+        self.delay_cols = np.concatenate([design.delays.T, np.zeros((1, self.Q), np.uint8)])
+        self.offset_cols = np.concatenate([design.offsets.T, np.zeros((1, self.C), np.uint8)])
+        self.thr_active = chi2.ppf(1 - false_alarm, self.Q)
+        self.thr_resid = chi2.ppf(1 - false_alarm, self.Q - 1)
+        self.resid_median = chi2.ppf(0.5, self.Q - 1)
+        # Round-off floor so that exact (noise-free) data never looks noisy.
+        self.floor = 1e-16 * self.Q * np.maximum((U**2).max(axis=(0, 1, 3)), 1e-300)
+        self.noise_var = self._initial_noise()
+        self.found_t: list[np.ndarray] = []
+        self.found_keys: list[np.ndarray] = []
+        self.found_vals: list[np.ndarray] = []
+        self.seen: set[tuple[int, ...]] = set()
+
+    def _initial_noise(self) -> np.ndarray:
+        """Per-output noise variance of one bin value, from the quietest quarter of the bins.
+
+        Sparse spectra leave most bins empty, so a low quantile of the bin energies is noise.
+        """
+        energy = (self.U**2).sum(axis=3).reshape(-1, self.T)  # (C*J, T)
+        return np.quantile(energy, 0.25, axis=0) / chi2.ppf(0.25, self.Q)
+
+    # -- per-key quantities -----------------------------------------------------------------
+    def _key_signs(self, keys: np.ndarray) -> np.ndarray:
+        """``(-1)^{<k, d_p>}`` for padded key rows: (R, Q) float."""
+        idx = np.where(keys < 0, self.design.n, keys)
+        par = np.bitwise_xor.reduce(self.delay_cols[idx], axis=1)
+        return 1.0 - 2.0 * par
+
+    def _key_bins(self, keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Bin ``M_c^T k`` of each key in the given group(s) (broadcast)."""
+        idx = np.where(keys < 0, self.design.n, keys)
+        return np.bitwise_xor.reduce(self.bins[groups[:, None], idx], axis=1)
+
+    def _offset_signs(self, keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """``(-1)^{<k, r_c>}`` for each key and its group."""
+        idx = np.where(keys < 0, self.design.n, keys)
+        par = np.bitwise_xor.reduce(self.offset_cols[idx, groups[:, None]], axis=1)
+        return 1.0 - 2.0 * par
+
+    def _fit_candidates(self, obs, keys, ok, groups, bins):
+        """Value (in bin sign convention) and residual energy of each candidate singleton.
+
+        Candidates whose decode failed or that hash to another bin get residual +inf.
+        """
+        signs = self._key_signs(keys)
+        val = (obs * signs).mean(axis=1)
+        resid = ((obs - val[:, None] * signs) ** 2).sum(axis=1)  # direct: no cancellation
+        consistent = ok & (self._key_bins(keys, groups) == bins)
+        return val, np.where(consistent, resid, np.inf)
+
+    # -- one round ----------------------------------------------------------------------------
+    def round(self) -> int:
+        """Detect singletons in all bins of all outputs and peel them.
+
+        Returns the number of (output, key) pairs not recovered in earlier rounds.
+        """
+        energy = (self.U**2).sum(axis=3)  # (C, J, T)
+        active = energy > self.noise_var * self.thr_active + self.floor
+        c, j, t = np.nonzero(active)
+        if c.size == 0:
+            return 0
+        obs = self.U[c, j, t]  # (B, Q)
+        keys, ok = self._decode_signs(obs < 0)
+        val, resid = self._fit_candidates(obs, keys, ok, c, j)
+        self._update_noise(resid, t)
+        limit = self.noise_var[t] * self.thr_resid + self.floor[t]
+        accept = resid <= limit
+        if self.soft:
+            retry = np.flatnonzero(~accept)
+            if retry.size:
+                k2, v2, r2 = self._chase(obs[retry], c[retry], j[retry])
+                better = r2 < resid[retry]
+                keys[retry[better]], val[retry[better]] = k2[better], v2[better]
+                resid[retry[better]] = r2[better]
+                accept = resid <= limit
+        if not accept.any():
+            return 0
+        a = np.flatnonzero(accept)
+        value = val[a] * self._offset_signs(keys[a], c[a])
+        return self._peel(t[a], keys[a], value)
+
+    def _decode_signs(self, negative: np.ndarray):
+        """Hard decision: syndrome bit p = sign of delay p differs from the undelayed sign."""
+        syndromes = negative[:, 1:] ^ negative[:, :1]
+        return self.code.decode(syndromes)
+
+    def _update_noise(self, resid: np.ndarray, t: np.ndarray, min_bins: int = 5) -> None:
+        """Re-estimate each output's noise from the residuals of hash-consistent singletons.
+
+        Their residual is chi2 with Q - 1 degrees of freedom times the noise variance; the
+        median is robust to the few multitons that happen to decode consistently.
+        """
+        good = np.isfinite(resid)
+        if not good.any():
+            return
+        tt, rr = t[good], resid[good]
+        order = np.lexsort((rr, tt))
+        tt, rr = tt[order], rr[order]
+        counts = np.bincount(tt, minlength=self.T)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        has = counts >= min_bins
+        lo = starts + (counts - 1) // 2
+        hi = starts + counts // 2
+        med = 0.5 * (rr[np.minimum(lo, rr.size - 1)] + rr[np.minimum(hi, rr.size - 1)])
+        self.noise_var = np.where(has, med / self.resid_median, self.noise_var)
+
+    def _chase(self, obs: np.ndarray, c: np.ndarray, j: np.ndarray):
+        """Soft decoding: flip every subset of the least reliable signs, keep the best fit.
+
+        Returns the best key, value and residual per bin (residual inf if nothing decoded).
+        """
+        B, L = obs.shape[0], self.chase_bits
+        if L == 0:
+            return (np.full((B, self.code.t), -1), np.zeros(B), np.full(B, np.inf))
+        weakest = np.argsort(np.abs(obs), axis=1)[:, :L]  # (B, L)
+        patterns = ((np.arange(1, 1 << L)[:, None] >> np.arange(L)) & 1).astype(bool)  # (F, L)
+        flips = np.zeros((patterns.shape[0], B, self.Q), dtype=bool)
+        rows = np.arange(B)[:, None]
+        for f, pat in enumerate(patterns):
+            flips[f][rows, weakest[:, pat]] = True
+        negative = (obs < 0)[None] ^ flips  # (F, B, Q)
+        keys, ok = self._decode_signs(negative.reshape(-1, self.Q))
+        rep = lambda a: np.tile(a, patterns.shape[0])  # noqa: E731 - candidate-major repeat
+        val, resid = self._fit_candidates(np.tile(obs, (patterns.shape[0], 1)), keys, ok,
+                                          rep(c), rep(j))
+        resid = resid.reshape(-1, B)
+        best = np.argmin(resid, axis=0)
+        pick = best * B + np.arange(B)
+        return keys[pick], val[pick], resid[best, np.arange(B)]
+
+    def _peel(self, t: np.ndarray, keys: np.ndarray, value: np.ndarray) -> int:
+        """Merge detections of the same (output, key), record them, subtract from every group.
+
+        Returns how many of the (output, key) pairs are new.
+        """
+        rows = np.column_stack([t, keys])
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        value = np.bincount(inverse, weights=value) / np.bincount(inverse)
+        t, keys = uniq[:, 0], uniq[:, 1:]
+        self.found_t.append(t)
+        self.found_keys.append(keys)
+        self.found_vals.append(value)
+        before = len(self.seen)
+        self.seen.update(map(tuple, uniq.tolist()))
+        signs = self._key_signs(keys)  # (R, Q)
+        flat = self.U.reshape(-1, self.Q)
+        for g in range(self.C):
+            group = np.full(len(t), g)
+            bins = self._key_bins(keys, group)
+            amp = value * self._offset_signs(keys, group)
+            np.add.at(flat, (g * self.J + bins) * self.T + t, -amp[:, None] * signs)
+        # Re-detections only correct earlier values; progress means new (output, key) pairs.
+        return len(self.seen) - before
+
+    def recovered(self):
+        """All recovered terms, duplicates summed: (t (R,), keys (R, t), values (R,))."""
+        if not self.found_t:
+            return (np.zeros(0, np.int64), np.zeros((0, self.code.t), np.int64), np.zeros(0))
+        rows = np.column_stack([np.concatenate(self.found_t), np.concatenate(self.found_keys)])
+        uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
+        vals = np.bincount(inverse.ravel(), weights=np.concatenate(self.found_vals))
+        return uniq[:, 0], uniq[:, 1:], vals
+
+
+def _subsampled_transforms(design: SpexDesign, Y: np.ndarray) -> np.ndarray:
+    """WHT of every group's and delay's 2^b outputs, all T outputs in one pass.
+
+    Args:
+        Y: ``(n_masks, T)`` in design order.
+
+    Returns:
+        ``(C, J, T, Q)`` bin values ``U[c, j, t, p] = 2^-b sum_l y[c, p, l, t] (-1)^{<j, l>}``.
+    """
+    C, Q, J, T = design.n_groups, design.n_delays, design.n_bins, Y.shape[1]
+    blocks = Y.reshape(C, Q, J, T).transpose(2, 0, 3, 1)  # (J, C, T, Q)
+    U = fwht(blocks.reshape(J, -1)) / J
+    return np.ascontiguousarray(U.reshape(J, C, T, Q).transpose(1, 0, 2, 3))
+
+
+def _keys_to_tuples(keys: np.ndarray) -> list[tuple[int, ...]]:
+    return [tuple(int(i) for i in row if i >= 0) for row in keys]
+
+
+def _refit(peeler: _Peeler, U0: np.ndarray, t: np.ndarray, keys: np.ndarray, alpha: float,
+           block: int = 256):
+    """Ridge refit of each output's own support (plus the constant) on ALL design masks.
+
+    For the design's masks the normal equations reduce to bin lookups, so no (m, n_keys)
+    feature matrix is built.  With ``x = M_c l + d_p + r_c``, ``sigma_p(k) = (-1)^{<k, d_p>}``,
+    ``o_c(k) = (-1)^{<k, r_c>}`` and ``h_c(k) = M_c^T k``::
+
+        Phi^T y [k]    = J sum_c o_c(k) sum_p sigma_p(k) U0[c, h_c(k), t, p]
+        Phi^T Phi[k,k'] = J sum_c o_c(k) o_c(k') [h_c(k) = h_c(k')] sum_p sigma_p(k) sigma_p(k')
+
+    Args:
+        U0: ``(C, J, T, Q)`` bin values before peeling.
+        t, keys: recovered outputs ``(R,)`` and padded keys ``(R, t_max)``.
+
+    Returns:
+        ``(t, keys, coef)`` with the constant term (an all ``-1`` key row) of every output added.
+    """
+    C, J, T, Q = U0.shape
+    m = C * J * Q
+    nonempty = (keys >= 0).any(axis=1)  # the constant is added once per output below
+    t, keys = t[nonempty], keys[nonempty]
+    t = np.concatenate([np.arange(T), t])
+    keys = np.concatenate([np.full((T, keys.shape[1]), -1, dtype=np.int64), keys])
+    order = np.argsort(t, kind="stable")
+    t, keys = t[order], keys[order]
+    counts = np.bincount(t, minlength=T)
+    rank = np.arange(len(t)) - (np.cumsum(counts) - counts)[t]
+    width = int(counts.max())
+    groups = np.arange(C)
+    signs = peeler._key_signs(keys)  # (R, Q)
+    bins = np.stack([peeler._key_bins(keys, np.full(len(t), g)) for g in groups], axis=1)
+    osign = np.stack([peeler._offset_signs(keys, np.full(len(t), g)) for g in groups], axis=1)
+    seen = U0[groups[None, :], bins, t[:, None]]  # (R, C, Q)
+    rhs_rows = J * np.einsum("rc,rcq,rq->r", osign, seen, signs)
+    coef_rows = np.zeros(len(t))
+    for start in range(0, T, block):  # bounds the (outputs, width, width, C) comparison
+        sel = np.flatnonzero((t >= start) & (t < start + block))
+        tb, rb = t[sel] - start, rank[sel]
+        nb = min(block, T - start)
+        S = np.zeros((nb, width, Q))
+        O = np.zeros((nb, width, C))
+        H = np.full((nb, width, C), -1, dtype=np.int64)
+        rhs = np.zeros((nb, width))
+        S[tb, rb], O[tb, rb], H[tb, rb], rhs[tb, rb] = signs[sel], osign[sel], bins[sel], \
+            rhs_rows[sel]
+        same = H[:, :, None, :] == H[:, None, :, :]
+        alias = (same * O[:, :, None, :] * O[:, None, :, :]).sum(axis=3)
+        gram = J * alias * np.einsum("tiq,tjq->tij", S, S)
+        real = np.zeros((nb, width), dtype=bool)
+        real[tb, rb] = True
+        gram[:, np.arange(width), np.arange(width)] += np.where(real, alpha * m, 1.0)
+        coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        coef_rows[sel] = coef[tb, rb]
+    return t, keys, coef_rows
+
+
+def _table(t: np.ndarray, keys: np.ndarray, values: np.ndarray, T: int):
+    """Per-output terms -> (sorted union of key tuples, (n_keys, T) coefficients)."""
+    tuples = _keys_to_tuples(keys)
+    union = sorted({()} | set(tuples), key=lambda k: (len(k), k))
+    col = {k: i for i, k in enumerate(union)}
+    fourier = np.zeros((len(union), T))
+    rows = np.fromiter((col[k] for k in tuples), dtype=np.int64, count=len(tuples))
+    np.add.at(fourier, (rows, t), values)
+    return union, fourier
+
+
+class SPEX(BaseInteractionEstimator):
+    """SPEX estimator: sparse, low-degree Fourier interactions of T outputs from a SPEX design.
+
+    The design is part of the data: build a :class:`SpexDesign`, retrain on ``design.masks()``,
+    then ``SPEX(design).fit(design.masks(), Y)`` or ``SPEX().fit(masks, Y, design=design)``
+    (``design`` may also be the dict of :meth:`SpexDesign.to_dict`, e.g. loaded from JSON).  A
+    design given to ``fit`` overrides the constructor's.  ``fit`` refuses masks that are not
+    exactly the design's masks in design order.
+
+    Parameters
+    ----------
+    design : SpexDesign, dict or None
+        The design the masks came from.
+    soft : bool
+        Chase soft decoding of bins whose hard decision fails (costs a few more decodes).
+    chase_bits : int
+        How many of the least reliable signs soft decoding flips (2^chase_bits - 1 retries).
+    max_rounds : int
+        Cap on peeling rounds.
+    false_alarm : float
+        Tail probability of the chi-square tests that call a bin non-empty and a fit a singleton.
+    refit : bool
+        Refit each output's recovered values by ridge regression on all masks (recommended);
+        False keeps the peeled estimates.
+    alpha : float
+        Ridge penalty per mask (the penalty is ``alpha * m``; the features are +-1).
+
+    Fitted attributes
+    -----------------
+    result_ : InteractionResult      keys shared by all outputs, fourier (n_keys, T).
+    design_ : SpexDesign
+    noise_var_ : (T,) float          estimated noise variance of one bin value per output.
+    n_rounds_ : int                  peeling rounds run.
+    n_peeled_ : int                  (output, key) terms recovered by peeling.
+    n_features_in_, n_outputs_ : int
+    """
+
+    def __init__(
+        self,
+        design=None,
+        *,
+        soft: bool = True,
+        chase_bits: int = 4,
+        max_rounds: int = 20,
+        false_alarm: float = 1e-3,
+        refit: bool = True,
+        alpha: float = 1e-10,
+    ) -> None:
+        self.design = design
+        self.soft = soft
+        self.chase_bits = chase_bits
+        self.max_rounds = max_rounds
+        self.false_alarm = false_alarm
+        self.refit = refit
+        self.alpha = alpha
+
+    def fit(self, masks, Y, *, design=None):
+        """Fit on the design's masks ``(n_masks, n)`` and outputs ``Y`` ``(n_masks,)`` or
+        ``(n_masks, T)``; returns self."""
+        self.design_ = self._resolve_design(self.design if design is None else design)
+        return super().fit(masks, Y)
+
+    @staticmethod
+    def _resolve_design(design) -> SpexDesign:
+        if isinstance(design, SpexDesign):
+            return design
+        if isinstance(design, dict):
+            return SpexDesign.from_dict(design)
+        if design is None:
+            raise DataspexInputError(
+                "SPEX needs the design its masks came from: SPEX(design=...) or "
+                "fit(masks, Y, design=...) with a SpexDesign or its to_dict()"
+            )
+        raise DataspexInputError(f"design must be a SpexDesign or its dict, got {type(design)}")
+
+    def _fit(self, masks: np.ndarray, Y: np.ndarray) -> InteractionResult:
+        design = self.design_
+        if masks.shape[1] != design.n:
+            raise DataspexInputError(
+                f"masks have {masks.shape[1]} columns but the SPEX design has n={design.n}"
+            )
+        design.check_masks(masks)
+        if not 0 < self.false_alarm < 1:
+            raise DataspexInputError(f"false_alarm must be in (0, 1), got {self.false_alarm}")
+        U0 = _subsampled_transforms(design, Y)
+        peeler = _Peeler(design, U0.copy(), bool(self.soft),
+                         self.chase_bits, self.false_alarm)
+        self.n_rounds_ = 0
+        for _ in range(int(self.max_rounds)):
+            self.n_rounds_ += 1
+            if peeler.round() == 0:
+                break
+        self.noise_var_ = peeler.noise_var
+        found_t, found_keys, found_vals = peeler.recovered()
+        self.n_peeled_ = len(found_t)
+        if self.refit:
+            found_t, found_keys, found_vals = _refit(peeler, U0, found_t, found_keys,
+                                                     float(self.alpha))
+        keys, fourier = _table(found_t, found_keys, found_vals, Y.shape[1])
+        return InteractionResult(design.n, keys, fourier, estimator="SPEX")
