@@ -29,6 +29,7 @@ __all__ = [
     "index_subset",
     "fourier_features",
     "fourier_predict",
+    "ParityEncoder",
 ]
 
 
@@ -142,33 +143,55 @@ def _pack_rows(bits: np.ndarray) -> np.ndarray:
     return buf.view(np.uint64)
 
 
-def _parity_bits(masks: np.ndarray, keys: Sequence[Key]) -> np.ndarray:
-    """Parities ``|k & x| mod 2`` as a (n_keys, m) uint8 array.
+class ParityEncoder:
+    """Parities ``|k & x| mod 2`` of many key sets over one fixed mask matrix.
 
-    Only the feature columns that occur in some key are packed (64 masks per uint64 word),
-    then each key's parity is an XOR of its columns: memory ~ (n_used + n_keys) * m / 8 bytes.
+    The mask columns are bit-packed once (64 masks per uint64 word, ~n*m/8 bytes), so
+    estimators that need features for several supports (one per output) share the packing.
+    Each key's parity is then an XOR of packed columns: no (m, n) float array is ever built.
     """
-    m = masks.shape[0]
-    n_keys = len(keys)
-    out = np.zeros((n_keys, m), dtype=np.uint8)
-    if n_keys == 0 or m == 0:
+
+    def __init__(self, masks: np.ndarray) -> None:
+        masks = _check_masks(masks)
+        self.n_masks, self.n_features = masks.shape
+        self._packed = _pack_rows(np.ascontiguousarray(masks.T, dtype=np.uint8))
+
+    def parity_bits(self, keys: Sequence[Key]) -> np.ndarray:
+        """(n_keys, m) uint8 array of parities."""
+        m, n_keys = self.n_masks, len(keys)
+        out = np.zeros((n_keys, m), dtype=np.uint8)
+        if n_keys == 0 or m == 0:
+            return out
+        degrees = np.fromiter((len(k) for k in keys), dtype=np.int64, count=n_keys)
+        for d in np.unique(degrees):
+            if d == 0:
+                continue  # empty key: parity 0 everywhere
+            rows = np.flatnonzero(degrees == d)
+            idx = np.array([keys[r] for r in rows], dtype=np.int64).reshape(len(rows), int(d))
+            if idx.min() < 0 or idx.max() >= self.n_features:
+                raise ValueError(f"key feature outside [0, {self.n_features})")
+            acc = self._packed[idx[:, 0]].copy()
+            for c in range(1, int(d)):
+                acc ^= self._packed[idx[:, c]]
+            out[rows] = np.unpackbits(acc.view(np.uint8), axis=1, bitorder="little", count=m)
         return out
+
+    def features(self, keys: Sequence[Key], dtype: type = np.float64) -> np.ndarray:
+        """Fourier design ``(-1)^{|k & x|}``, shape (m, n_keys)."""
+        bits = self.parity_bits(keys)
+        phi = np.empty((self.n_masks, len(keys)), dtype=dtype)
+        phi[...] = 1 - 2 * bits.T.astype(np.int8)
+        return phi
+
+
+def _parity_bits(masks: np.ndarray, keys: Sequence[Key]) -> np.ndarray:
+    """Parities as (n_keys, m) uint8, packing only the columns that occur in some key."""
     used = sorted({i for k in keys for i in k})
     if not used:
-        return out
+        return np.zeros((len(keys), masks.shape[0]), dtype=np.uint8)
     col_of = {f: c for c, f in enumerate(used)}
-    packed = _pack_rows(np.ascontiguousarray(masks[:, used].T, dtype=np.uint8))
-    degrees = np.fromiter((len(k) for k in keys), dtype=np.int64, count=n_keys)
-    for d in np.unique(degrees):
-        if d == 0:
-            continue  # empty key: parity 0 everywhere
-        rows = np.flatnonzero(degrees == d)
-        idx = np.array([[col_of[i] for i in keys[r]] for r in rows], dtype=np.int64)
-        acc = packed[idx[:, 0]].copy()
-        for c in range(1, int(d)):
-            acc ^= packed[idx[:, c]]
-        out[rows] = np.unpackbits(acc.view(np.uint8), axis=1, bitorder="little", count=m)
-    return out
+    enc = ParityEncoder(masks[:, used])
+    return enc.parity_bits([tuple(col_of[i] for i in k) for k in keys])
 
 
 def _check_masks(masks: np.ndarray) -> np.ndarray:
