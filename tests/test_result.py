@@ -154,6 +154,8 @@ def test_to_frame_and_save_load(tmp_path, res):
     df = res.to_frame()
     assert list(df.columns) == ["output", "key", "order", "fourier"] and len(df) == res.n_keys * 3
     assert df.key.iloc[0] == () and set(df.output) == {"t0", "t1", "t2"}
+    same_len = InteractionResult(4, [(0, 1), (2, 3)], np.ones((2, 2))).to_frame()
+    assert same_len.key.tolist() == [(0, 1), (2, 3)] * 2 and same_len.output.tolist() == [0, 0, 1, 1]
     dm = res.to_frame(basis="moebius", key_format="str")
     assert "moebius" in dm.columns and isinstance(dm.key.iloc[1], str)
     path = tmp_path / "res.npz"

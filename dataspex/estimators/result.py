@@ -425,14 +425,18 @@ class InteractionResult:
             raise DataspexInputError(f"basis must be 'fourier' or 'moebius', got {basis!r}")
         if key_format not in ("tuple", "str"):
             raise DataspexInputError(f"key_format must be 'tuple' or 'str', got {key_format!r}")
-        T = self.n_outputs
-        key_col = keys if key_format == "tuple" else [",".join(map(str, k)) for k in keys]
-        labels = [self._output_label(t) for t in range(T)]
+        T, K = self.n_outputs, len(keys)
+        key_col = np.empty(K, dtype=object)  # filled one by one: tuples must stay scalars
+        for r, k in enumerate(keys):
+            key_col[r] = k if key_format == "tuple" else ",".join(map(str, k))
+        labels = np.empty(T, dtype=object)
+        for t in range(T):
+            labels[t] = self._output_label(t)
         return pd.DataFrame(
             {
-                "output": [labels[t] for t in range(T) for _ in keys],
-                "key": [kk for _ in range(T) for kk in key_col],
-                "order": np.tile([len(kk) for kk in keys], T).astype(np.int64),
+                "output": np.repeat(labels, K),
+                "key": np.tile(key_col, T),
+                "order": np.tile([len(k) for k in keys], T).astype(np.int64),
                 basis: coef.T.ravel(),
             }
         )
