@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import os
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +14,6 @@ from dataspex.estimators._bch import BCHCode, GF2m
 from dataspex.estimators.base import DataspexInputError
 from dataspex.estimators.spex import SPEX, SpexDesign
 from dataspex.estimators.transforms import fourier_features
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -75,7 +74,7 @@ def test_field_tables_are_primitive(m):
     assert np.all(gf.mul(a, gf.inv(a)) == 1)
 
 
-@pytest.mark.parametrize("n,t", [(15, 2), (20, 3), (7, 3), (40, 2)])
+@pytest.mark.parametrize("n,t", [(10, 1), (15, 2), (40, 2), (20, 3), (7, 3), (12, 4)])
 def test_bch_decodes_every_weight_le_t_pattern(n, t):
     code = BCHCode(n, t)
     assert code.n_parity <= t * code.m
@@ -88,8 +87,9 @@ def test_bch_decodes_every_weight_le_t_pattern(n, t):
     np.testing.assert_array_equal(decoded, sup)
 
 
-def test_bch_generator_multiples_have_zero_syndrome_and_decodes_are_consistent():
-    code = BCHCode(31, 3)
+@pytest.mark.parametrize("n,t", [(31, 3), (100, 2), (31, 5)])
+def test_bch_generator_multiples_have_zero_syndrome_and_decodes_are_consistent(n, t):
+    code = BCHCode(n, t)
     g_positions = [i for i in range(code.n_parity + 1) if (code.generator >> i) & 1]
     for shift in range(code.n - code.n_parity):
         assert not code.syndrome(np.array([[i + shift for i in g_positions]])).any()
@@ -129,8 +129,9 @@ def test_design_dict_rebuilds_exact_masks():
     assert d2 == d and d2.seed == 7
     np.testing.assert_array_equal(d2.masks(), d.masks())
     # The recorded seed regenerates the same design too.
-    np.testing.assert_array_equal(SpexDesign(50, b=4, max_degree=2, random_state=7).masks(),
-                                  d.masks())
+    np.testing.assert_array_equal(
+        SpexDesign(50, b=4, max_degree=2, random_state=7).masks(), d.masks()
+    )
     data["delays"][1] = data["delays"][2]
     with pytest.raises(DataspexInputError):
         SpexDesign.from_dict(data)
@@ -180,7 +181,9 @@ def test_exact_recovery_batched_outputs_with_different_supports():
     # Batched decoding gives what fitting each output alone gives.
     alone = SPEX(d).fit(X, Y[:, 3]).result_
     both = est.result_
-    assert as_dict(alone.keys, alone.fourier, 0).keys() == as_dict(both.keys, both.fourier, 3).keys()
+    assert (
+        as_dict(alone.keys, alone.fourier, 0).keys() == as_dict(both.keys, both.fourier, 3).keys()
+    )
     assert est.score(X, Y) == pytest.approx(1.0)
 
 

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["GF2m", "BCHCode", "bch_code"]
+__all__ = ["BCHCode", "GF2m", "bch_code"]
 
 # Primitive polynomials over GF(2), bit i = coefficient of x^i.  GF2m checks primitivity.
 _PRIMITIVE_POLY = {
@@ -203,30 +203,87 @@ class BCHCode:
         terms = np.where(s[:, :, None] != 0, self._power_table[None], 0)
         S = np.bitwise_xor.reduce(terms, axis=1) if self.n_parity else np.zeros((B, 2 * self.t))
         locator, degree = _berlekamp_massey(self.gf, S.astype(np.int64), self.t)
-        return self._chien(locator, degree)
+        return self._roots(locator, degree)
 
-    def _chien(self, locator: np.ndarray, degree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Roots ``alpha^-i`` (``0 <= i < n``) of each error locator; success iff #roots == degree."""
-        B, t, gf = locator.shape[0], self.t, self.gf
+    def _roots(self, locator: np.ndarray, degree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Error positions from each locator ``Lambda(x) = prod_i (1 + alpha^{pos_i} x)``.
+
+        Degrees 1 and 2 are solved in closed form (table lookups); higher degrees by Chien
+        search over the ``n`` positions.  Success iff the locator has ``degree`` distinct roots
+        among the positions ``0 .. n-1``.
+        """
+        B, t = locator.shape[0], self.t
         supports = np.full((B, t), -1, dtype=np.int64)
         ok = degree <= t
-        rows = np.flatnonzero(ok & (degree > 0))
+        for d, solver in ((1, self._linear), (2, self._quadratic)):
+            rows = np.flatnonzero(ok & (degree == d))
+            if rows.size and d <= t:
+                pos, good = solver(locator[rows])
+                ok[rows[~good]] = False
+                supports[rows[good], :d] = np.sort(pos[good], axis=1)
+        rows = np.flatnonzero(ok & (degree > 2))
         if rows.size:
-            lam = locator[rows, : t + 1]
-            pos = np.arange(self.n)
-            value = np.zeros((rows.size, self.n), dtype=np.int64)
-            for u in range(t + 1):
-                # Lambda_u * alpha^(-i u), summed (XOR) over u.
-                value ^= gf.mul(lam[:, u : u + 1], gf.alpha_pow(-pos * u)[None, :])
-            is_root = value == 0
-            n_roots = is_root.sum(axis=1)
-            good = n_roots == degree[rows]
+            pos, good = self._chien(locator[rows], degree[rows])
             ok[rows[~good]] = False
-            # Members in increasing order: stable sort puts roots first, in position order.
-            order = np.argsort(~is_root[good], axis=1, kind="stable")[:, :t]
-            members = np.where(np.take_along_axis(is_root[good], order, 1), order, -1)
-            supports[rows[good]] = members
+            supports[rows[good]] = pos[good]
         return supports, ok
+
+    def _position(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Position i of locator numbers ``X = alpha^i``; valid iff ``X != 0`` and ``i < n``."""
+        pos = self.gf.log[X]
+        return pos, (X != 0) & (pos < self.n)
+
+    def _linear(self, lam: np.ndarray):
+        """``1 + L1 x``: the one locator number is ``L1``."""
+        pos, good = self._position(lam[:, 1])
+        return pos[:, None], good
+
+    def _quadratic(self, lam: np.ndarray):
+        """``1 + L1 x + L2 x^2``: locator numbers solve ``z^2 + L1 z + L2 = 0``.
+
+        With ``z = L1 w`` this is ``w^2 + w = L2 / L1^2``, read from a table; the second root
+        is ``z + L1``.  ``L1 = 0`` would mean a double root (not a valid error pattern).
+        """
+        gf = self.gf
+        l1, l2 = lam[:, 1], lam[:, 2]
+        solvable = (l1 != 0) & (l2 != 0)
+        safe_l1 = np.where(solvable, l1, 1)
+        c = gf.mul(l2, gf.inv(gf.mul(safe_l1, safe_l1)))
+        w = self._half_trace_table()[c]
+        solvable &= w >= 0
+        z1 = gf.mul(safe_l1, np.maximum(w, 0))
+        p1, g1 = self._position(z1)
+        p2, g2 = self._position(z1 ^ safe_l1)
+        return np.stack([p1, p2], axis=1), solvable & g1 & g2
+
+    def _half_trace_table(self) -> np.ndarray:
+        """``table[c]`` = some ``w`` with ``w^2 + w = c``, or -1 where none exists."""
+        if getattr(self, "_quad_table", None) is None:
+            w = np.arange(self.gf.size)
+            table = np.full(self.gf.size, -1, dtype=np.int64)
+            table[self.gf.mul(w, w) ^ w] = w
+            self._quad_table = table
+        return self._quad_table
+
+    def _chien(self, lam: np.ndarray, degree: np.ndarray):
+        """Chien search: evaluate each locator at ``alpha^-i`` for all positions i < n.
+
+        Works in the log domain with a zero-padded antilog table so one gather per
+        coefficient does ``Lambda_u * alpha^(-i u)`` (zero coefficients land in the padding).
+        """
+        gf, t, N = self.gf, self.t, self.gf.order
+        exp_pad = np.concatenate([gf.exp, np.zeros(N, dtype=np.int64)]).astype(np.int32)
+        log_pad = np.where(np.arange(gf.size) == 0, 2 * N, gf.log).astype(np.int32)
+        pos = np.arange(self.n)
+        value = np.ones((lam.shape[0], self.n), dtype=np.int32)
+        for u in range(1, t + 1):
+            value ^= exp_pad[log_pad[lam[:, u]][:, None] + ((-pos * u) % N)[None, :]]
+        is_root = value == 0
+        good = is_root.sum(axis=1) == degree
+        # Members in increasing order: a stable sort puts the roots first, in position order.
+        order = np.argsort(~is_root, axis=1, kind="stable")[:, :t]
+        members = np.where(np.take_along_axis(is_root, order, 1), order, -1)
+        return members, good
 
 
 def _berlekamp_massey(gf: GF2m, S: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:

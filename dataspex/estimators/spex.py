@@ -47,7 +47,7 @@ from dataspex.estimators.base import BaseInteractionEstimator, DataspexInputErro
 from dataspex.estimators.result import InteractionResult
 from dataspex.estimators.transforms import fwht
 
-__all__ = ["SpexDesign", "SPEX"]
+__all__ = ["SPEX", "SpexDesign"]
 
 DESIGN_FORMAT = "dataspex.SpexDesign"
 DESIGN_FORMAT_VERSION = 1
@@ -229,7 +229,7 @@ class SpexDesign:
 
         Column n is 0, the padding index for key rows shorter than t.
         """
-        weights = (1 << np.arange(self.b, dtype=np.int64))
+        weights = 1 << np.arange(self.b, dtype=np.int64)
         codes = (self.matrices.astype(np.int64) * weights).sum(axis=2)
         return np.concatenate([codes, np.zeros((self.n_groups, 1), np.int64)], axis=1)
 
@@ -301,8 +301,9 @@ class _Peeler:
     ``found_vals`` (F in the dataspex convention).
     """
 
-    def __init__(self, design: SpexDesign, U: np.ndarray, soft: bool, chase_bits: int,
-                 false_alarm: float):
+    def __init__(
+        self, design: SpexDesign, U: np.ndarray, soft: bool, chase_bits: int, false_alarm: float
+    ):
         self.design = design
         self.code = design.code
         self.U = U
@@ -379,7 +380,11 @@ class _Peeler:
         limit = self.noise_var[t] * self.thr_resid + self.floor[t]
         accept = resid <= limit
         if self.soft:
-            retry = np.flatnonzero(~accept)
+            # Sign flips cannot fix a bin whose magnitudes already disagree: for any key,
+            # sum_p (|obs_p| - a)^2 <= sum_p (obs_p - a sigma_p)^2, so this gate loses nothing.
+            mags = np.abs(obs)
+            spread = ((mags - mags.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+            retry = np.flatnonzero(~accept & (spread <= limit))
             if retry.size:
                 k2, v2, r2 = self._chase(obs[retry], c[retry], j[retry])
                 better = r2 < resid[retry]
@@ -433,9 +438,10 @@ class _Peeler:
             flips[f][rows, weakest[:, pat]] = True
         negative = (obs < 0)[None] ^ flips  # (F, B, Q)
         keys, ok = self._decode_signs(negative.reshape(-1, self.Q))
-        rep = lambda a: np.tile(a, patterns.shape[0])  # noqa: E731 - candidate-major repeat
-        val, resid = self._fit_candidates(np.tile(obs, (patterns.shape[0], 1)), keys, ok,
-                                          rep(c), rep(j))
+        n_cand = patterns.shape[0]  # candidates are stored candidate-major: row f * B + bin
+        val, resid = self._fit_candidates(
+            np.tile(obs, (n_cand, 1)), keys, ok, np.tile(c, n_cand), np.tile(j, n_cand)
+        )
         resid = resid.reshape(-1, B)
         best = np.argmin(resid, axis=0)
         pick = best * B + np.arange(B)
@@ -495,8 +501,9 @@ def _keys_to_tuples(keys: np.ndarray) -> list[tuple[int, ...]]:
     return [tuple(int(i) for i in row if i >= 0) for row in keys]
 
 
-def _refit(peeler: _Peeler, U0: np.ndarray, t: np.ndarray, keys: np.ndarray, alpha: float,
-           block: int = 256):
+def _refit(
+    peeler: _Peeler, U0: np.ndarray, t: np.ndarray, keys: np.ndarray, alpha: float, block: int = 256
+):
     """Ridge refit of each output's own support (plus the constant) on ALL design masks.
 
     For the design's masks the normal equations reduce to bin lookups, so no (m, n_keys)
@@ -539,8 +546,12 @@ def _refit(peeler: _Peeler, U0: np.ndarray, t: np.ndarray, keys: np.ndarray, alp
         O = np.zeros((nb, width, C))
         H = np.full((nb, width, C), -1, dtype=np.int64)
         rhs = np.zeros((nb, width))
-        S[tb, rb], O[tb, rb], H[tb, rb], rhs[tb, rb] = signs[sel], osign[sel], bins[sel], \
-            rhs_rows[sel]
+        S[tb, rb], O[tb, rb], H[tb, rb], rhs[tb, rb] = (
+            signs[sel],
+            osign[sel],
+            bins[sel],
+            rhs_rows[sel],
+        )
         same = H[:, :, None, :] == H[:, None, :, :]
         alias = (same * O[:, :, None, :] * O[:, None, :, :]).sum(axis=3)
         gram = J * alias * np.einsum("tiq,tjq->tij", S, S)
@@ -585,7 +596,8 @@ class SPEX(BaseInteractionEstimator):
     false_alarm : float
         Tail probability of the chi-square tests that call a bin non-empty and a fit a singleton.
     refit : bool
-        Refit each output's recovered values by ridge regression on all masks (recommended);
+        Refit each output's recovered values by ridge regression on all design masks (solved
+        exactly in the bin domain, no feature matrix; recommended);
         False keeps the peeled estimates.
     alpha : float
         Ridge penalty per mask (the penalty is ``alpha * m``; the features are +-1).
@@ -605,7 +617,7 @@ class SPEX(BaseInteractionEstimator):
         design=None,
         *,
         soft: bool = True,
-        chase_bits: int = 4,
+        chase_bits: int = 5,
         max_rounds: int = 20,
         false_alarm: float = 1e-3,
         refit: bool = True,
@@ -648,8 +660,7 @@ class SPEX(BaseInteractionEstimator):
         if not 0 < self.false_alarm < 1:
             raise DataspexInputError(f"false_alarm must be in (0, 1), got {self.false_alarm}")
         U0 = _subsampled_transforms(design, Y)
-        peeler = _Peeler(design, U0.copy(), bool(self.soft),
-                         self.chase_bits, self.false_alarm)
+        peeler = _Peeler(design, U0.copy(), bool(self.soft), self.chase_bits, self.false_alarm)
         self.n_rounds_ = 0
         for _ in range(int(self.max_rounds)):
             self.n_rounds_ += 1
@@ -659,7 +670,8 @@ class SPEX(BaseInteractionEstimator):
         found_t, found_keys, found_vals = peeler.recovered()
         self.n_peeled_ = len(found_t)
         if self.refit:
-            found_t, found_keys, found_vals = _refit(peeler, U0, found_t, found_keys,
-                                                     float(self.alpha))
+            found_t, found_keys, found_vals = _refit(
+                peeler, U0, found_t, found_keys, float(self.alpha)
+            )
         keys, fourier = _table(found_t, found_keys, found_vals, Y.shape[1])
         return InteractionResult(design.n, keys, fourier, estimator="SPEX")
