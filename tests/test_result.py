@@ -124,26 +124,37 @@ def test_banzhaf_and_shapley_indices(res, cube):
 
 
 def test_top_pairs_kinds_and_ranking():
-    # f = loss. (0,1): harmful (positive interaction, keeping both raises loss);
-    # (2,3): redundant near-duplicates (either alone keeps loss low, removing both hurts).
+    # f = loss. (0,1): harmful, synergistic (only together they raise the loss);
+    # (2,3): redundant near-duplicates (either alone keeps loss low, removing both hurts);
+    # (4,5): harmful, masking (either alone raises the loss as much as both: an OR of harm).
     n = 6
     X = all_masks(n).astype(float)
     y = 2.0 * X[:, 0] * X[:, 1] + 1.0 * (1 - X[:, 2]) * (1 - X[:, 3]) + 0.1 * X[:, 4]
+    masking = 1.5 * np.maximum(X[:, 4], X[:, 5])
     y2 = 0.5 * X[:, 0] * X[:, 1]
     F = fourier_from_values(np.stack([y, y2], axis=1))
     keys = [tuple(i for i in range(n) if (c >> i) & 1) for c in range(2**n)]
     res = InteractionResult(n, keys, F, output_names=["a", "b"])
     for est in ("uniform", "full"):
         harm = res.top_pairs("harmful", k=5, estimand=est, output=0)
-        assert list(harm.columns) == ["i", "j", "output", "score", "joint_effect", "estimand"]
+        assert list(harm.columns) == ["i", "j", "output", "score", "joint_effect", "pattern", "estimand"]
         assert (harm.iloc[0].i, harm.iloc[0].j) == (0, 1) and harm.iloc[0].output == "a"
-        assert (harm.score > 0).all() and (harm.joint_effect > 0).all()
+        assert harm.iloc[0].pattern == "synergistic" and (harm.joint_effect > 0).all()
         red = res.top_pairs("redundant", k=5, estimand=est, output=0)
         assert (red.iloc[0].i, red.iloc[0].j) == (2, 3) and red.iloc[0].joint_effect < 0
     full = res.top_pairs("harmful", k=3, estimand="full", output=0)
     assert full.iloc[0].score == pytest.approx(2.0) and full.iloc[0].joint_effect == pytest.approx(2.0)
     every = res.top_pairs("interaction", k=10, output="all")
     assert set(every.output) == {"a", "b"} and np.all(np.diff(np.abs(every.score)) <= 0)
+    F_mask = fourier_from_values(np.stack([y + masking, y2], axis=1))
+    res_mask = InteractionResult(n, keys, F_mask, output_names=["a", "b"])
+    for est in ("uniform", "full"):
+        harm = res_mask.top_pairs("harmful", k=5, estimand=est, output=0)
+        rows = {(r.i, r.j): r for r in harm.itertuples()}
+        assert rows[(4, 5)].pattern == "masking" and rows[(4, 5)].score < 0 and rows[(4, 5)].joint_effect > 0
+        assert res_mask.top_pairs("complementary", k=5, estimand=est, output=0).empty
+    # ranked by |score|: the masking pair's -1.5 sits between the synergistic 2.0 and anything smaller
+    assert list(zip(harm.i, harm.j))[:2] == [(0, 1), (4, 5)]
     mean = res.top_pairs("harmful", output="mean")
     assert mean.iloc[0].score == pytest.approx(4 * res.coefficient((0, 1)))
     with pytest.raises(DataspexInputError):

@@ -6,8 +6,7 @@ from dataspex.estimators.pairwise import Pairwise, screen_candidates
 from dataspex.estimators.proxyspex import ProxySPEX, booster_to_fourier
 from dataspex.estimators.quadratic import QuadraticProxy
 from dataspex.estimators.result import InteractionResult
-
-# SPEX lives in spex.py (its author adds the import line here).
+from dataspex.estimators.spex import SPEX, SpexDesign
 
 __all__ = [
     "BaseInteractionEstimator",
@@ -17,6 +16,8 @@ __all__ = [
     "Pairwise",
     "ProxySPEX",
     "QuadraticProxy",
+    "SPEX",
+    "SpexDesign",
     "booster_to_fourier",
     "screen_candidates",
 ]

@@ -118,6 +118,16 @@ def _pair_transform(keys: list[Key], weight, min_degree: int = 2, max_degree: in
     return pairs, M
 
 
+_PAIR_KINDS = ("harmful", "redundant", "complementary", "interaction")
+
+
+def _pattern(score: float, joint: float) -> str:
+    """Name of a pair's sign pattern (f a loss): see InteractionResult.top_pairs."""
+    if joint > 0:
+        return "synergistic" if score > 0 else "masking"
+    return "redundant" if score > 0 else "complementary"
+
+
 class InteractionResult:
     """Sparse Fourier model of T outputs over n training examples.
 
@@ -350,23 +360,29 @@ class InteractionResult:
 
     def top_pairs(
         self,
-        kind: Literal["harmful", "redundant", "interaction"] = "harmful",
+        kind: Literal["harmful", "redundant", "complementary", "interaction"] = "harmful",
         k: int = 10,
         estimand: str = "uniform",
         output: int | str = "mean",
     ) -> pd.DataFrame:
-        """Ranked pairs as a DataFrame with columns i, j, output, score, joint_effect, estimand.
+        """Ranked pairs as a DataFrame with columns i, j, output, score, joint_effect, pattern, estimand.
 
-        With f a loss: ``harmful`` = score > 0 and joint_effect > 0 (keeping both raises the loss
-        beyond the sum of its parts); ``redundant`` = score > 0 and joint_effect < 0
-        (near-duplicates: either alone suffices, removing both hurts); both ranked by score,
-        descending.  ``interaction`` ranks every pair by |score|.  output="all" ranks every
-        (pair, output) combination.
+        ``score`` is the pair's interaction (second difference of f, see ``pair_scores``) and
+        ``joint_effect`` the change in f from keeping both versus neither.  With f a loss, the four
+        sign patterns are what a curation team acts on:
+
+        * ``harmful``: joint_effect > 0 (the pair raises the loss), and not additively - either only
+          together (pattern "synergistic", score > 0) or each alone already does the damage, so removing
+          one does not help (pattern "masking", score < 0).  Ranked by |score|.
+        * ``redundant``: joint_effect < 0 and score > 0: near-duplicates, either alone suffices and
+          removing both hurts.  Ranked by score.
+        * ``complementary``: joint_effect < 0 and score < 0: they help only together.  Ranked by |score|.
+        * ``interaction``: every pair, ranked by |score|.
+
+        output="all" ranks every (pair, output) combination.
         """
-        if kind not in ("harmful", "redundant", "interaction"):
-            raise DataspexInputError(
-                f"kind must be 'harmful', 'redundant' or 'interaction', got {kind!r}"
-            )
+        if kind not in _PAIR_KINDS:
+            raise DataspexInputError(f"kind must be one of {_PAIR_KINDS}, got {kind!r}")
         if estimand not in _EFFECT_ESTIMANDS:
             raise DataspexInputError(
                 f"top_pairs estimand must be one of {_EFFECT_ESTIMANDS}, got {estimand!r}"
@@ -388,17 +404,14 @@ class InteractionResult:
             score, joint = self._select(D, output), self._select(E, output)
             label = "mean" if output == "mean" else self._output_label(self._output_column(output))
             out_col = [label] * len(ii)
-        if kind == "harmful":
-            keep = (score > 0) & (joint > 0)
-            order_by = score
-        elif kind == "redundant":
-            keep = (score > 0) & (joint < 0)
-            order_by = score
-        else:
-            keep = score != 0
-            order_by = np.abs(score)
+        keep = {
+            "harmful": (joint > 0) & (score != 0),
+            "redundant": (joint < 0) & (score > 0),
+            "complementary": (joint < 0) & (score < 0),
+            "interaction": score != 0,
+        }[kind]
         idx = np.flatnonzero(keep)
-        idx = idx[np.argsort(-order_by[idx], kind="stable")][: max(int(k), 0)]
+        idx = idx[np.argsort(-np.abs(score[idx]), kind="stable")][: max(int(k), 0)]
         return pd.DataFrame(
             {
                 "i": np.asarray(ii)[idx].astype(np.int64),
@@ -406,6 +419,7 @@ class InteractionResult:
                 "output": [out_col[r] for r in idx],
                 "score": score[idx],
                 "joint_effect": joint[idx],
+                "pattern": [_pattern(score[r], joint[r]) for r in idx],
                 "estimand": [estimand] * len(idx),
             }
         )

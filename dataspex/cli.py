@@ -1,0 +1,137 @@
+"""The ``dataspex`` command: ``dataspex <stage> [hydra overrides...]``.
+
+Stages: design, train, fit, report, run (= all four). Everything after the stage is passed to Hydra, so any
+config key can be overridden (``train.lr=1e-3``), groups swapped (``model=hub``), and ``--multirun`` sweeps
+launched. A later stage pointed at an existing ``run_dir=`` starts from the overrides that created the run,
+with the new ones applied on top.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from dataspex.errors import DataspexError
+
+STAGES = ("design", "train", "fit", "report", "run")
+USAGE = f"""usage: dataspex <stage> [overrides...]
+
+stages:
+  run      design + train + fit + report (the whole job)
+  design   write the ablation masks into the run directory
+  train    retrain a LoRA adapter per mask and store every test loss (resumable, shardable)
+  fit      fit interaction estimators to the stored results
+  report   write report.md, tables and heatmaps
+
+examples:
+  dataspex run                                   # the default job on the built-in demo data
+  dataspex run train.epochs=8 design.m=256       # any config key, on the command line
+  dataspex fit run_dir=outputs/<run>             # re-fit an existing run
+  dataspex train --multirun run_dir=outputs/<run> shard.count=4 'shard.index=range(0,4)' hydra/launcher=joblib
+  dataspex run --cfg job                         # print the composed config
+"""
+# Overrides that belong to one invocation and must not be replayed on later stages.
+_NOT_REPLAYED = ("stage", "run_dir", "hydra", "shard", "progress", "fit", "report", "estimator", "train.engine",
+                 "train.chunk_size", "train.threads")
+
+
+def config_dir() -> str:
+    """The conf/ folder beside the package (editable installs and source checkouts)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "conf"), os.path.join(os.path.dirname(here), "conf")):
+        if os.path.isfile(os.path.join(candidate, "config.yaml")):
+            return candidate
+    raise DataspexError(f"cannot find dataspex's conf/ folder next to {here}: install with `pip install -e .`")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def _replayable(override: str) -> bool:
+    key = _key(override)
+    return not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in _NOT_REPLAYED)
+
+
+def _run_dir_from(overrides: list[str]) -> str | None:
+    for o in overrides:
+        if _key(o) == "run_dir":
+            return o.split("=", 1)[1]
+    return None
+
+
+def merge_overrides(stored: list[str], new: list[str]) -> list[str]:
+    """The run's creation overrides, minus keys the new ones set, then the new ones (new wins)."""
+    new_keys = {_key(o) for o in new if "=" in o or o.startswith("~")}
+    return [o for o in stored if _key(o) not in new_keys] + new
+
+
+def _with_stored_overrides(args: list[str]) -> list[str]:
+    """Prepend the run's stored creation overrides to the command line (flags such as --multirun and
+    ``--cfg job`` pass through untouched)."""
+    run_dir = _run_dir_from([a for a in args if not a.startswith("-")])
+    path = os.path.join(os.path.expanduser(run_dir), "overrides.json") if run_dir else None
+    if path and os.path.exists(path):
+        with open(path) as fh:
+            stored = json.load(fh)
+        new = [a for a in args if "=" in a and not a.startswith("-")]
+        return merge_overrides(stored, new)[: -len(new) or None] + args
+    return args
+
+
+def _record_overrides(cfg, overrides: list[str]) -> None:
+    """At a run's creation, remember how it was made (later stages replay it) and save the config."""
+    from omegaconf import OmegaConf
+
+    from dataspex.io import atomic_write_text, write_json
+
+    path = os.path.join(cfg.run_dir, "overrides.json")
+    if not os.path.exists(path):
+        write_json(path, [o for o in overrides if _replayable(o)])
+        atomic_write_text(os.path.join(cfg.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _task(cfg: DictConfig) -> None:
+    """The Hydra task function: one stage on one run directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from dataspex.pipeline import STAGES as STAGE_FUNCS
+
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+        if cfg.stage in ("design", "run"):
+            os.makedirs(cfg.run_dir, exist_ok=True)
+            _record_overrides(cfg, overrides)
+        STAGE_FUNCS[cfg.stage](cfg)
+    except DataspexError as exc:
+        logging.getLogger("dataspex").error("error: %s", exc)
+        print(f"dataspex: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"dataspex: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        args = _with_stored_overrides(rest)
+        conf = config_dir()
+    except DataspexError as exc:
+        print(f"dataspex: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"dataspex-{stage}"] + args + [f"stage={stage}"]
+    hydra.main(version_base="1.3", config_path=conf, config_name="config")(_task)()
+
+
+if __name__ == "__main__":
+    main()

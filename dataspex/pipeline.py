@@ -1,0 +1,199 @@
+"""The stages as functions of (config, run directory): a thin composition of the modules that do the work.
+
+    design -> train -> fit -> report      (``run`` does all four)
+
+Each stage reads what the previous one wrote into the run directory, so any stage can be re-run alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from dataspex.errors import DataspexError
+from dataspex.store import RunStore
+
+log = logging.getLogger("dataspex")
+
+# Training settings that change results (the rest - engine, chunking, threads - only change speed).
+_TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
+
+
+def fingerprint(cfg, data) -> dict:
+    """What a run's results depend on; stored at design time and checked by every later stage."""
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": data.content_hash(),
+        "lora": OmegaConf.to_container(cfg.lora, resolve=True),
+        "train": {k: OmegaConf.to_container(cfg.train, resolve=True)[k] for k in _TRAIN_RESULT_KEYS},
+    }
+
+
+def open_run(cfg, create: bool = False):
+    """Load the data and open the run directory, checking the fingerprint. Returns (store, data)."""
+    from dataspex.data import load_data
+
+    store = RunStore(cfg.run_dir)
+    if not create and not os.path.isdir(store.run_dir):
+        raise DataspexError(f"run_dir={cfg.run_dir!r} does not exist: run `dataspex run` or `dataspex design` first")
+    data = load_data(cfg.data, cfg.model.task)
+    store.check_fingerprint(fingerprint(cfg, data), create=create)
+    return store, data
+
+
+def stage_design(cfg) -> None:
+    from dataspex.design import make_design
+
+    store, data = open_run(cfg, create=True)
+    design = make_design(cfg.design, data.n_train)
+    if store.has_design():
+        existing = store.load_design()
+        if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
+            raise DataspexError(f"{store.run_dir} already has a different design ({existing.meta}); "
+                                "use a new run_dir for a new design")
+        log.info("design: %s already has this design (%d masks)", store.run_dir, len(existing))
+        return
+    store.save_design(design)
+    counts = {str(r): int((design.roles == r).sum()) for r in np.unique(design.roles)}
+    log.info("design: %d masks over %d training examples %s -> %s", len(design), data.n_train, counts,
+             store.path("design.npz"))
+
+
+def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:
+    """The design rows shard ``index`` of ``count`` trains (round robin, so shards finish together)."""
+    if count < 1 or not 0 <= index < count:
+        raise DataspexError(f"shard.index={index} must be in [0, shard.count={count})")
+    return np.arange(index, n_rows, count)
+
+
+def stage_train(cfg) -> None:
+    import torch
+
+    from dataspex.training import get_engine
+    from dataspex.training.common import encode
+
+    store, data = open_run(cfg)
+    design = store.load_design()
+    rows = shard_rows(len(design), cfg.shard.index, cfg.shard.count)
+    done = store.done_ids()
+    todo = np.array([r for r in rows if int(design.mask_ids[r]) not in done], dtype=np.int64)
+    log.info("train: shard %d/%d has %d masks, %d already done, %d to train", cfg.shard.index, cfg.shard.count,
+             len(rows), len(rows) - len(todo), len(todo))
+    if len(todo) == 0:
+        return
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+
+    from dataspex.models import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    n_labels = len(data.label_names) if data.label_names else None
+    base = load_base_model(cfg.model, n_labels, cfg.train.seed)
+    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
+    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
+    engine = get_engine(cfg.train.engine)
+    _train_chunks(cfg, store, design, todo, engine, base, train, test)
+
+
+def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
+    from tqdm.auto import tqdm
+
+    chunk = max(1, int(cfg.train.chunk_size))
+    started = time.perf_counter()
+    with tqdm(total=len(todo), desc="retraining", unit="mask", disable=not cfg.progress) as bar:
+        for start in range(0, len(todo), chunk):
+            rows = todo[start: start + chunk]
+            ids, losses, margs = [], [], []
+            for mask_id, loss, margin in engine(base, cfg.lora, cfg.train, train, test, design.masks[rows],
+                                                design.mask_ids[rows]):
+                ids.append(mask_id)
+                losses.append(loss)
+                margs.append(margin)
+                bar.update(1)
+            store.write_results(ids, design.masks[rows], np.array(losses), np.array(margs),
+                                {"engine": cfg.train.engine})
+    elapsed = time.perf_counter() - started
+    log.info("train: %d masks in %.1f s (%.2f s per mask)", len(todo), elapsed, elapsed / len(todo))
+
+
+def _fit_rows(design, results, role: str):
+    keep = np.isin(results.mask_ids, design.mask_ids[design.roles == role])
+    return results.masks[keep], keep
+
+
+def stage_fit(cfg) -> dict:
+    from hydra.utils import instantiate
+
+    from dataspex.io import write_json
+
+    store, data = open_run(cfg)
+    design = store.load_design()
+    results = store.load_results(design)
+    missing = len(design) - len(results)
+    if missing:
+        if not cfg.fit.allow_missing:
+            raise DataspexError(f"{missing} of {len(design)} masks have no result yet: run `dataspex train "
+                                f"run_dir={store.run_dir}` to finish them (or fit.allow_missing=true)")
+        log.warning("fit: %d of %d masks have no result; fitting on the rest", missing, len(design))
+    Y = results.outputs(cfg.fit.output)
+    Y = np.column_stack([Y, Y.mean(axis=1)])  # every test example, then the mean test output
+    names = [f"test_{t}" for t in range(data.n_test)] + ["mean"]
+    fit_role = "spex" if design.meta.get("kind") == "spex" else "fit"
+    fit_masks, fit_keep = _fit_rows(design, results, fit_role)
+    ho_masks, ho_keep = _fit_rows(design, results, "heldout")
+    if not fit_keep.any():
+        raise DataspexError("no finished fit masks to fit on: run `dataspex train` first")
+    faithfulness = {}
+    os.makedirs(store.path("fit"), exist_ok=True)
+    for name, est_cfg in cfg.estimators.items():
+        if est_cfg is None:
+            continue
+        estimator = instantiate(est_cfg)
+        started = time.perf_counter()
+        extra = {"design": design.meta["spex"]} if name == "spex" else {}
+        estimator.fit(fit_masks, Y[fit_keep], **extra)
+        seconds = time.perf_counter() - started
+        result = estimator.result_
+        result.output_names = names
+        result.save(store.path("fit", f"{name}.npz"))
+        r2 = _heldout_r2(estimator, ho_masks, Y[ho_keep])
+        faithfulness[name] = {"r2_mean_over_outputs": float(np.mean(r2)) if r2 is not None else None,
+                              "r2_per_output": None if r2 is None else [float(v) for v in r2],
+                              "fit_seconds": seconds, "n_fit_masks": int(fit_keep.sum()),
+                              "n_heldout_masks": int(ho_keep.sum()), "output": cfg.fit.output}
+        log.info("fit: %-10s heldout R^2 %s  (%.1f s, %d masks)", name,
+                 "n/a" if r2 is None else f"{np.mean(r2):.3f}", seconds, int(fit_keep.sum()))
+    write_json(store.path("fit", "faithfulness.json"), faithfulness)
+    return faithfulness
+
+
+def _heldout_r2(estimator, masks, Y):
+    """Faithfulness R^2 per output on the held-out masks (None without any)."""
+    from dataspex.metrics import faithfulness_r2
+
+    if len(masks) < 2:
+        return None
+    return np.asarray(faithfulness_r2(Y, estimator.predict(masks), multioutput="raw_values"))
+
+
+def stage_report(cfg) -> str:
+    from dataspex.report import write_report
+
+    store, data = open_run(cfg)
+    path = write_report(cfg, store, data)
+    log.info("report: %s", path)
+    return path
+
+
+def stage_run(cfg) -> str:
+    stage_design(cfg)
+    stage_train(cfg)
+    stage_fit(cfg)
+    return stage_report(cfg)
+
+
+STAGES = {"design": stage_design, "train": stage_train, "fit": stage_fit, "report": stage_report, "run": stage_run}
