@@ -18,16 +18,12 @@ from omegaconf import DictConfig
 
 from dataspex.errors import DataspexError
 
-STAGES = ("design", "train", "fit", "report", "run")
-USAGE = f"""usage: dataspex <stage> [overrides...]
+from dataspex.pipeline import STAGE_HELP, STAGES
+
+USAGE = """usage: dataspex <stage> [overrides...]
 
 stages:
-  run      design + train + fit + report (the whole job)
-  design   write the ablation masks into the run directory
-  train    retrain a LoRA adapter per mask and store every test loss (resumable, shardable)
-  fit      fit interaction estimators to the stored results
-  report   write report.md, tables and heatmaps
-
+""" + "".join(f"  {name:<9}{text}\n" for name, text in STAGE_HELP.items()) + """
 examples:
   dataspex run                                   # the default job on the built-in demo data
   dataspex run train.epochs=8 design.m=256       # any config key, on the command line
@@ -100,14 +96,14 @@ def _task(cfg: DictConfig) -> None:
     """The Hydra task function: one stage on one run directory."""
     from hydra.core.hydra_config import HydraConfig
 
-    from dataspex.pipeline import STAGES as STAGE_FUNCS
+    from dataspex.pipeline import stage_function
 
     try:
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.stage in ("design", "run"):
             os.makedirs(cfg.run_dir, exist_ok=True)
             _record_overrides(cfg, overrides)
-        STAGE_FUNCS[cfg.stage](cfg)
+        stage_function(cfg.stage)(cfg)
     except DataspexError as exc:
         logging.getLogger("dataspex").error("error: %s", exc)
         print(f"dataspex: error: {exc}", file=sys.stderr)

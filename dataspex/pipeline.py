@@ -196,4 +196,34 @@ def stage_run(cfg) -> str:
     return stage_report(cfg)
 
 
-STAGES = {"design": stage_design, "train": stage_train, "fit": stage_fit, "report": stage_report, "run": stage_run}
+# Every CLI stage: name -> "module:function" (imported on use, so a stage's heavy imports cost nothing elsewhere).
+STAGES = {
+    "run": "dataspex.pipeline:stage_run",
+    "design": "dataspex.pipeline:stage_design",
+    "train": "dataspex.pipeline:stage_train",
+    "fit": "dataspex.pipeline:stage_fit",
+    "report": "dataspex.pipeline:stage_report",
+    "status": "dataspex.sweeps:stage_status",
+    "collect": "dataspex.sweeps:stage_collect",
+    "trak": "dataspex.trak:stage_trak",
+    "validate": "dataspex.validate:stage_validate",
+}
+STAGE_HELP = {
+    "run": "design + train + fit + report (the whole job)",
+    "design": "write the ablation masks into the run directory",
+    "train": "retrain a LoRA adapter per mask and store every test loss (resumable, shardable)",
+    "fit": "fit interaction estimators to the stored results",
+    "report": "write the report: ranked pairs, tables, heatmaps",
+    "status": "show done/total masks per shard",
+    "collect": "consolidate all results into one table (Parquet) for pandas / datasets",
+    "trak": "TRAK influence scores on the LoRA parameters (first-order baseline and screen)",
+    "validate": "retrain the top pairs directly (full, minus i, minus j, minus both) to confirm them",
+}
+
+
+def stage_function(name: str):
+    """The function behind stage ``name``."""
+    import importlib
+
+    module, func = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), func)
