@@ -160,8 +160,9 @@ def stage_fit(cfg) -> dict:
         result = estimator.result_
         result.output_names = names
         result.save(store.path("fit", f"{name}.npz"))
-        r2 = _heldout_r2(estimator, ho_masks, Y[ho_keep])
+        r2, pooled = _heldout_r2(estimator, ho_masks, Y[ho_keep])
         faithfulness[name] = {"r2_mean_over_outputs": float(np.mean(r2)) if r2 is not None else None,
+                              "r2_pooled": pooled,
                               "r2_per_output": None if r2 is None else [float(v) for v in r2],
                               "fit_seconds": seconds, "n_fit_masks": int(fit_keep.sum()),
                               "n_heldout_masks": int(ho_keep.sum()), "output": cfg.fit.output}
@@ -172,12 +173,16 @@ def stage_fit(cfg) -> dict:
 
 
 def _heldout_r2(estimator, masks, Y):
-    """Faithfulness R^2 per output on the held-out masks (None without any)."""
+    """Faithfulness on the held-out masks: R^2 per output, and pooled over outputs (1 - total SSE / total SST,
+    which weights each test example by how much its loss varies). (None, None) without held-out masks."""
     from dataspex.metrics import faithfulness_r2
 
     if len(masks) < 2:
-        return None
-    return np.asarray(faithfulness_r2(Y, estimator.predict(masks), multioutput="raw_values"))
+        return None, None
+    predicted = estimator.predict(masks)
+    per_output = np.asarray(faithfulness_r2(Y, predicted, multioutput="raw_values"))
+    pooled = 1.0 - float(((Y - predicted) ** 2).sum() / max(((Y - Y.mean(axis=0)) ** 2).sum(), 1e-300))
+    return per_output, pooled
 
 
 def stage_report(cfg) -> str:
