@@ -63,8 +63,11 @@ def random_masks(n_train: int, m: int, p: float, rng: np.random.Generator) -> np
     return masks
 
 
-def make_design(cfg, n_train: int) -> Design:
-    """Build the design named by ``conf/design/*.yaml`` for ``n_train`` examples."""
+def make_design(cfg, n_train: int, store=None) -> Design:
+    """Build the design named by ``conf/design/*.yaml`` for ``n_train`` examples.
+
+    ``store`` (the run directory) is needed by ``kind: pairwise``, which screens its candidates with what the
+    run already holds (see :func:`pairwise_masks`)."""
     if n_train < 2:
         raise DataspexError(f"need at least 2 training examples to study pairs, got {n_train}")
     rng = np.random.default_rng(cfg.seed)
@@ -85,4 +88,95 @@ def make_design(cfg, n_train: int) -> Design:
         roles = np.array(["spex"] * len(structured) + ["heldout"] * cfg.heldout)
         meta = {"kind": "spex", "spex": spex.to_dict(), "heldout": cfg.heldout, "seed": cfg.seed}
         return Design(masks, np.arange(len(masks)), roles, meta)
-    raise DataspexError(f"design.kind={cfg.kind!r} is not one of: random, spex")
+    if cfg.kind == "pairwise":
+        structured, info = pairwise_masks(cfg, n_train, store)
+        n_heldout = int(cfg.get("heldout", 0) or 0)
+        heldout = random_masks(n_train, n_heldout, 0.5, rng) if n_heldout else np.zeros((0, n_train), np.uint8)
+        masks = np.vstack([structured, heldout])
+        roles = np.array(["pairwise"] * len(structured) + ["heldout"] * n_heldout)
+        meta = {"kind": "pairwise", "pairwise": info, "heldout": n_heldout, "seed": cfg.seed}
+        return Design(masks, np.arange(len(masks)), roles, meta)
+    raise DataspexError(f"design.kind={cfg.kind!r} is not one of: random, spex, pairwise")
+
+
+# ------------------------------------------------------------------------------ exhaustive pairwise design
+
+def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
+    """First-order scores (n, T) that pick the pairwise design's candidates, and where they came from.
+
+    ``design.screen``: ``trak`` (``<run_dir>/trak/scores.npz``, from ``dataspex trak``), ``linear`` (a linear
+    datamodel fitted to the run's finished ``fit`` masks, on ``design.output``), or ``auto``: TRAK when its
+    scores exist, else the linear datamodel; refuses when neither is available."""
+    screen = str(cfg.get("screen", "auto") or "auto")
+    if screen not in ("auto", "trak", "linear"):
+        raise DataspexError(f"design.screen={screen!r} is not one of: auto, trak, linear")
+    if store is None:
+        raise DataspexError("design=pairwise screens candidates with a run's TRAK scores or retraining results: "
+                            "give it a run directory")
+    where = f"run_dir={store.run_dir}"
+    if screen in ("auto", "trak"):
+        from dataspex.trak import load_trak_scores
+
+        scores = load_trak_scores(store)
+        if scores is not None:
+            if scores.shape[0] != n_train:
+                raise DataspexError(f"{store.path('trak', 'scores.npz')} scores {scores.shape[0]} training "
+                                    f"examples, the data has {n_train}: re-run `dataspex trak {where}`")
+            return scores, "trak"
+        if screen == "trak":
+            raise DataspexError(f"design.screen=trak but {store.run_dir} has no TRAK scores: run "
+                                f"`dataspex trak {where}` first")
+    if store.has_design():
+        design = store.load_design()
+        results = store.load_results(design)
+        role = "spex" if design.meta.get("kind") == "spex" else "fit"
+        keep = np.isin(results.mask_ids, design.mask_ids[design.roles == role])
+        if keep.sum() >= 4:
+            from dataspex.estimators import LinearDatamodel
+
+            Y = results.outputs(str(cfg.get("output", "loss") or "loss"))[keep]
+            model = LinearDatamodel(cv=min(5, int(keep.sum()))).fit(results.masks[keep], Y)
+            return model.coef_, "linear"
+    if screen == "linear":
+        raise DataspexError(f"design.screen=linear needs finished random masks in {store.run_dir}: run "
+                            f"`dataspex design` + `dataspex train` there first (design=random)")
+    raise DataspexError(f"design=pairwise needs a first-order screen to pick its {cfg.candidates} candidates, "
+                        f"and {store.run_dir} has none: run `dataspex trak {where}` (TRAK scores), or train a "
+                        "random design there first (a linear datamodel screens then)")
+
+
+def pairwise_masks(cfg, n_train: int, store) -> tuple[np.ndarray, dict]:
+    """The exhaustive pairwise masks over the top ``design.candidates`` screened examples: the full set, each
+    single removal and each pair removal (1 + K + K(K-1)/2 masks), with a description for the design's meta.
+    Warns (log) when the K(K-1)/2 pair retrains exceed the budget ``design.m``."""
+    import logging
+
+    from dataspex.estimators import Pairwise, screen_candidates
+
+    K = int(cfg.candidates)
+    if not 2 <= K <= n_train:
+        raise DataspexError(f"design.candidates={K} must be in [2, n_train={n_train}]")
+    scores, source = pairwise_screen(cfg, n_train, store)
+    candidates = screen_candidates(scores, K)
+    n_pairs = K * (K - 1) // 2
+    budget = cfg.get("m")
+    if budget is not None and n_pairs > int(budget):
+        logging.getLogger("dataspex").warning(
+            "design: %d candidates need %d pair retrains (plus %d), over the budget design.m=%d: lower "
+            "design.candidates, or use a sparse estimator (ProxySPEX, SPEX)", K, n_pairs, 1 + K, int(budget))
+    masks = Pairwise.design(n_train, candidates)
+    return masks, {"candidates": candidates.tolist(), "K": K, "screen": source, "n_masks": len(masks)}
+
+
+def extend_pairwise(existing: Design, cfg, store) -> Design | None:
+    """``existing`` plus the pairwise masks it lacks, under role ``pairwise`` (fresh ids; existing rows and ids
+    untouched); None when it already has them all. ``meta["pairwise"]`` describes the latest screen, with
+    ``all_candidates`` the union over every extension."""
+    masks, info = pairwise_masks(cfg, existing.n_train, store)
+    have = {row.tobytes() for row in existing.masks[existing.roles == "pairwise"]}
+    new = np.array([row for row in masks if row.tobytes() not in have], dtype=np.uint8).reshape(-1, existing.n_train)
+    if not len(new):
+        return None
+    previous = (existing.meta.get("pairwise") or {}).get("all_candidates", [])
+    info["all_candidates"] = sorted(set(previous) | set(info["candidates"]))
+    return existing.extend(new, "pairwise", meta_key="pairwise", meta=info)
