@@ -1,0 +1,178 @@
+"""Training throughput: the naive loop (one fresh peft model per mask) against the batched engine.
+
+One process, default model, demo data and training recipe (``conf/``), for each LoRA layer setting. Naive and
+engine runs are interleaved round by round, and each ratio compares runs of the same round, because the
+machine may be shared. Prints fine-tunes per minute, the ratio to naive, the matmul FLOPs each fine-tune
+costs (counted by ``torch.utils.flop_counter``) and the FLOP/s achieved against a dense fp32 matmul measured
+here, and checks that the engine's test losses match naive's on the masks both ran.
+
+    python benchmarks/train_throughput.py                 # the table in benchmarks/README.md
+    python benchmarks/train_throughput.py --quick         # a smoke run (~1 minute)
+    python benchmarks/train_throughput.py --masks 128 --layers top:2 --ks 16,auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOLERANCE = 1e-4
+
+
+def load_config(layers: str):
+    """The default run config (hydra compose over ``conf/``) with ``lora.layers`` set."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base=None, config_dir=os.path.join(ROOT, "conf")):
+        return compose(config_name="config", overrides=[f"lora.layers={layers}"])
+
+
+def setup(cfg):
+    """Base model and encoded splits, as the train stage builds them."""
+    from dataspex.data import load_data
+    from dataspex.models import load_base_model, load_tokenizer
+    from dataspex.training.common import encode
+
+    data = load_data(cfg.data, cfg.model.task)
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_base_model(cfg.model, len(data.label_names) if data.label_names else None, cfg.train.seed)
+    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
+    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
+    return base, train, test
+
+
+def run(fn, args, ids):
+    """Time one call of an engine's train_masks over the masks ``ids``; returns (seconds, {id: losses})."""
+    base, lora, train_cfg, train, test, masks = args
+    start = time.perf_counter()
+    out = {m: loss for m, loss, _ in fn(base, lora, train_cfg, train, test, masks[ids], ids)}
+    return time.perf_counter() - start, out
+
+
+def count_flops(fn, args, ids) -> float:
+    """Matmul FLOPs (forward and backward) per mask of one untimed run."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run(fn, args, ids)
+    return counter.get_total_flops() / len(ids)
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best dense fp32 matmul FLOP/s on this machine with ``threads`` threads."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def engine_with(k):
+    """The batched engine's train_masks at ``adapters_per_pass=k``, set up afresh each call (so every timed
+    run pays for building its engine and prefix cache, as the naive loop pays for its peft models)."""
+    from dataspex.training import engine
+
+    def fn(base, lora, train_cfg, train, test, masks, ids):
+        engine._LAST.clear()
+        cfg = train_cfg.copy()
+        cfg.adapters_per_pass = k
+        yield from engine.train_masks(base, lora, cfg, train, test, masks, ids)
+
+    return fn
+
+
+def bench_layers(layers: str, opts, peak: float) -> list[dict]:
+    from dataspex.training.naive import train_masks as naive
+
+    cfg = load_config(layers)
+    base, train, test = setup(cfg)
+    rng = np.random.default_rng(0)
+    masks = (rng.random((opts.masks, len(train))) < cfg.design.p).astype(np.uint8)
+    masks[masks.sum(axis=1) == 0, 0] = 1
+    args = (base, cfg.lora, cfg.train, train, test, masks)
+    all_ids = np.arange(opts.masks)
+    engines = {str(k): engine_with(k) for k in opts.ks}
+    times = {name: [] for name in ["naive", *engines]}
+    naive_losses, engine_losses = {}, {name: {} for name in engines}
+    for r in range(opts.rounds):
+        ids = all_ids[(r * opts.naive_masks + np.arange(opts.naive_masks)) % opts.masks]
+        seconds, out = run(naive, args, ids)
+        times["naive"].append(len(ids) / seconds)
+        naive_losses.update(out)
+        for name, fn in engines.items():
+            seconds, out = run(fn, args, all_ids)
+            times[name].append(len(all_ids) / seconds)
+            engine_losses[name].update(out)
+        print(f"  [{layers}] round {r + 1}/{opts.rounds}: " + ", ".join(
+            f"{n} {statistics.median(t) * 60:.0f}/min" for n, t in times.items()), file=sys.stderr)
+    flops = {"naive": count_flops(naive, args, all_ids[:1])}
+    for name, fn in engines.items():
+        flops[name] = count_flops(fn, args, all_ids)
+    rows = []
+    for name, rates in times.items():
+        ratios = [e / n for e, n in zip(rates, times["naive"])]
+        diff = 0.0 if name == "naive" else max(
+            float(np.abs(engine_losses[name][m] - naive_losses[m]).max()) for m in naive_losses)
+        rate = statistics.median(rates)
+        rows.append({"layers": layers, "engine": "naive" if name == "naive" else "batched",
+                     "K": "-" if name == "naive" else name,
+                     "masks": opts.naive_masks * opts.rounds if name == "naive" else opts.masks * opts.rounds,
+                     "per_min": rate * 60, "ratio": statistics.median(ratios), "gflop": flops[name] / 1e9,
+                     "gflops": flops[name] * rate / 1e9, "peak": flops[name] * rate / peak, "diff": diff})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--masks", type=int, default=None, help="masks per engine run (default 64; quick 16)")
+    parser.add_argument("--naive-masks", type=int, default=None, help="masks per naive run (default 6; quick 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; quick 1)")
+    parser.add_argument("--layers", default="null,top:2,top:1", help="lora.layers settings, comma-separated")
+    parser.add_argument("--ks", default="1,4,16,auto", help="adapters per pass, comma-separated")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer masks, one round")
+    opts = parser.parse_args(argv)
+    opts.masks = opts.masks or (16 if opts.quick else 64)
+    opts.naive_masks = opts.naive_masks or (2 if opts.quick else 6)
+    opts.rounds = opts.rounds or (1 if opts.quick else 2)
+    opts.ks = [k if k == "auto" else int(k) for k in opts.ks.split(",")]
+    torch.set_num_threads(opts.threads)
+    logging.basicConfig(level=logging.WARNING)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    peak = matmul_peak(opts.threads)
+    rows = []
+    for layers in opts.layers.split(","):
+        rows += bench_layers(layers, opts, peak)
+    print(f"\ntorch {torch.__version__}, {opts.threads} threads, dense fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
+          f"default config (conf/), demo data; {opts.masks} masks per engine run, {opts.naive_masks} per naive "
+          f"run, {opts.rounds} interleaved round(s)\n")
+    print("| lora.layers | engine | K | fine-tunes/min | x naive | GFLOP/fine-tune | GFLOP/s | % of peak "
+          "| max abs diff vs naive |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['layers']} | {r['engine']} | {r['K']} | {r['per_min']:.1f} | {r['ratio']:.1f} | "
+              f"{r['gflop']:.1f} | {r['gflops']:.1f} | {100 * r['peak']:.0f}% | {r['diff']:.1e} |")
+    worst = max(r["diff"] for r in rows)
+    if worst > TOLERANCE:
+        print(f"\nFAIL: engine and naive test losses differ by up to {worst:.2e} (> {TOLERANCE})")
+        return 1
+    print(f"\nOK: engine test losses match naive within {worst:.1e} on every mask both ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

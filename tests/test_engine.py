@@ -1,0 +1,170 @@
+"""The batched engine against the naive loop (independent peft fine-tunes): same seeds, same data order, same
+per-test losses and margins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dataspex.data import Split
+from dataspex.demo import make_demo
+from dataspex.errors import DataspexError
+from dataspex.models import load_base_model, load_tokenizer
+from dataspex.training import engine, naive
+from dataspex.training.common import encode
+
+TOL = 1e-4
+MINILM = {"name_or_path": "bundled:all-minilm-l6-v2", "task": "classification"}
+# Kept counts 10, 6 and 1 at batch size 4: 3, 2 and 1 steps per epoch, ragged last batches, so adapters in
+# one pass differ in batch size and step count.
+MASKS = np.zeros((3, 12), dtype=np.uint8)
+MASKS[0, :10] = 1
+MASKS[1, [0, 2, 3, 5, 8, 11]] = 1
+MASKS[2, 7] = 1
+IDS = [11, 3, 7]
+
+
+def train_cfg(**overrides):
+    cfg = {"epochs": 2, "batch_size": 4, "lr": 5e-3, "weight_decay": 0.01, "seed": 0, "seed_policy": "per_mask",
+           "adapters_per_pass": "auto", "prefix_cache": "auto", "device": "cpu", "precision": "fp32"}
+    return OmegaConf.create({**cfg, **overrides})
+
+
+def lora_cfg(layers=None, targets=("query", "value"), train_head=True, r=8):
+    return OmegaConf.create({"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets),
+                             "layers": layers, "train_head": train_head})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads():
+    """One thread: these small fine-tunes gain little from two, and lose a lot when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    demo = make_demo(n_train=12, n_harmful=1, n_redundant=1, n_test_bulk=4)
+    tokenizer = load_tokenizer(OmegaConf.create(MINILM))
+    train = encode(Split(demo.train_texts, demo.train_labels), tokenizer, "classification", 64)
+    test = encode(Split(demo.test_texts, demo.test_labels), tokenizer, "classification", 64)
+    return load_base_model(OmegaConf.create(MINILM), 2, 0), train, test
+
+
+def causal(arch: str):
+    cfg = OmegaConf.create({"name_or_path": f"tiny:{arch}", "task": "causal_lm"})
+    tokenizer = load_tokenizer(cfg)
+    words = ["soup", "room", "film", "train", "walk", "book"]
+    texts = [f"the {words[i % 6]} today was" for i in range(12)]
+    train = encode(Split(texts, None, [" good" if i % 3 else " bad" for i in range(12)]), tokenizer, "causal_lm", 64)
+    test = encode(Split(["the soup was", "my long walk today was"], None, [" bad", " good"]), tokenizer,
+                  "causal_lm", 64)
+    return load_base_model(cfg, None, 0), train, test
+
+
+def run(module, base, lora, cfg, train, test, masks=MASKS, ids=IDS):
+    engine._LAST.clear()
+    return list(module.train_masks(base, lora, cfg, train, test, masks, ids))
+
+
+def assert_same(reference, batched):
+    assert [m for m, _, _ in batched] == [m for m, _, _ in reference]  # every mask once, in input order
+    for (_, loss_a, margin_a), (_, loss_b, margin_b) in zip(reference, batched):
+        assert loss_b.dtype == np.float64 and loss_b.shape == loss_a.shape
+        np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=TOL)
+        np.testing.assert_allclose(margin_b, margin_a, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("layers, per_pass, cache", [
+    (None, "auto", "auto"),  # every layer adapted, one pass
+    ("top:2", 2, True),  # prefix cache; passes of 2 and 1 adapters
+    ("top:1", "auto", False),  # frozen layers recomputed per batch
+])
+def test_classification_matches_naive(minilm, layers, per_pass, cache):
+    base, train, test = minilm
+    lora = lora_cfg(layers)
+    reference = run(naive, base, lora, train_cfg(), train, test)
+    batched = run(engine, base, lora, train_cfg(adapters_per_pass=per_pass, prefix_cache=cache), train, test)
+    assert_same(reference, batched)
+    trained = [loss for _, loss, _ in batched]
+    assert not np.allclose(trained[0], trained[2])  # the masks did train differently
+
+
+def test_whole_model_runner_matches_naive(minilm, monkeypatch):
+    """A model without a layer-by-layer runner goes through transformers whole, with the batched modules;
+    here MiniLM with the runners hidden, LoRA on the attention output too."""
+    base, train, test = minilm
+    monkeypatch.setattr(engine, "RUNNERS", ())
+    lora = lora_cfg("top:2", targets=("query", "value", "dense"))
+    cfg = train_cfg(epochs=1, adapters_per_pass=2)
+    assert_same(run(naive, base, lora, cfg, train, test), run(engine, base, lora, cfg, train, test))
+
+
+@pytest.mark.parametrize("arch, targets, layers", [
+    ("gpt2", ("c_attn", "c_proj"), None),  # Conv1D targets, every block
+    ("gpt2", ("c_attn",), "top:1"),  # prefix cache
+    ("llama", ("q_proj", "v_proj", "down_proj"), "top:1"),
+])
+def test_causal_lm_matches_naive(arch, targets, layers):
+    base, train, test = causal(arch)
+    lora = lora_cfg(layers, targets, train_head=False, r=4)
+    cfg = train_cfg(lr=2e-2)
+    reference = run(naive, base, lora, cfg, train, test)
+    assert_same(reference, run(engine, base, lora, cfg, train, test))
+
+
+def test_unsupported_setup_falls_back_to_naive(minilm, monkeypatch, caplog):
+    """A LoRA setup the batched modules cannot reproduce (say DoRA) runs the naive loop, with a warning."""
+    base, train, test = minilm
+
+    def refuse(*args):
+        raise engine.Unsupported("DoRA")
+
+    monkeypatch.setattr(engine, "find_targets", refuse)
+    cfg = train_cfg(epochs=1)
+    with caplog.at_level("WARNING", logger="dataspex"):
+        batched = run(engine, base, lora_cfg(), cfg, train, test, MASKS[1:], IDS[1:])
+    assert "naive loop" in caplog.text
+    assert_same(run(naive, base, lora_cfg(), cfg, train, test, MASKS[1:], IDS[1:]), batched)
+
+
+def test_batched_adamw_matches_torch_with_skipped_steps():
+    """Adapters missing a step keep their state and step count; the others follow torch's AdamW exactly."""
+    torch.manual_seed(0)
+    start = torch.randn(3, 5)
+    grads = [torch.randn(3, 5) for _ in range(4)]
+    active = [None, [0, 2], [2], None]
+    flat = start.clone().requires_grad_(True)
+    opt = engine.BatchedAdamW(flat, lr=0.1, weight_decay=0.05)
+    for g, a in zip(grads, active):
+        opt.step(flat, g, a)
+    for k in range(3):
+        p = torch.nn.Parameter(start[k].clone())
+        ref = torch.optim.AdamW([p], lr=0.1, weight_decay=0.05)
+        for g, a in zip(grads, active):
+            if a is None or k in a:
+                p.grad = g[k].clone()
+                ref.step()
+        torch.testing.assert_close(flat[k].detach(), p.detach(), rtol=0, atol=1e-6)
+
+
+def test_groups_keep_similar_kept_counts_together():
+    groups = engine.groups([5, 30, 6, 31, 7, 29, 4], per_pass=3)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(7))
+    assert max(len(g) for g in groups) <= 3
+    assert [sorted(g.tolist()) for g in groups] == [[0, 2, 6], [4, 5], [1, 3]]
+
+
+def test_bad_masks_and_settings_are_refused(minilm):
+    base, train, test = minilm
+    with pytest.raises(DataspexError, match="keeps no training example"):
+        run(engine, base, lora_cfg(), train_cfg(), train, test, np.zeros((1, 12), np.uint8), [0])
+    with pytest.raises(DataspexError, match="adapters_per_pass"):
+        engine.settings(train_cfg(adapters_per_pass=0))
+    with pytest.raises(DataspexError, match="precision"):
+        engine.settings(train_cfg(precision="fp8"))
+    assert engine.settings(train_cfg(precision="bf16")).autocast is None  # CPU trains in fp32
