@@ -1,0 +1,162 @@
+"""Fault tests: whatever happens to the workers, a run ends with exactly one result per mask, equal to an
+uninterrupted run, and never mixes in results of another model, data set or config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from dataspex.errors import DataspexError
+from dataspex.io import load_npz
+from dataspex.store import RunStore
+from tests.conftest import run_cli
+from tests.test_sweeps import (JOB, assert_same_results, fresh_copy, last_sweep_log, reference_run, start_sweep, stop,
+                               sweep)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        with open(f"/proc/{pid}/stat") as fh:
+            pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        if pid == ancestor:
+            return True
+    return False
+
+
+def test_kill_9_worker_mid_shard_then_rerun(tmp_path_factory, tmp_path):
+    """A sweep of 2 shards as local jobs (submitit, one process per shard, one file per mask); the first worker
+    to write a result is SIGKILLed mid-shard. The sweep fails; running it again finishes the run exactly."""
+    ref = reference_run(tmp_path_factory)
+    run_dir = fresh_copy(ref, tmp_path / "run")
+    store = RunStore(run_dir)
+    args = [f"run_dir={run_dir}", "hydra/launcher=local_jobs", "shard.count=2", "shard.index=range(0,2)",
+            "train.chunk_size=1", *JOB]
+    driver = start_sweep(*args, log_path=tmp_path / "driver.log")
+    try:
+        first = _wait_for(store.result_files, 180, "a first result file", driver)[0]
+        arrays, meta = load_npz(first)
+        worker, shard = meta["pid"], int(arrays["mask_ids"][0]) % 2
+        assert _descends_from(worker, driver.pid)  # a job process of our sweep, nothing else
+        os.kill(worker, signal.SIGKILL)
+        assert driver.wait(120) != 0  # the sweep reports the lost job (and does not hang)
+    finally:
+        stop(driver)
+    log = (tmp_path / "driver.log").read_text()
+    assert "UncompletedJobError" in log or "has not produced any output" in log, log[-3000:]
+    done = store.scan().done
+    killed_shard = {i for i in range(10) if i % 2 == shard}
+    assert 0 < len(done & killed_shard) < len(killed_shard), "the worker was not killed mid-shard"
+
+    sweep(*args)
+    assert f"train: shard {shard}/2 has 5 masks, {len(done & killed_shard)} already done" in last_sweep_log(run_dir)
+    assert_same_results(run_dir, ref)
+    assert not os.path.exists(store.path("results", "quarantine"))
+
+
+def test_four_concurrent_joblib_workers_write_one_store(tmp_path_factory, tmp_path):
+    """4 joblib workers at once, each shard run twice concurrently (a job started twice): all write into one
+    store, one file per mask; reading collapses the duplicates to exactly one result per mask."""
+    ref = reference_run(tmp_path_factory)
+    run_dir = fresh_copy(ref, tmp_path / "run")
+    sweep(f"run_dir={run_dir}", "hydra/launcher=joblib_local", "hydra.launcher.n_jobs=4", "shard.count=2",
+          "shard.index=0,1,0,1", "train.chunk_size=1", *JOB)
+    scan = RunStore(run_dir).scan()
+    assert not scan.rejected and not scan.temp_files
+    pids = {load_npz(path)[1]["pid"] for path in scan.good}
+    assert len(pids) >= 2 and scan.n_results >= 10  # several processes wrote; maybe the same mask twice
+    assert_same_results(run_dir, ref)
+
+
+def test_truncated_result_file_is_reported_quarantined_and_retrained(tmp_path_factory, tmp_path):
+    ref = reference_run(tmp_path_factory)
+    run_dir = fresh_copy(ref, tmp_path / "run", results=True)
+    store = RunStore(run_dir)
+    victim = store.result_files()[0]
+    lost = load_npz(victim)[0]["mask_ids"].tolist()
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as fh:  # a file cut short (disk full, copy interrupted, ...)
+        fh.truncate(size // 2)
+    with open(store.path("results", ".tmp-deadbeef"), "wb") as fh:  # a writer killed before its rename
+        fh.write(b"PK\x03\x04")
+
+    status = run_cli("status", f"run_dir={run_dir}").stdout
+    assert "REJECTED 1 result files" in status and "truncated or corrupted" in status
+    assert f"missing  {len(lost)} masks" in status and "unfinished writes" in status
+
+    resumed = run_cli("train", f"run_dir={run_dir}", *JOB)
+    assert f"{10 - len(lost)} already done, {len(lost)} to train" in resumed.stderr
+    with pytest.warns(UserWarning, match="truncated or corrupted"):
+        assert_same_results(run_dir, ref)
+    assert os.listdir(store.path("results", "quarantine")) == [os.path.basename(victim)]
+    assert "REJECTED" not in run_cli("status", f"run_dir={run_dir}").stdout
+
+
+def test_two_configs_pointed_at_one_directory(tmp_path_factory, tmp_path):
+    ref = reference_run(tmp_path_factory)
+    run_dir = fresh_copy(ref, tmp_path / "run", results=True)
+    store = RunStore(run_dir)
+    files = store.result_files()
+    for stage, change, what in [("train", "model.max_length=32", "model"), ("run", "lora.r=4", "lora"),
+                                ("fit", "train.lr=0.1", "train"), ("collect", "data.seed=3", "data"),
+                                ("train", "data.n_train=12", "data")]:
+        proc = run_cli(stage, f"run_dir={run_dir}", change, *JOB, check=False)
+        assert proc.returncode == 2, (stage, change, proc.stderr[-2000:])
+        assert f"holds results for a different {what}" in proc.stderr, (stage, change)
+        assert "Traceback" not in proc.stderr
+    assert store.result_files() == files and not os.path.exists(store.path("results.parquet"))
+
+    # Someone deletes the guard and re-creates the run with another model: the existing results carry the old
+    # fingerprint, so they are rejected (and quarantined), never mixed with the new model's.
+    os.unlink(store.path("fingerprint.json"))
+    run_cli("design", f"run_dir={run_dir}", "model.max_length=32")
+    status = run_cli("status", f"run_dir={run_dir}").stdout
+    assert f"REJECTED {len(files)} result files" in status and "another fingerprint" in status
+    assert "0      10" in status
+    with pytest.warns(UserWarning, match="another fingerprint"):
+        assert len(store.load_results()) == 0
+    assert sorted(os.listdir(store.path("results", "quarantine"))) == sorted(map(os.path.basename, files))
+
+
+def test_two_runs_racing_to_create_one_directory(tmp_path):
+    """Two different `design`s started at the same moment on a new directory: exactly one fingerprint wins,
+    the other run refuses (creating fingerprint.json is atomic and never overwrites)."""
+    store = RunStore(str(tmp_path / "run"))
+    outcomes = []
+    barrier = threading.Barrier(8)
+
+    def create(model):
+        barrier.wait()
+        try:
+            store.check_fingerprint({"model": model, "data": "d"}, create=True)
+            outcomes.append(("ok", model))
+        except DataspexError:
+            outcomes.append(("refused", model))
+
+    threads = [threading.Thread(target=create, args=(f"m{i % 2}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(store.path("fingerprint.json")) as fh:
+        winner = json.load(fh)["model"]
+    assert sorted(outcomes) == sorted(("ok" if m == winner else "refused", m) for _, m in outcomes)
+    assert [f for f in os.listdir(store.run_dir) if f.startswith(".tmp")] == []
