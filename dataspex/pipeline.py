@@ -116,22 +116,30 @@ def stage_train(cfg) -> None:
 
 
 def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
+    """Train every row in ``todo`` in one engine call (so a batched engine can fill its passes), writing a
+    result file each ``train.chunk_size`` finished masks: a crash loses at most the chunk in progress."""
     from tqdm.auto import tqdm
 
     chunk = max(1, int(cfg.train.chunk_size))
     started = time.perf_counter()
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+    row_of = {int(design.mask_ids[r]): r for r in todo}
+
+    def flush():
+        rows = [row_of[mask_id] for mask_id, _, _ in pending]
+        store.write_results([p[0] for p in pending], design.masks[rows], np.array([p[1] for p in pending]),
+                            np.array([p[2] for p in pending]), {"engine": cfg.train.engine})
+        pending.clear()
+
     with tqdm(total=len(todo), desc="retraining", unit="mask", disable=not cfg.progress) as bar:
-        for start in range(0, len(todo), chunk):
-            rows = todo[start: start + chunk]
-            ids, losses, margs = [], [], []
-            for mask_id, loss, margin in engine(base, cfg.lora, cfg.train, train, test, design.masks[rows],
-                                                design.mask_ids[rows]):
-                ids.append(mask_id)
-                losses.append(loss)
-                margs.append(margin)
-                bar.update(1)
-            store.write_results(ids, design.masks[rows], np.array(losses), np.array(margs),
-                                {"engine": cfg.train.engine})
+        for mask_id, loss, margin in engine(base, cfg.lora, cfg.train, train, test, design.masks[todo],
+                                            design.mask_ids[todo]):
+            pending.append((mask_id, loss, margin))
+            bar.update(1)
+            if len(pending) >= chunk:
+                flush()
+        if pending:
+            flush()
     elapsed = time.perf_counter() - started
     log.info("train: %d masks in %.1f s (%.2f s per mask)", len(todo), elapsed, elapsed / len(todo))
 
@@ -204,7 +212,7 @@ def _fit_pairwise(cfg, store, masks, Y, names) -> dict:
     log.info("fit: %-10s %d candidates, %d masks (estimand: full)", "pairwise", len(estimator.candidates_),
              len(masks))
     return {"r2_mean_over_outputs": None, "r2_pooled": None, "r2_per_output": None, "fit_seconds": seconds,
-            "n_fit_masks": int(len(masks)), "n_heldout_masks": 0, "output": cfg.fit.output, "estimand": "full",
+            "n_fit_masks": len(masks), "n_heldout_masks": 0, "output": cfg.fit.output, "estimand": "full",
             "candidates": [int(i) for i in estimator.candidates_]}
 
 

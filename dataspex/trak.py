@@ -42,7 +42,8 @@ log = logging.getLogger("dataspex")
 
 __all__ = [
     "ClassificationMarginOutput", "CompletionLogProbOutput", "LoraGradientComputer", "TrakCalibration",
-    "compute_trak_scores", "fit_calibration", "grad_parameter_names", "load_trak_scores", "stage_trak",
+    "compute_trak_scores", "fit_calibration", "grad_parameter_names", "load_trak_scores", "score_models",
+    "stage_trak",
     "trak_faithfulness", "trak_pair_scores", "trak_predict",
 ]
 
@@ -175,12 +176,14 @@ def _relative_ridge_score_computer():
     from trak.score_computers import BasicScoreComputer
 
     class RelativeRidgeScoreComputer(BasicScoreComputer):
-        """traker's BasicScoreComputer with the ridge on X^T X given relative to its mean diagonal, so one
-        setting fits every model size (and X^T X stays invertible when proj_dim >= n_train)."""
+        """traker's BasicScoreComputer with the ridge on X^T X given relative to its mean non-zero eigenvalue
+        (trace / min(n, p) for X of shape (n, p)), so one setting fits every model, data and projection size,
+        and X^T X stays invertible when proj_dim >= n_train."""
 
         def get_x_xtx_inv(self, grads, xtx):
             relative = self.lambda_reg
-            self.lambda_reg = float(relative) * float(torch.diagonal(xtx).float().mean())
+            rank = max(1, min(grads.shape[0], grads.shape[1]))
+            self.lambda_reg = float(relative) * float(torch.diagonal(xtx).float().sum()) / rank
             try:
                 return super().get_x_xtx_inv(grads, xtx)
             finally:
@@ -276,7 +279,6 @@ def compute_trak_scores(cfg, store=None, data=None, base=None, return_meta: bool
     puts traker's scratch files under ``<run_dir>/trak``; ``data``/``base`` default to the config's.
     """
     from omegaconf import OmegaConf
-    from trak import TRAKer
 
     from dataspex.models import load_base_model, load_tokenizer
     from dataspex.training.common import encode
@@ -292,8 +294,7 @@ def compute_trak_scores(cfg, store=None, data=None, base=None, return_meta: bool
     if int(tcfg.proj_dim) < 1:
         raise DataspexError(f"trak.proj_dim={tcfg.proj_dim} must be >= 1")
     started = time.perf_counter()
-    device = _device(tcfg)
-    dtype = torch.float16 if (tcfg.half_precision and device.type == "cuda") else torch.float32
+    _device(tcfg)  # refuse a bad trak.device before the fine-tunes
     tokenizer = load_tokenizer(cfg.model)
     if base is None:
         n_labels = len(data.label_names) if data.label_names else None
@@ -305,18 +306,37 @@ def compute_trak_scores(cfg, store=None, data=None, base=None, return_meta: bool
     models = []
     for k in range(int(tcfg.n_models)):
         log.info("trak: fine-tuning model %d/%d on all %d training examples", k + 1, tcfg.n_models, len(train))
-        models.append(finetune(base, cfg.lora, cfg.train, train, full, _MODEL_ID_BASE + k).to(device).eval())
+        models.append(finetune(base, cfg.lora, cfg.train, train, full, _MODEL_ID_BASE + k))
+    scratch_parent = store.path("trak") if store is not None else None
+    scores, info = score_models(models, train, test, tcfg, scratch_parent)
+    meta = dict(info, settings={k: OmegaConf.to_container(tcfg, resolve=True).get(k) for k in _SCORE_KEYS},
+                model_output="margin" if data.task == "classification" else "completion_logprob",
+                seconds=time.perf_counter() - started)
+    log.info("trak: scores for %d x %d (train x test) from %d gradients of %d parameters in %.1f s",
+             scores.shape[0], scores.shape[1], len(train) + len(test), info["n_params"], meta["seconds"])
+    return (scores, meta) if return_meta else scores
+
+
+def score_models(models, train, test, tcfg, scratch_parent: str | None = None):
+    """TRAK scores (n_train, n_test) of fine-tuned peft ``models`` (an ensemble: one traker model id each) on
+    encoded splits, with the ``trak`` settings ``tcfg`` (attribute access and ``.get``); returns (scores, info).
+
+    Gradients are taken on ``trak.device``; traker's scratch files go to a temporary folder under
+    ``scratch_parent`` (default: the system's), removed afterwards."""
+    from trak import TRAKer
+
+    device = _device(tcfg)
+    dtype = torch.float16 if (tcfg.get("half_precision") and device.type == "cuda") else torch.float32
+    models = [m.to(device).eval() for m in models]
     model = models[0]
     grad_wrt = grad_parameter_names(model, str(tcfg.params))
     grad_dim = sum(dict(model.named_parameters())[n].numel() for n in grad_wrt)
     projector, projector_kind = _projector(tcfg, grad_dim, device, dtype)
-    batch_size = max(1, int(tcfg.batch_size))
-
-    scratch_parent = store.path("trak") if store is not None else None
+    batch_size = max(1, int(tcfg.get("batch_size", 16)))
     if scratch_parent:
         os.makedirs(scratch_parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".traker-", dir=scratch_parent) as scratch:
-        traker = TRAKer(model=model, task=MODEL_OUTPUTS[data.task](), train_set_size=len(train), save_dir=scratch,
+        traker = TRAKer(model=model, task=MODEL_OUTPUTS[train.task](), train_set_size=len(train), save_dir=scratch,
                         load_from_save_dir=True, device=str(device), gradient_computer=LoraGradientComputer,
                         projector=projector, score_computer=_relative_ridge_score_computer(),
                         use_half_precision=dtype == torch.float16, grad_wrt=grad_wrt,
@@ -334,13 +354,7 @@ def compute_trak_scores(cfg, store=None, data=None, base=None, return_meta: bool
         del traker
     if not np.all(np.isfinite(scores)):
         raise DataspexError("TRAK produced non-finite scores (raise trak.lambda_reg, or check the fine-tune)")
-    meta = {"settings": {k: OmegaConf.to_container(tcfg, resolve=True).get(k) for k in _SCORE_KEYS},
-            "model_output": "margin" if data.task == "classification" else "completion_logprob",
-            "n_params": int(grad_dim), "projector_used": projector_kind, "device": str(device),
-            "seconds": time.perf_counter() - started}
-    log.info("trak: scores for %d x %d (train x test) from %d gradients of %d parameters in %.1f s",
-             scores.shape[0], scores.shape[1], len(train) + len(test), grad_dim, meta["seconds"])
-    return (scores, meta) if return_meta else scores
+    return scores, {"n_params": int(grad_dim), "projector_used": projector_kind, "device": str(device)}
 
 
 def save_trak_scores(store, scores: np.ndarray, meta: dict) -> str:

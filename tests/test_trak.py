@@ -13,8 +13,16 @@ import torch
 
 from dataspex.errors import DataspexError
 from dataspex.store import RunStore
-from dataspex.trak import (ClassificationMarginOutput, CompletionLogProbOutput, LoraGradientComputer,
-                           fit_calibration, grad_parameter_names, load_trak_scores, trak_pair_scores, trak_predict)
+from dataspex.trak import (
+    ClassificationMarginOutput,
+    CompletionLogProbOutput,
+    LoraGradientComputer,
+    fit_calibration,
+    grad_parameter_names,
+    load_trak_scores,
+    trak_pair_scores,
+    trak_predict,
+)
 from tests.conftest import TINY, run_cli
 
 
@@ -175,7 +183,8 @@ def test_trak_stage_scores_screens_and_feeds_the_pairwise_design(tiny_run, caplo
     loaded, meta = load_trak_scores(store, with_meta=True)
     np.testing.assert_array_equal(loaded, scores)
     assert meta["settings"]["proj_dim"] == 32 and meta["n_params"] > 0
-    table = json.load(open(store.path("trak", "faithfulness.json")))
+    with open(store.path("trak", "faithfulness.json")) as fh:
+        table = json.load(fh)
     assert table["available"] and table["n_heldout_masks"] == 3
     loss = table["outputs"]["loss"]
     assert {"trak", "linear"} <= set(loss) and set(table["outputs"]) == {"loss", "margin"}
@@ -224,4 +233,5 @@ def test_trak_cli_stage(tiny_run):
     os.unlink(store.path("trak", "faithfulness.json"))
     proc = run_cli("trak", f"run_dir={run_dir}")
     assert "trak: reusing" in proc.stderr and "held-out loss: trak LDS" in proc.stderr
-    assert json.load(open(store.path("trak", "faithfulness.json")))["available"]
+    with open(store.path("trak", "faithfulness.json")) as fh:
+        assert json.load(fh)["available"]
