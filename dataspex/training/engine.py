@@ -51,7 +51,6 @@ log = logging.getLogger("dataspex")
 
 BETAS = (0.9, 0.999)  # torch.optim.AdamW defaults, which naive uses
 EPS = 1e-8
-_MAX_AUTO_ADAPTERS = 64
 
 
 class Unsupported(Exception):
@@ -387,12 +386,11 @@ def _cache_budget(device) -> int:
 class Packing:
     """A batch of N right-padded rows of ``lengths`` (N,), held as T packed tokens (no padding).
 
-    Tokens run row by row, so with adapter-major rows each adapter's tokens are contiguous. ``pad`` (N, L):
-    the packed token at each (row, position), clamped to the row's last token (padded keys are masked, padded
-    queries discarded); ``valid`` (N, L); ``unpad`` (T,): row * L + position of each packed token; ``first``
-    (N,): each row's first token. With ``groups`` adapters, ``gather`` (G, Tmax) lays each adapter's tokens
-    out in a block padded to the longest (for the LoRA bmm) and ``scatter`` (T,) picks them back out of the
-    (G * Tmax) rows; ``uniform`` when every block is full."""
+    Tokens run row by row, so with adapter-major rows each adapter's tokens are contiguous. ``valid`` (N, L);
+    ``unpad`` (T,): row * L + position of each packed token; ``first`` (N,): each row's first token. With
+    ``groups`` adapters, ``gather`` (G, Tmax) lays each adapter's tokens out in a block padded to the longest
+    (for the LoRA bmm) and ``scatter`` (T,) picks them back out of the (G * Tmax) rows; ``uniform`` when every
+    block is full."""
 
     def __init__(self, lengths: torch.Tensor, groups: int | None = None):
         device = lengths.device
@@ -401,7 +399,6 @@ class Packing:
         self.lengths = lengths
         self.valid = pos[None, :] < lengths[:, None]
         self.first = torch.cumsum(lengths, 0) - lengths
-        self.pad = self.first[:, None] + torch.minimum(pos[None, :], lengths[:, None] - 1)
         self.unpad = (torch.arange(n, device=device)[:, None] * width + pos[None, :])[self.valid]
         self.key_mask = self.valid[:, None, None, :]
         self.uniform = True
@@ -416,20 +413,49 @@ class Packing:
                 owner = torch.repeat_interleave(torch.arange(groups, device=device), per)
                 self.scatter = owner * tmax + torch.arange(len(owner), device=device) - start[owner]
 
+    def padded(self, t):
+        """Packed (T, c) -> right-padded (N, L, c), zeros at padding (masked as keys, discarded as queries)."""
+        n, width = self.valid.shape
+        return t.new_zeros(n * width, t.shape[-1]).index_copy(0, self.unpad, t).view(n, width, -1)
+
     def attend(self, q, k, v, heads: int, scale: float, first_only: bool = False):
         """Self-attention of packed q, k, v (T, H*dh) -> (T, H*dh); ``first_only``: q is (N, H*dh), one query per
         row, and the result (N, H*dh)."""
-        n, width = self.pad.shape
+        n, width = self.valid.shape
         size = k.shape[-1] // heads
-        kp = k[self.pad].view(n, width, heads, size).transpose(1, 2)
-        vp = v[self.pad].view(n, width, heads, size).transpose(1, 2)
+        kp = self.padded(k).view(n, width, heads, size).transpose(1, 2)
+        vp = self.padded(v).view(n, width, heads, size).transpose(1, 2)
         if first_only:
             qp = q.view(n, 1, heads, size).transpose(1, 2)
         else:
-            qp = q[self.pad].view(n, width, heads, size).transpose(1, 2)
+            qp = self.padded(q).view(n, width, heads, size).transpose(1, 2)
         ctx = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=self.key_mask, scale=scale)
         ctx = ctx.transpose(1, 2).reshape(-1, heads * size)
-        return ctx if first_only else ctx[self.unpad]
+        return ctx if first_only else ctx.index_select(0, self.unpad)
+
+    def attend_first_folded(self, q, x, key: nn.Linear, value, heads: int, scale: float):
+        """Attention context of each row's first token, (N, H*dh), from q (N, H*dh) and the layer input x
+        (T, d), without projecting keys or values per token: q_h.k_j = (W_k,h^T q_h).x_j + q_h.b_k,h, whose
+        last term is the same for every key (softmax ignores it), and sum_j p_hj v_j = value(sum_j p_hj x_j)
+        on head h's outputs, since the weights sum to one. Exact algebra; a d x d product per row instead of
+        two per token. ``key``: a frozen linear; ``value``: a frozen linear or a BatchedLoRA on one."""
+        n, d = self.valid.shape[0], x.shape[-1]
+        size = q.shape[-1] // heads
+        xp = self.padded(x)  # (N, L, d)
+        qk = torch.einsum("nhe,hed->nhd", q.view(n, heads, size), key.weight.view(heads, size, d))
+        scores = torch.einsum("nhd,nld->nhl", qk, xp) * scale
+        weights = torch.softmax(scores.masked_fill(~self.valid[:, None, :], float("-inf")), dim=-1)
+        mean = torch.einsum("nhl,nld->nhd", weights, xp)  # (N, H, d): per head, the weighted mean input
+        frozen = value.base if isinstance(value, BatchedLoRA) else value
+        ctx = torch.einsum("nhd,hed->nhe", mean, frozen.weight.view(heads, size, d))
+        if frozen.bias is not None:
+            ctx = ctx + frozen.bias.view(heads, size)
+        if isinstance(value, BatchedLoRA):
+            g, r = value.A.shape[0], value.A.shape[1]
+            xa = torch.bmm(mean.reshape(g, -1, d), value.A.transpose(1, 2)).view(g, -1, heads, r)
+            lora = torch.einsum("gbhr,gher->gbhe", xa, value.B.view(g, heads, size, r))
+            ctx = ctx + lora.reshape(n, heads, size)
+        return ctx.reshape(n, heads * size)
 
 
 class BertRunner:
@@ -483,14 +509,24 @@ class BertRunner:
             residual = x[pk.first]
             base_q = None if base_q is None else base_q[pk.first]
         q = lin(sa.query, residual, None if first_only else pk, base_q)  # (N, d) rows are adapter-major too
-        k = lin(sa.key, x, pk, base_k)
-        v = lin(sa.value, x, pk, base_v)
-        ctx = pk.attend(q, k, v, sa.num_attention_heads, sa.scaling, first_only)
+        if first_only and base_k is None and self._foldable(sa):
+            ctx = pk.attend_first_folded(q, x, sa.key, sa.value, sa.num_attention_heads, sa.scaling)
+        else:
+            k = lin(sa.key, x, pk, base_k)
+            v = lin(sa.value, x, pk, base_v)
+            ctx = pk.attend(q, k, v, sa.num_attention_heads, sa.scaling, first_only)
         block = pk if not first_only else None
         out = layer.attention.output
         a = out.LayerNorm(lin(out.dense, ctx, block) + residual)
         h = layer.intermediate.intermediate_act_fn(lin(layer.intermediate.dense, a, block))
         return layer.output.LayerNorm(lin(layer.output.dense, h, block) + a)
+
+    @staticmethod
+    def _foldable(sa) -> bool:
+        """Keys and values can be folded into per-row sums (attend_first_folded): the key is frozen, the value
+        frozen or LoRA-adapted, both plain linears."""
+        value = sa.value.base if isinstance(sa.value, BatchedLoRA) else sa.value
+        return type(sa.key) is nn.Linear and type(value) is nn.Linear
 
     # -- data
 
@@ -815,23 +851,24 @@ class _LossScale:
 def auto_adapters(opts: Settings, engine: Engine, batch_size: int, mean_len: float) -> int:
     """Adapters per pass when ``train.adapters_per_pass=auto``.
 
-    CPU: enough rows per pass that the matmuls run near full speed (gains flatten out near ~4k tokens per
-    pass on 2 cores), bounded by memory. GPU: as many as a quarter of the free memory holds (activations of
-    the trained layers, saved for the backward pass), up to 64."""
-    tokens = max(1.0, batch_size * mean_len)
+    CPU: about 4k tokens' worth of full-layer work per pass (the matmuls then run near full speed and the
+    per-step overhead is spread thin; fewer trained layers, more adapters), at most 64. GPU: as many as a
+    quarter of the free memory holds (activations of the trained layers kept for the backward pass), at
+    most 512, since small models leave a GPU latency-bound well before it is full."""
+    tokens = max(1.0, batch_size * mean_len)  # per adapter and step
     d = engine.model.config.hidden_size
     n_layers = engine.model.config.num_hidden_layers
-    trained = n_layers - (getattr(engine.runner, "split", 0) or 0)
-    per_token = 4 * (max(trained, 1) * 24 * d + 2 * d)  # bytes kept for backward, generously
+    trained = max(1, n_layers - (getattr(engine.runner, "split", 0) or 0))
+    per_token = 4 * (trained * 24 * d + 2 * d)  # bytes kept for backward, generously
     if opts.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(opts.device)
-        return int(max(1, min(_MAX_AUTO_ADAPTERS, free / 4 / (per_token * tokens))))
+        return int(max(1, min(512, free / 4 / (per_token * tokens))))
     try:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         free = 4 << 30
     by_memory = free / 4 / (per_token * tokens)
-    return int(max(1, min(_MAX_AUTO_ADAPTERS, by_memory, round(4096 / tokens))))
+    return int(max(1, min(64, by_memory, round(4096 * n_layers / trained / tokens))))
 
 
 def groups(kept_counts: list[int], per_pass: int) -> list[np.ndarray]:
