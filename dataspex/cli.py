@@ -54,6 +54,10 @@ def _replayable(override: str) -> bool:
     return not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in _NOT_REPLAYED)
 
 
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
+
+
 def _run_dir_from(overrides: list[str]) -> str | None:
     for o in overrides:
         if _key(o) == "run_dir":
@@ -95,6 +99,7 @@ def _record_overrides(cfg, overrides: list[str]) -> None:
 def _task(cfg: DictConfig) -> None:
     """The Hydra task function: one stage on one run directory."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from dataspex.pipeline import stage_function
 
@@ -106,6 +111,8 @@ def _task(cfg: DictConfig) -> None:
         stage_function(cfg.stage)(cfg)
     except DataspexError as exc:
         logging.getLogger("dataspex").error("error: %s", exc)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep job: the launcher (joblib, submitit) must see the failure and report it
         print(f"dataspex: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
@@ -125,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     except DataspexError as exc:
         print(f"dataspex: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [f"dataspex-{stage}"] + args + [f"stage={stage}"]
+    # Hydra takes its overrides as one run of positional arguments: flags (--multirun, --cfg job) go first.
+    overrides = [a for a in args if _is_override(a)]
+    flags = [a for a in args if not _is_override(a)]
+    sys.argv = [f"dataspex-{stage}"] + flags + overrides + [f"stage={stage}"]
     hydra.main(version_base="1.3", config_path=conf, config_name="config")(_task)()
 
 
