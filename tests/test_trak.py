@@ -173,8 +173,8 @@ def test_trak_stage_scores_screens_and_feeds_the_pairwise_design(tiny_run, caplo
 
     run_dir, cfg = tiny_run
     store = RunStore(run_dir)
-    pw_cfg = compose(f"run_dir={run_dir}", *TINY, "design=pairwise", "design.candidates=3", "design.m=2")
-    n_pw = 1 + 3 + 3
+    pw_cfg = compose(f"run_dir={run_dir}", *TINY, "design=pairwise", "design.candidates=2", "design.m=0")
+    n_pw = 1 + 2 + 1
     assert load_trak_scores(store) is None
     assert pairwise_screen(pw_cfg.design, 10, store)[1] == "linear"  # no TRAK yet: the linear datamodel screens
 
@@ -199,11 +199,11 @@ def test_trak_stage_scores_screens_and_feeds_the_pairwise_design(tiny_run, caplo
     before = store.load_design()
     with caplog.at_level("WARNING", logger="dataspex"):
         stage_design(pw_cfg)
-    assert "over the budget design.m=2" in caplog.text
+    assert "over the budget design.m=0" in caplog.text
     design = store.load_design()
     pw = design.roles == "pairwise"
     assert pw.sum() == n_pw and np.array_equal(design.masks[~pw], before.masks)
-    assert design.meta["pairwise"]["screen"] == "trak" and len(design.meta["pairwise"]["candidates"]) == 3
+    assert design.meta["pairwise"]["screen"] == "trak" and len(design.meta["pairwise"]["candidates"]) == 2
     stage_design(pw_cfg)  # idempotent
     assert len(store.load_design()) == len(design)
     stage_design(cfg)  # the run's own (random) design is still recognised: no refusal
