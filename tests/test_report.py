@@ -1,0 +1,208 @@
+"""The report (Markdown, HTML, tables, figures) and the ``dataspex.load_run`` API.
+
+Most tests here read a *synthetic* run: a real run directory (made by ``dataspex design`` on the tiny demo
+data) whose fit and held-out results are written from a known set function instead of fine-tunes, so the
+estimators find real pairs (and a triple) in seconds. ``synthetic_run()`` builds it once per session; tests
+that change a run work on a copy.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Small and fast: enough random masks for ProxySPEX to see the planted structure (with leaves small enough
+# for 48 masks); one refit for the faithfulness curve.
+SYNTHETIC_ARGS = [a for a in TINY if not a.startswith("design.")] + [
+    "design.m=48", "design.heldout=16", "+estimators.proxyspex.min_child_samples=3"]
+REPORT_ARGS = ["+report.curve_fractions=[0.5]"]
+
+
+def synthetic_losses(masks: np.ndarray, planted: list[dict], n_test: int, seed: int = 0) -> np.ndarray:
+    """Test losses (m, n_test) of a known set function: each planted harmful pair raises its test example's
+    loss when either is kept (masking), each redundant pair raises it when both are gone, and the first bulk
+    test example has a three-way term on examples (0, 1, 2) of the first bulk... (any three not planted)."""
+    rng = np.random.default_rng(seed)
+    x = masks.astype(float)
+    Y = 0.5 + 0.05 * rng.standard_normal((len(masks), n_test))
+    used = set()
+    for p in planted:
+        i, j, t = p["i"], p["j"], p["test"]
+        used |= {i, j}
+        either = np.maximum(x[:, i], x[:, j])
+        Y[:, t] += 2.0 * either if p["kind"] == "harmful" else 2.0 * (1 - either)
+    free = [k for k in range(masks.shape[1]) if k not in used][:3]
+    bulk = [t for t in range(n_test) if t not in {p["test"] for p in planted}]
+    if len(free) == 3 and bulk:
+        Y[:, bulk[0]] += 1.5 * x[:, free[0]] * x[:, free[1]] * x[:, free[2]]
+    return Y
+
+
+def make_synthetic_run(run_dir: str, extra=()) -> str:
+    """``dataspex design`` + synthetic results for the fit and held-out masks + ``fit`` + ``report``."""
+    import dataspex
+    from dataspex.store import RunStore
+
+    run_cli("design", f"run_dir={run_dir}", *SYNTHETIC_ARGS, *extra)
+    run = dataspex.load_run(run_dir)
+    design, data = run.design, run.data
+    Y = synthetic_losses(design.masks, data.planted, data.n_test)
+    RunStore(run_dir).write_results(design.mask_ids, design.masks, Y, -Y)
+    run_cli("fit", f"run_dir={run_dir}")
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    return run_dir
+
+
+@functools.cache
+def synthetic_run() -> str:
+    """One synthetic run per test session (read-only: copy it before changing it)."""
+    root = tempfile.mkdtemp(prefix="dataspex-synthetic-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return make_synthetic_run(os.path.join(root, "run"))
+
+
+def copy_run(tmp_path) -> str:
+    target = str(tmp_path / "run")
+    shutil.copytree(synthetic_run(), target)
+    return target
+
+
+# ----------------------------------------------------------------------------------------------- the report
+
+def test_report_writes_every_file():
+    out = os.path.join(synthetic_run(), "report")
+    for name in ("report.md", "report.html", "pairs.csv", "pairs.parquet", "interactions.parquet",
+                 "faithfulness_curve.csv", "faithfulness_curve.png", "heatmap.png", "heatmap_proxyspex.png",
+                 "summary.json", "triples.csv", "triples.parquet"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+
+def test_report_finds_the_planted_pairs_and_says_what_to_do():
+    out = os.path.join(synthetic_run(), "report")
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["recall_at_k"]["harmful"]["recall"] == 1.0
+    assert summary["recall_at_k"]["redundant"]["recall"] == 1.0
+    pairs = pd.read_parquet(os.path.join(out, "pairs.parquet"))
+    for col in ("text_i", "text_j", "test_text", "also_moves", "pattern", "score", "joint_effect"):
+        assert col in pairs.columns, col
+    top = pairs[pairs["kind"] == "harmful"].iloc[0]
+    assert top["pattern"] == "masking" and top["label_i"] != top["test_label"]
+    md = open(os.path.join(out, "report.md")).read()
+    for heading in ("## Summary for the curation team", "## Validation by retraining", "## Top harmful pairs",
+                    "## Top redundant pairs", "## Higher-order interactions (degree 3)",
+                    "## Heatmaps of pairwise scores", "## How far to trust this", "## Run configuration"):
+        assert heading in md, heading
+    # the harmful pair's examples are mislabelled paraphrases of the test example: suggest relabelling both
+    assert f"#{top['i']} + #{top['j']}" in md and "relabel both as" in md
+    assert summary["examples_to_review"] and top["i"] in summary["examples_to_review"]
+    assert "Not validated yet" in md
+
+
+def test_report_lists_the_planted_triple():
+    triples = pd.read_parquet(os.path.join(synthetic_run(), "report", "triples.parquet"))
+    run = __import__("dataspex").load_run(synthetic_run())
+    used = {x for p in run.data.planted for x in (p["i"], p["j"])}
+    free = tuple(k for k in range(run.data.n_train) if k not in used)[:3]
+    first = tuple(triples.loc[0, ["i", "j", "l"]])
+    assert first == free and triples.loc[0, "score"] > 0  # 1.5 x_a x_b x_c: third difference +1.5
+    assert triples.loc[0, "score"] == pytest.approx(1.5, abs=0.4)
+
+
+def test_html_is_self_contained():
+    page = open(os.path.join(synthetic_run(), "report", "report.html")).read()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert page.count("data:image/png;base64,") >= 3  # heatmaps and the faithfulness curve, inlined
+    for sid in ("summary", "validation", "harmful", "redundant", "higher-order", "heatmaps", "faithfulness",
+                "config", "files"):
+        assert f'<section id="{sid}">' in page, sid
+    # no external resources
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+    assert "src=\"" not in page.replace('src="data:image/png;base64,', "")
+
+
+def test_faithfulness_curve_has_every_budget():
+    curve = pd.read_csv(os.path.join(synthetic_run(), "report", "faithfulness_curve.csv"))
+    for name in ("linear", "proxyspex"):
+        part = curve[curve["estimator"] == name]
+        assert part["n_masks"].tolist() == [24, 48], part
+        assert part["r2"].notna().all()
+    full = curve[(curve["estimator"] == "proxyspex") & (curve["fraction"] == 1.0)]["r2"].iloc[0]
+    assert full > 0.2  # noise-only test examples pull the mean over outputs down
+
+
+def test_report_uses_trak_scores_when_present(tmp_path, monkeypatch):
+    from dataspex import trak
+
+    run_dir = copy_run(tmp_path)
+    run = __import__("dataspex").load_run(run_dir)
+    fake = np.arange(run.data.n_train * run.data.n_test, dtype=float).reshape(run.data.n_train, run.data.n_test)
+    monkeypatch.setattr(trak, "load_trak_scores", lambda store, **kw: fake)
+
+    from omegaconf import OmegaConf
+
+    from dataspex.report import write_report
+
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    cfg.run_dir = run_dir
+    cfg.report.curve_fractions = [0.5]  # as cached: no refits
+    write_report(cfg, run.store, run.data)
+    pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    row = pairs.iloc[0]
+    assert row["trak_i"] == fake[row["i"], row["test"]] and row["trak_j"] == fake[row["j"], row["test"]]
+    assert "TRAK i / j" in open(os.path.join(run_dir, "report", "report.md")).read()
+
+
+# ----------------------------------------------------------------------------------------------- the API
+
+def test_load_run_api():
+    import dataspex
+    from dataspex.estimators import InteractionResult
+
+    run = dataspex.load_run(synthetic_run())
+    assert len(run.train_texts) == run.data.n_train == 10
+    assert len(run.design) == 64 and set(run.design.roles) == {"fit", "heldout"}
+    res = run.results
+    assert len(res) == 64 and {"mask_id", "role", "n_kept", "loss_0", "margin_0"} <= set(res.columns)
+    assert set(run.fitted) == {"linear", "proxyspex"}
+    assert isinstance(run.fitted["proxyspex"], InteractionResult)
+    assert run.ranking_estimator == "proxyspex"
+    assert set(run.faithfulness["estimator"]) == {"linear", "proxyspex"}
+    live = run.pairs("harmful", k=3)
+    assert {"i", "j", "text_i", "text_j", "test_text"} <= set(live.columns)
+    assert run.report_pairs is not None and run.triples is not None and run.validation is None
+    assert run.summary["estimator"] == "proxyspex" and run.report_html.endswith("report.html")
+    assert run.faithfulness_curve is not None
+    coefs = run.coefficients()
+    assert {"output", "key", "order", "fourier"} <= set(coefs.columns)
+
+
+def test_load_run_exports_shapiq():
+    shapiq = pytest.importorskip("shapiq")
+    import dataspex
+
+    run = dataspex.load_run(synthetic_run())
+    harmful = [p for p in run.data.planted if p["kind"] == "harmful"][0]
+    iv = run.to_shapiq(output=harmful["test"])
+    assert isinstance(iv, shapiq.InteractionValues) and iv.n_players == run.data.n_train
+    # f = 0.5 + 2 max(x_i, x_j): Moebius a[i] = a[j] = 2, a[i, j] = -2
+    assert iv[(harmful["i"], harmful["j"])] == pytest.approx(-2.0, abs=0.35)
+
+
+def test_load_run_refuses_a_non_run(tmp_path):
+    import dataspex
+    from dataspex.errors import DataspexError
+
+    with pytest.raises(DataspexError, match="not a dataspex run directory"):
+        dataspex.load_run(tmp_path)

@@ -1,0 +1,186 @@
+"""`dataspex validate`: the replicate design, the statistics, and the stage end to end (real fine-tunes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dataspex.design import Design
+from dataspex.store import Results
+from dataspex.validate import (
+    VARIANTS,
+    analyse,
+    analyse_curated,
+    curated_mask,
+    extend_design,
+    needed_masks,
+    removal_verdict,
+    replicate_ids,
+    t_interval,
+    variant_masks,
+    verdict,
+)
+from tests.conftest import run_cli
+
+
+def _pairs(rows):
+    return pd.DataFrame([dict(kind=k, rank=r, i=i, j=j, test=t, score=1.0, joint_effect=1.0, pattern="masking",
+                              estimand="uniform") for k, r, i, j, t in rows])
+
+
+def test_variant_masks_and_sharing():
+    m = variant_masks(5, 1, 3)
+    assert [m[v].tolist() for v in VARIANTS] == [[1, 1, 1, 1, 1], [1, 0, 1, 1, 1], [1, 1, 1, 0, 1], [1, 0, 1, 0, 1]]
+    # two pairs sharing example 1: full and minus-1 are trained once
+    pairs = _pairs([("harmful", 1, 1, 3, 0), ("redundant", 1, 1, 4, 0)])
+    masks = needed_masks(5, pairs)
+    assert len(masks) == 1 + 3 + 2
+    assert curated_mask(5, pairs).tolist() == [1, 0, 1, 0, 1]  # minus the harmful pairs' examples
+    assert curated_mask(5, pairs[pairs["kind"] == "redundant"]) is None
+
+
+def test_extend_design_appends_replicates_once_and_keeps_ids():
+    base = Design(np.random.default_rng(0).integers(0, 2, (6, 5)), np.arange(6), ["fit"] * 4 + ["heldout"] * 2,
+                  {"kind": "random"})
+    masks = needed_masks(5, _pairs([("harmful", 1, 0, 2, 0)]))
+    d1, added = extend_design(base, masks, 3)
+    assert added == 4 * 3 and len(d1) == 6 + 12
+    assert d1.mask_ids[:6].tolist() == list(range(6)) and (d1.roles[6:] == "validate").all()
+    reps = replicate_ids(d1)
+    assert sorted(len(v) for v in reps.values()) == [3, 3, 3, 3]
+    assert sorted(i for v in reps.values() for i in v) == list(range(6, 18))
+    d2, again = extend_design(d1, masks, 3)  # idempotent
+    assert again == 0 and d2 is d1
+    d3, more = extend_design(d1, masks, 5)  # more seeds later: only the extra replicates
+    assert more == 4 * 2 and d3.mask_ids[:18].tolist() == d1.mask_ids.tolist()
+    assert "validate" in d3.meta and d3.meta["kind"] == "random"
+
+
+def test_t_interval_and_verdict():
+    from scipy import stats
+
+    mean, _, lo, hi = t_interval([1.0, 2.0, 3.0, 4.0], 0.9)
+    half = stats.t.ppf(0.95, 3) * np.std([1, 2, 3, 4], ddof=1) / 2
+    assert mean == 2.5 and lo == pytest.approx(2.5 - half) and hi == pytest.approx(2.5 + half)
+    assert np.isnan(t_interval([1.0], 0.9)[2])
+    assert verdict(+1.0, 0.2, 0.9) == "confirmed"
+    assert verdict(-1.0, -0.9, -0.2) == "confirmed"
+    assert verdict(+1.0, -0.9, -0.2) == "not confirmed"  # excludes 0, but on the other side
+    assert verdict(+1.0, -0.1, 0.5) == "not confirmed"
+    assert verdict(+1.0, np.nan, np.nan) == "not confirmed"
+    assert [removal_verdict(-2, -1), removal_verdict(1, 2), removal_verdict(-1, 1)] == ["lowered", "raised", "unclear"]
+
+
+class _FakeResult:
+    """Predicts a fixed full-estimand interaction for every pair."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def pair_scores(self, estimand, output):
+        assert estimand == "full"
+        return np.full((4, 4), self.value)
+
+    def pair_effects(self, estimand, output):
+        return np.full((4, 4), 1.0)
+
+
+def _results_for(design, f, seeds_noise):
+    """Results where test output 0 of mask row r is f(mask) + noise of its replicate."""
+    rng = np.random.default_rng(1)
+    losses = np.array([[f(m) + seeds_noise * rng.standard_normal(), 0.0] for m in design.masks])
+    return Results(design.mask_ids, design.masks, losses, -losses)
+
+
+def test_analyse_confirms_a_real_interaction_and_not_noise():
+    base = Design(np.ones((1, 4)), [0], ["fit"])
+    pairs = _pairs([("harmful", 1, 0, 1, 0)])
+    design, _ = extend_design(base, needed_masks(4, pairs) + [curated_mask(4, pairs)], 4)
+    # masking pair: the loss is 2 if either example is kept -> second difference at full = 0 - 2 - 2 + 2 = -2
+    masking = lambda m: 2.0 * max(m[0], m[1])
+    table = analyse(pairs, design, _results_for(design, masking, 0.05), {"est": _FakeResult(-2.0)}, "est", 4, 4,
+                    0.9)
+    row = table.iloc[0]
+    assert row["verdict"] == "confirmed" and row["seeds"] == 4
+    assert row["realised"] == pytest.approx(-2.0, abs=0.2) and row["ci_low"] < -2.0 + 0.5 < row["ci_high"] + 0.5
+    assert row["realised_removal"] == pytest.approx(-2.0, abs=0.2)  # removing both lowers the loss by 2
+    assert row["removal"] == "lowered"
+    assert row["predicted"] == -2.0
+    cur = analyse_curated(curated_mask(4, pairs), design, _results_for(design, masking, 0.05), 4, 0.9)
+    assert cur["dropped"] == [0, 1] and cur["mean_loss_change"] == pytest.approx(-1.0, abs=0.1)  # mean of (-2, 0)
+    # pure noise: not confirmed
+    table = analyse(pairs, design, _results_for(design, lambda m: 1.0, 0.5), {"est": _FakeResult(-2.0)}, "est",
+                    4, 4, 0.9)
+    assert table.iloc[0]["verdict"] == "not confirmed"
+    # the predicted sign is wrong: not confirmed, even though the interval excludes 0
+    table = analyse(pairs, design, _results_for(design, masking, 0.05), {"est": _FakeResult(+2.0)}, "est", 4, 4,
+                    0.9)
+    assert table.iloc[0]["verdict"] == "not confirmed" and table.iloc[0]["ci_high"] < 0
+    # unfinished retrains: pending
+    partial = _results_for(design, masking, 0.05)
+    keep = np.arange(len(partial.mask_ids)) != 1  # the first replicate of the full set
+    partial = Results(partial.mask_ids[keep], partial.masks[keep], partial.losses[keep], partial.margins[keep])
+    table = analyse(pairs, design, partial, {"est": _FakeResult(-2.0)}, "est", 4, 4, 0.9)
+    assert table.iloc[0]["verdict"] == "pending"
+
+
+@pytest.mark.slow
+def test_validate_stage_end_to_end(tmp_path):
+    """On a synthetic run: retrains through the engine, resumes, leaves `fit` alone, and feeds the report."""
+    from dataspex.store import RunStore
+    from tests.test_report import REPORT_ARGS, copy_run
+
+    run_dir = copy_run(tmp_path)
+    args = ["validate", f"run_dir={run_dir}", "validate.top_k=1", "validate.seeds=2", *REPORT_ARGS]
+    proc = run_cli(*args)
+    # 2 pairs: full + 4 singles + 2 doubles, and the full set minus the harmful pair (the curated set)
+    assert "2 pairs by proxyspex -> 8 training sets x 2 seeds = 16 retrains (16 new in the design)" in proc.stderr
+    store = RunStore(run_dir)
+    design = store.load_design()
+    assert (design.roles == "validate").sum() == 16 and design.mask_ids.tolist() == list(range(64 + 16))
+    table = pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet"))
+    assert len(table) == 2 and set(table["kind"]) == {"harmful", "redundant"}
+    assert table["seeds"].tolist() == [2, 2] and table["verdict"].isin(["confirmed", "not confirmed"]).all()
+    assert np.isfinite(table[["realised", "ci_low", "ci_high", "predicted", "realised_removal"]].to_numpy()).all()
+    meta = json.load(open(os.path.join(run_dir, "validate", "validation.json")))
+    assert meta["level"] == 0.9 and meta["compared_estimand"] == "full"
+    harmful = table[table["kind"] == "harmful"].iloc[0]
+    cur = meta["curated"]
+    assert cur["status"] == "done" and cur["dropped"] == sorted([int(harmful["i"]), int(harmful["j"])])
+    assert cur["ci_low"] <= cur["mean_loss_change"] <= cur["ci_high"] and len(cur["per_test_change"]) == 4
+    assert set(table["removal"]) <= {"lowered", "raised", "unclear"}
+
+    # the report now has the validation section and the verdicts beside the pairs
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert "2 seeds each" in md and re.search(r"\| harmful \| 1 \| \(\d+, \d+\) \| #\d+ \|", md)
+    assert "pairs confirmed by retraining" in md and "Measured: retraining without all 2 examples" in md
+    pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    assert pairs["validated_verdict"].notna().sum() == 2
+
+    # resumable: a lost result file is retrained alone, with the same numbers (the seed is per mask id)
+    files = [f for f in store.result_files() if int(np.load(f)["mask_ids"].min()) >= 64]
+    lost = np.load(files[0])["mask_ids"].tolist()
+    os.unlink(files[0])
+    again = run_cli(*args)
+    assert f"trained {len(lost)}, reused {16 - len(lost)}" in again.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet")), table,
+                                  atol=1e-5)
+
+    # `fit` fits on the fit masks only: the validate rows are neither used nor missing
+    run_cli("fit", f"run_dir={run_dir}")
+    faith = json.load(open(os.path.join(run_dir, "fit", "faithfulness.json")))
+    assert faith["proxyspex"]["n_fit_masks"] == 48 and faith["proxyspex"]["n_heldout_masks"] == 16
+    assert "0 to train" in run_cli("train", f"run_dir={run_dir}").stderr
+
+
+def test_validate_refuses_bad_settings(tmp_path):
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)
+    proc = run_cli("validate", f"run_dir={run_dir}", "validate.seeds=0", check=False)
+    assert proc.returncode == 2 and "validate.seeds=0 must be at least 1" in proc.stderr
