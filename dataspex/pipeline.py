@@ -45,6 +45,9 @@ def open_run(cfg, create: bool = False):
     return store, data
 
 
+_EXTENSION_ROLES = ("pairwise", "validate")  # design rows appended to an existing run by later stages
+
+
 def stage_design(cfg) -> None:
     from dataspex.design import make_design
 
@@ -64,10 +67,10 @@ def stage_design(cfg) -> None:
     design = make_design(cfg.design, data.n_train, store=store)
     if store.has_design():
         existing = store.load_design()
-        if "pairwise" in existing.meta and design.meta.get("kind") != "pairwise":  # compare without its extension
-            base = existing.roles != "pairwise"
-            existing = type(existing)(existing.masks[base], existing.mask_ids[base], existing.roles[base],
-                                      {k: v for k, v in existing.meta.items() if k != "pairwise"})
+        # Compare without the rows later stages appended (pairwise designs, validation retrains).
+        base = ~np.isin(existing.roles, _EXTENSION_ROLES)
+        existing = type(existing)(existing.masks[base], existing.mask_ids[base], existing.roles[base],
+                                  {k: v for k, v in existing.meta.items() if k not in _EXTENSION_ROLES})
         if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
             raise DataspexError(f"{store.run_dir} already has a different design ({existing.meta}); "
                                 "use a new run_dir for a new design")
@@ -157,7 +160,9 @@ def stage_fit(cfg) -> dict:
     store, data = open_run(cfg)
     design = store.load_design()
     results = store.load_results(design)
-    missing = len(design) - len(results)
+    # Validation retrains are not fitted on: an unfinished `validate` must not block `fit`.
+    fitted_ids = design.mask_ids[design.roles != "validate"]
+    missing = int((~np.isin(fitted_ids, results.mask_ids)).sum())
     if missing:
         if not cfg.fit.allow_missing:
             raise DataspexError(f"{missing} of {len(design)} masks have no result yet: run `dataspex train "
