@@ -79,14 +79,15 @@ def assert_same(reference, batched):
         np.testing.assert_allclose(margin_b, margin_a, rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("layers, per_pass, cache", [
-    (None, "auto", "auto"),  # every layer adapted, one pass
-    ("top:2", 2, True),  # prefix cache; passes of 2 and 1 adapters
-    ("top:1", "auto", False),  # frozen layers recomputed per batch
+@pytest.mark.parametrize("layers, targets, per_pass, cache", [
+    (None, ("query", "value"), "auto", "auto"),  # every layer adapted, one pass
+    ("top:2", ("query", "value"), 2, True),  # prefix cache; passes of 2 and 1 adapters
+    ("top:2", ("key", "value", "dense"), "auto", True),  # every linear but the query, [CLS] keys not folded
+    ("top:1", ("query", "value"), "auto", False),  # frozen layers recomputed per batch
 ])
-def test_classification_matches_naive(minilm, layers, per_pass, cache):
+def test_classification_matches_naive(minilm, layers, targets, per_pass, cache):
     base, train, test = minilm
-    lora = lora_cfg(layers)
+    lora = lora_cfg(layers, targets)
     reference = run(naive, base, lora, train_cfg(), train, test)
     batched = run(engine, base, lora, train_cfg(adapters_per_pass=per_pass, prefix_cache=cache), train, test)
     assert_same(reference, batched)
