@@ -27,9 +27,15 @@ def small_blas(flops_per_call: float, threshold: float = 2e8):
     """
     if flops_per_call >= threshold:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    global _CONTROLLER
+    if _CONTROLLER is None:  # scanning the loaded libraries costs ~5 ms: do it once
+        from threadpoolctl import ThreadpoolController
 
-    return threadpool_limits(limits=1, user_api="blas")
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_CONTROLLER = None
 
 
 class DataspexInputError(DataspexError, ValueError):

@@ -18,13 +18,14 @@ Pipeline (Butler et al. 2025), for T outputs sharing one mask matrix:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn.model_selection import KFold
 
-from dataspex.estimators.base import BaseInteractionEstimator, DataspexInputError
+from dataspex.estimators.base import BaseInteractionEstimator, DataspexInputError, small_blas
 from dataspex.estimators.result import InteractionResult
 from dataspex.estimators.transforms import ParityEncoder
 
@@ -113,8 +114,12 @@ class _KeyCoder:
         return out
 
 
-def _leaf_terms(leaves, coder: _KeyCoder, n_patterns_cap: int = 2**_MAX_PATH):
-    """Expand leaves into (codes, coefs): sum over leaves and subsets k of each path."""
+def _leaf_terms(leaves, coder: _KeyCoder, n_patterns_cap: int = 2**_MAX_PATH, feature_map=None):
+    """Expand leaves into (codes, coefs): sum over leaves and subsets k of each path.
+
+    ``feature_map`` (increasing int array) maps a booster's feature index to the mask column
+    it was trained on (for boosters that saw a screened subset of the columns).
+    """
     codes, coefs = [], []
     by_depth: dict[int, list] = {}
     for feats, bits, val in leaves:
@@ -128,6 +133,8 @@ def _leaf_terms(leaves, coder: _KeyCoder, n_patterns_cap: int = 2**_MAX_PATH):
             coefs.append(vals)
             continue
         F = np.array([g[0] for g in group], dtype=np.int64)
+        if feature_map is not None:
+            F = feature_map[F]  # increasing map: rows stay sorted
         S = 1.0 - 2.0 * np.array([g[1] for g in group], dtype=np.float64)  # (-1)^b
         for r in range(d + 1):
             for cols in itertools.combinations(range(d), r):
@@ -159,6 +166,36 @@ def _ensemble_leaves(dump: dict) -> list:
     return leaves
 
 
+def _compact_terms(leaves, bound: int, cols=None):
+    """Exact spectrum of leaves as (keys as tuples of mask columns, coef), plus the code arrays.
+
+    Features are re-coded compactly (only those the ensemble splits on), so the int64 key code
+    never overflows for realistic ensembles whatever n is; ``cols`` maps booster feature
+    indices to mask columns (screened boosters).  Returns (codes, coefs, decode) with
+    ``decode(codes)`` -> list of key tuples in mask columns; code 0 is the empty key.
+    """
+    used = np.unique(np.fromiter((f for feats, _, _ in leaves for f in feats), dtype=np.int64))
+    remap = np.zeros(int(used[-1]) + 1 if used.size else 1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    coder = _KeyCoder(max(int(used.size), 1), bound)
+    codes, coefs = _leaf_terms(leaves, coder, feature_map=remap)
+    glob = used if cols is None else np.asarray(cols, dtype=np.int64)[used]
+
+    def decode(c: np.ndarray) -> list[tuple[int, ...]]:
+        return [tuple(int(glob[i]) for i in key) for key in coder.decode(c)]
+
+    return codes, coefs, decode
+
+
+def _cut_spectrum(leaves, bound: int, cols, energy, max_keys):
+    """Keys (tuples), coefficients and constant of the energy-cut spectrum of one ensemble."""
+    codes, coefs, decode = _compact_terms(leaves, bound, cols)
+    const = float(coefs[codes == 0].sum())
+    codes, coefs = codes[codes != 0], coefs[codes != 0]
+    keep = np.sort(_energy_cut(coefs, energy, max_keys))
+    return decode(codes[keep]), coefs[keep], const
+
+
 def booster_to_fourier(model, n_features: int | None = None) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """Exact Fourier transform of a LightGBM model on {0,1}^n.
 
@@ -167,12 +204,11 @@ def booster_to_fourier(model, n_features: int | None = None) -> tuple[list[tuple
     raw prediction for every 0/1 mask x (all trees, shrinkage and initial score included).
     """
     dump = _dump(model)
-    n = int(dump.get("max_feature_idx", -1)) + 1 if n_features is None else int(n_features)
+    del n_features  # keys are mask columns whatever n is (kept for API compatibility)
     leaves = _ensemble_leaves(dump)
     depth = max((len(f) for f, _, _ in leaves), default=0)
-    coder = _KeyCoder(max(n, 1), max(depth, 1))
-    codes, coefs = _leaf_terms(leaves, coder)
-    return coder.decode(codes), coefs
+    codes, coefs, decode = _compact_terms(leaves, max(depth, 1))
+    return decode(codes), coefs
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,6 +254,23 @@ def _energy_cut(coefs: np.ndarray, energy: float | None, max_keys: int | None) -
     return order[:keep]
 
 
+def _screen_features(masks: np.ndarray, Y: np.ndarray, K: int, block: int = 4096) -> np.ndarray:
+    """(K, T) mask columns with the largest |corr(x_i, y_t)| per output, sorted per column."""
+    m, n = masks.shape
+    Yc = (Y - Y.mean(axis=0)).astype(np.float32)
+    C = np.zeros((n, Y.shape[1]), dtype=np.float64)
+    xsum = np.zeros(n)
+    for start in range(0, m, block):
+        Xb = masks[start : start + block].astype(np.float32)
+        C += Xb.T @ Yc[start : start + block]
+        xsum += Xb.sum(axis=0)
+    p1 = xsum / m
+    sd = np.sqrt(np.maximum(p1 * (1.0 - p1), 1e-12))  # 0/1 columns: var = p (1 - p)
+    score = np.abs(C) / sd[:, None]
+    top = np.argpartition(-score, K - 1, axis=0)[:K]
+    return np.sort(top, axis=0)
+
+
 # ------------------------------------------------------------------------------------------
 # The estimator
 # ------------------------------------------------------------------------------------------
@@ -247,12 +300,21 @@ class ProxySPEX(BaseInteractionEstimator):
     ridge_alphas : array or None
         Ridge penalties searched by leave-one-out (default logspace(-6, 6, 100)).
     num_leaves, min_child_samples : LightGBM tree-size settings (LGBMRegressor defaults).
+    feature_screen : int or None
+        If set (and below n), each output's booster sees only its ``feature_screen`` examples
+        with the largest |correlation| with that output (computed for all outputs with one
+        blocked X'Y product).  A tree's first splits on an example are chosen by the same
+        marginal statistic, so hierarchical interactions (a pair matters where its parts do)
+        survive; pure interactions without main effects are lost, as they mostly are to greedy
+        trees anyway.  Cost per tree falls from m * n to m * feature_screen: this is what makes
+        n = 10,000 examples affordable.  None (default) is the paper's recipe.
     n_jobs : int
         Boosters trained in parallel threads (each LightGBM model single-threaded).
     random_state : int
 
     Fitted: ``result_``, ``params_`` (list of chosen hyper-parameter dicts, one per output),
-    ``cv_score_`` (CV R^2 of the chosen setting, per output), ``n_kept_`` (kept keys/output).
+    ``cv_score_`` (CV R^2 of the chosen setting, per output), ``n_kept_`` (kept keys/output),
+    ``screened_`` ((feature_screen, T) mask columns each output's booster saw, or None).
     """
 
     def __init__(
@@ -271,6 +333,7 @@ class ProxySPEX(BaseInteractionEstimator):
         min_child_samples: int = 20,
         n_jobs: int = 1,
         random_state: int | None = 0,
+        feature_screen: int | None = None,
     ) -> None:
         self.max_depth = max_depth
         self.n_estimators = n_estimators
@@ -286,6 +349,7 @@ class ProxySPEX(BaseInteractionEstimator):
         self.min_child_samples = min_child_samples
         self.n_jobs = n_jobs
         self.random_state = random_state
+        self.feature_screen = feature_screen
 
     # -- LightGBM -------------------------------------------------------------------------
     def _lgb_params(self, depth: int, rate: float) -> dict:
@@ -298,7 +362,7 @@ class ProxySPEX(BaseInteractionEstimator):
             "num_threads": 1,
             "seed": 0 if self.random_state is None else int(self.random_state),
             "deterministic": True,
-            "force_col_wise": True,
+            "force_row_wise": True,  # 3-4x faster than col-wise on 0/1 masks (measured)
             "verbose": -1,
         }
 
@@ -315,15 +379,16 @@ class ProxySPEX(BaseInteractionEstimator):
         depths, rates = np.atleast_1d(self.max_depth), np.atleast_1d(self.learning_rate)
         return [(int(d), float(r)) for d in depths for r in rates]
 
-    def _cv_scores(self, X: np.ndarray, Y: np.ndarray) -> dict[tuple[int, float, int], float]:
-        """Mean CV R^2 over the columns of Y for every grid point."""
+    def _cv_scores(self, designs: list, Y: np.ndarray) -> dict[tuple[int, float, int], float]:
+        """Mean CV R^2 over the columns of Y (column t fit on designs[t]) for every grid point."""
         trees = sorted(int(t) for t in np.atleast_1d(self.n_estimators))
-        folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(X))
+        folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(Y))
         jobs = [(t, f, d, r) for t in range(Y.shape[1]) for f in range(len(folds)) for d, r in self._grid()]
 
         def run(job):
             t, f, d, r = job
             tr, va = folds[f]
+            X = designs[t]
             booster = self._train(X[tr], Y[tr, t], d, r, trees[-1])
             yv = Y[va, t]
             sst = max(float(((yv - yv.mean()) ** 2).sum()), 1e-300)
@@ -344,7 +409,7 @@ class ProxySPEX(BaseInteractionEstimator):
         with ThreadPoolExecutor(max_workers=int(self.n_jobs)) as pool:  # LightGBM frees the GIL
             return list(pool.map(fn, items))
 
-    def _choose_params(self, X: np.ndarray, Y: np.ndarray) -> tuple[list[dict], np.ndarray]:
+    def _choose_params(self, design, Y: np.ndarray) -> tuple[list[dict], np.ndarray]:
         if self.search not in ("shared", "per_output", "none"):
             raise DataspexInputError(f"search must be 'shared', 'per_output' or 'none', got {self.search!r}")
         T = Y.shape[1]
@@ -356,12 +421,12 @@ class ProxySPEX(BaseInteractionEstimator):
         if self.search == "shared":
             k = min(int(self.n_search_outputs), T)
             cols = np.argsort(-Y.var(axis=0), kind="stable")[:k]
-            scores = self._cv_scores(X, Y[:, cols])
+            scores = self._cv_scores([design(int(c)) for c in cols], Y[:, cols])
             best = max(scores, key=scores.get)
             return [as_dict(best)] * T, np.full(T, scores[best])
         params, cvs = [], np.empty(T)
         for t in range(T):
-            scores = self._cv_scores(X, Y[:, [t]])
+            scores = self._cv_scores([design(t)], Y[:, [t]])
             best = max(scores, key=scores.get)
             params.append(as_dict(best))
             cvs[t] = scores[best]
@@ -372,44 +437,53 @@ class ProxySPEX(BaseInteractionEstimator):
         m, n = masks.shape
         if m < int(self.cv) or m < 2:
             raise DataspexInputError(f"ProxySPEX needs at least cv={self.cv} masks, got {m}")
-        X = masks.astype(np.float32)
-        params, self.cv_score_ = self._choose_params(X, Y)
+        K = self.feature_screen
+        if K is not None and int(K) < 1:
+            raise DataspexInputError(f"feature_screen must be None or a positive int, got {K!r}")
+        self.screened_ = None
+        if K is not None and int(K) < n:
+            self.screened_ = _screen_features(masks, Y, int(K))
+            design = lambda t: masks[:, self.screened_[:, t]].astype(np.float32)  # noqa: E731
+        else:
+            X = masks.astype(np.float32)
+            design = lambda t: X  # noqa: E731
+        params, self.cv_score_ = self._choose_params(design, Y)
         self.params_ = params
         T = Y.shape[1]
         depths = [int(d) for d in np.atleast_1d(self.max_depth)]
         # A path never tests more distinct features than max_depth (or num_leaves - 1).
-        bound = max(d if d > 0 else int(self.num_leaves) - 1 for d in depths)
-        coder = _KeyCoder(n, max(bound, 1))
+        bound = max(max(d if d > 0 else int(self.num_leaves) - 1 for d in depths), 1)
+        alphas = np.logspace(-6, 6, 100)
+        if self.ridge_alphas is not None:
+            alphas = np.asarray(self.ridge_alphas, dtype=np.float64)
+        encoder = ParityEncoder(masks) if self.refit else None  # packed once, shared (read-only)
 
-        def spectrum(t: int) -> tuple[np.ndarray, np.ndarray, float]:
-            # Per output: train, read out, cut. Only the kept coefficients outlive the booster
-            # (T live boosters or leaf lists would hold a lot of memory for large T).
+        def spectrum(t: int) -> tuple[list, np.ndarray, float]:
+            # Per output: train, read out, cut, refit. Only the kept coefficients outlive the
+            # booster (T live boosters or leaf lists would hold a lot of memory for large T).
             prm = params[t]
-            booster = self._train(X, Y[:, t], prm["max_depth"], prm["learning_rate"], prm["n_estimators"])
-            codes, coefs = _leaf_terms(_ensemble_leaves(booster.dump_model()), coder)
-            const = float(coefs[codes == 0].sum())
-            codes, coefs = codes[codes != 0], coefs[codes != 0]
-            keep = np.sort(_energy_cut(coefs, self.energy, self.max_keys))
-            return codes[keep], coefs[keep], const
+            booster = self._train(design(t), Y[:, t], prm["max_depth"], prm["learning_rate"], prm["n_estimators"])
+            leaves = _ensemble_leaves(booster.dump_model())
+            del booster
+            cols = None if self.screened_ is None else self.screened_[:, t]
+            keys, coefs, const = _cut_spectrum(leaves, bound, cols, self.energy, self.max_keys)
+            if encoder is not None:
+                coefs, const, _ = ridge_loo(encoder.features(keys), Y[:, t], alphas)
+            return keys, coefs, const
 
-        per_output = self._map(spectrum, range(T))
-        self.n_kept_ = np.array([len(c) for c, _, _ in per_output], dtype=np.int64)
-        if self.refit:
-            alphas = np.logspace(-6, 6, 100)
-            if self.ridge_alphas is not None:
-                alphas = np.asarray(self.ridge_alphas, dtype=np.float64)
-            encoder = ParityEncoder(masks)
-            for t, (codes, _, _) in enumerate(per_output):
-                coefs, const, _ = ridge_loo(encoder.features(coder.decode(codes)), Y[:, t], alphas)
-                per_output[t] = (codes, coefs, const)
-        return self._assemble(n, coder, per_output)
+        # Boosters (and refits) run in n_jobs threads: BLAS must not add threads of its own.
+        with small_blas(0.0) if int(self.n_jobs) > 1 else contextlib.nullcontext():
+            per_output = self._map(spectrum, range(T))
+        self.n_kept_ = np.array([len(k) for k, _, _ in per_output], dtype=np.int64)
+        return self._assemble(n, per_output)
 
     @staticmethod
-    def _assemble(n: int, coder: _KeyCoder, per_output: list) -> InteractionResult:
+    def _assemble(n: int, per_output: list) -> InteractionResult:
         """Union support over outputs; zeros where an output did not keep a key."""
-        all_codes = np.unique(np.concatenate([np.zeros(1, np.int64)] + [c for c, _, _ in per_output]))
-        fourier = np.zeros((len(all_codes), len(per_output)))
-        for t, (codes, coefs, const) in enumerate(per_output):
-            fourier[np.searchsorted(all_codes, codes), t] = coefs
-            fourier[0, t] = const  # code 0 is the empty key
-        return InteractionResult(n, coder.decode(all_codes), fourier, estimator="ProxySPEX")
+        index: dict[tuple[int, ...], int] = {(): 0}
+        rows = [np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys)) for keys, _, _ in per_output]
+        fourier = np.zeros((len(index), len(per_output)))
+        for t, (_, coefs, const) in enumerate(per_output):
+            fourier[rows[t], t] = coefs
+            fourier[0, t] = const
+        return InteractionResult(n, list(index), fourier, estimator="ProxySPEX")

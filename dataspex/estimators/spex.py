@@ -363,10 +363,14 @@ class _Peeler:
         return val, np.where(consistent, resid, np.inf)
 
     # -- one round ----------------------------------------------------------------------------
-    def round(self) -> int:
+    def round(self, multi: float | None = None) -> int:
         """Detect singletons in all bins of all outputs and peel them.
 
-        Returns the number of (output, key) pairs not recovered in earlier rounds.
+        ``multi``: also accept a hash-consistent decoded key whose fit leaves at most this
+        fraction of its bin's energy (a dominant term of a multiton: when one term outweighs
+        the rest of its bin, the signs are its syndrome); its value is corrected by later
+        re-detections and by the final refit.  Returns the number of (output, key) pairs not
+        recovered in earlier rounds.
         """
         energy = (self.U**2).sum(axis=3)  # (C, J, T)
         active = energy > self.noise_var * self.thr_active + self.floor
@@ -391,6 +395,8 @@ class _Peeler:
                 keys[retry[better]], val[retry[better]] = k2[better], v2[better]
                 resid[retry[better]] = r2[better]
                 accept = resid <= limit
+        if multi is not None:
+            accept |= resid <= float(multi) * (obs**2).sum(axis=1)
         if not accept.any():
             return 0
         a = np.flatnonzero(accept)
@@ -601,6 +607,11 @@ class SPEX(BaseInteractionEstimator):
         False keeps the peeled estimates.
     alpha : float
         Ridge penalty per mask (the penalty is ``alpha * m``; the features are +-1).
+    multi_detect : float or None
+        When strict singleton detection stalls, run a round that also peels the dominant
+        term of multiton bins (fit residual <= this fraction of the bin energy, as
+        shapiq/sparse-transform's "multi-detect" with its 0.9); this is what makes small
+        budgets (few bins per term) work.  None: strict singletons only.
 
     Fitted attributes
     -----------------
@@ -622,6 +633,7 @@ class SPEX(BaseInteractionEstimator):
         false_alarm: float = 1e-3,
         refit: bool = True,
         alpha: float = 1e-10,
+        multi_detect: float | None = 0.9,
     ) -> None:
         self.design = design
         self.soft = soft
@@ -630,6 +642,7 @@ class SPEX(BaseInteractionEstimator):
         self.false_alarm = false_alarm
         self.refit = refit
         self.alpha = alpha
+        self.multi_detect = multi_detect
 
     def fit(self, masks, Y, *, design=None):
         """Fit on the design's masks ``(n_masks, n)`` and outputs ``Y`` ``(n_masks,)`` or
@@ -664,7 +677,9 @@ class SPEX(BaseInteractionEstimator):
         self.n_rounds_ = 0
         for _ in range(int(self.max_rounds)):
             self.n_rounds_ += 1
-            if peeler.round() == 0:
+            if peeler.round() == 0 and (
+                self.multi_detect is None or peeler.round(multi=self.multi_detect) == 0
+            ):
                 break
         self.noise_var_ = peeler.noise_var
         found_t, found_keys, found_vals = peeler.recovered()
