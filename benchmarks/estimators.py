@@ -1,0 +1,392 @@
+"""Estimator benchmark: faithfulness R^2 against the budget, and fit time per output against shapiq.
+
+    python benchmarks/estimators.py --quick        # CI-sized: n=64, two budgets, T=10 (< 60 s;
+                                                   # times shapiq's ProxySPEX, not its SPEX)
+    python benchmarks/estimators.py                # the tables in benchmarks/README.md ("## Estimators")
+
+Functions: T independent sparse Fourier functions per n (dataspex.estimators.synthetic: 8 main
+effects, 4 pairs (3 of them among the main-effect examples), 2 triples per output; Gaussian noise
+at SNR = Var(f)/Var(noise) = 10).  R^2 is measured against the noise-free function on held-out
+uniformly random masks (p = 0.5) that no estimator saw, averaged over outputs.
+
+Part 1 (R^2 vs budget m): LinearDatamodel, QuadraticProxy and ProxySPEX fit the first m masks of
+one pool of uniformly random masks (the same masks for all three); SPEX fits its own structured
+design with at most m masks (column "masks" in the JSON; the table shows the count it used);
+"SPEX +main effects" is SPEX(main_effects=True): the same peeling, then a cross-validated lasso
+on all n main effects plus the peeled keys (shapiq's final regression).  Pairwise spends m/2
+random masks on a LinearDatamodel screen and m/2 on the exhaustive pair design of the top K
+candidates (1 + K + K(K-1)/2 <= m/2): its model is only valid near the full data set, so its R^2
+on random half-size masks (far below 0) shows where it does not apply; the table also gives the
+R^2 of its measured full-context second differences against the true ones over its K(K-1)/2
+pairs ("pairs"), the estimand it is built for.
+
+Part 2 (fit time per output, T outputs, one budget): ours fit all T outputs in one call; shapiq's
+approximators explain one game (output) per call, so they are timed on the first k outputs and
+the time per output is their mean (the table says so).  shapiq's ProxySPEX is fed our exact masks
+and values (its sampler replaced by the fixed mask matrix, the game a lookup of the precomputed
+noisy outputs), so both fit the same data; shapiq's SPEX queries its own design through a game
+that evaluates the same function (plus noise) at the same budget, with the same degree bound
+(t = 3); game-evaluation time and shapiq's final Moebius -> index conversion are excluded from its
+time (that only flatters shapiq).  Everything runs single-threaded (n_jobs=1 on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from dataspex.estimators import (
+    SPEX,
+    InteractionResult,
+    LinearDatamodel,
+    Pairwise,
+    ProxySPEX,
+    QuadraticProxy,
+    SpexDesign,
+    screen_candidates,
+)
+from dataspex.estimators.synthetic import random_masks, sparse_functions
+from dataspex.metrics import faithfulness_r2
+
+PAPER_GRID = dict(max_depth=(3, 5), n_estimators=(500, 1000), learning_rate=(0.01, 0.1))
+QUICK_GRID = dict(max_depth=(3, 5), n_estimators=(100, 300), learning_rate=(0.1,))
+SPEX_DEGREE = 3
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+# ---------------------------------------------------------------------------------------------
+# shapiq adapters
+# ---------------------------------------------------------------------------------------------
+
+
+class _FixedSampler:
+    """Stands in for shapiq's coalition sampler: returns our training masks."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.coalitions_matrix = masks.astype(bool)
+
+    def sample(self, budget: int) -> None:
+        if budget != len(self.coalitions_matrix):
+            raise ValueError(f"budget {budget} != {len(self.coalitions_matrix)} fixed masks")
+
+
+def _capture_moebius(approx) -> dict:
+    """Make ``approx`` keep its Moebius transform and skip shapiq's index conversion."""
+    box: dict = {}
+
+    def process(moebius_transform):
+        box["moebius"] = dict(moebius_transform)
+        approx._interaction_lookup = {k: i for i, k in enumerate(moebius_transform)}
+        return np.array(list(moebius_transform.values()), dtype=np.float64)
+
+    approx._process_moebius = process
+    return box
+
+
+def _moebius_result(n: int, moebius: dict) -> InteractionResult:
+    keys = list(moebius)
+    return InteractionResult.from_moebius(n, keys, np.array([moebius[k] for k in keys], dtype=np.float64))
+
+
+def shapiq_proxyspex(X, y, grid: dict | None, seed: int):
+    """(InteractionResult, seconds) of shapiq's ProxySPEX on our masks X and values y."""
+    from shapiq.approximator import ProxySPEX as ShapiqProxySPEX
+
+    n = X.shape[1]
+    approx = ShapiqProxySPEX(n=n, index="FBII", max_order=n, random_state=seed)
+    approx._uniform_sampler = _FixedSampler(X)
+    if grid is not None:  # same grid as ours (quick mode); shapiq names the tree count max_iter
+        approx.decoder_args = {
+            "max_depth": list(grid["max_depth"]),
+            "max_iter": list(grid["n_estimators"]),
+            "learning_rate": list(grid["learning_rate"]),
+        }
+    box = _capture_moebius(approx)
+    values = np.asarray(y, dtype=np.float64)
+    t0 = time.perf_counter()
+    approx.approximate(len(X), lambda coalitions: values)
+    seconds = time.perf_counter() - t0
+    return _moebius_result(n, box["moebius"]), seconds
+
+
+def shapiq_spex(fn, t: int, budget: int, rng, seed: int):
+    """(InteractionResult, seconds excluding game calls, masks used) of shapiq's SPEX on output t."""
+    from shapiq.approximator import SPEX as ShapiqSPEX
+
+    n = fn.n
+    approx = ShapiqSPEX(n=n, index="FBII", max_order=n, random_state=seed, degree_parameter=SPEX_DEGREE)
+    box = _capture_moebius(approx)
+    spent = {"seconds": 0.0, "masks": 0}
+
+    def game(coalitions):
+        g0 = time.perf_counter()
+        masks = np.asarray(coalitions, dtype=np.uint8)
+        values = fn.evaluate(masks)[:, t] + rng.standard_normal(len(masks)) * fn.noise_sd[t]
+        spent["seconds"] += time.perf_counter() - g0
+        spent["masks"] += len(masks)
+        return values
+
+    t0 = time.perf_counter()
+    approx.approximate(budget, game)
+    seconds = time.perf_counter() - t0 - spent["seconds"]
+    return _moebius_result(n, box["moebius"]), seconds, spent["masks"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 1: R^2 vs budget
+# ---------------------------------------------------------------------------------------------
+
+
+def _r2(result: InteractionResult, Xt, Yt) -> float:
+    return float(faithfulness_r2(Yt, result.predict(Xt)))
+
+
+def _timed_fit(est, X, Y):
+    t0 = time.perf_counter()
+    est.fit(X, Y)
+    return est, time.perf_counter() - t0
+
+
+def _pair_r2(fn, result: InteractionResult, cand: np.ndarray) -> float:
+    """R^2 of the full-context second differences over the candidate pairs, mean over outputs."""
+    truth = InteractionResult(fn.n, fn.keys, fn.fourier)
+    iu = np.triu_indices(len(cand), k=1)
+    ii, jj = cand[iu[0]], cand[iu[1]]
+    scores = []
+    for t in range(fn.n_outputs):
+        want = truth.pair_scores("full", output=t)[ii, jj]
+        got = result.pair_scores("full", output=t)[ii, jj]
+        if np.var(want) > 0:
+            scores.append(float(faithfulness_r2(want, got)))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _pairwise(fn, X, Y, budget: int, rng):
+    """Linear screen on m/2 random masks, exhaustive pair design on m/2: (result, masks used)."""
+    half = budget // 2
+    K = 1
+    while 1 + (K + 1) + (K + 1) * K // 2 <= half and K + 1 <= fn.n:
+        K += 1
+    lin = LinearDatamodel().fit(X[:half], Y[:half])
+    cand = screen_candidates(lin.coef_, K)
+    design = Pairwise.design(fn.n, cand)
+    est = Pairwise().fit(design, fn.observe(design, rng))
+    return est.result_, half + len(design), K, _pair_r2(fn, est.result_, cand)
+
+
+def r2_sweep(ns, budgets, T, snr, heldout, grid, jobs, seed, quadratic_max_n, log=print) -> list[dict]:
+    rows = []
+    for n in ns:
+        rng = np.random.default_rng(seed + n)
+        fn = sparse_functions(n, T, snr=snr, random_state=seed + n)
+        pool = random_masks(max(budgets), n, rng)
+        Ypool = fn.observe(pool, rng)
+        Xt = random_masks(heldout, n, rng)
+        Yt = fn.evaluate(Xt)
+        for m in budgets:
+            X, Y = pool[:m], Ypool[:m]
+            ests = [("LinearDatamodel", LinearDatamodel())]
+            if n <= quadratic_max_n:
+                ests.append(("QuadraticProxy", QuadraticProxy()))
+            ests.append(("ProxySPEX", ProxySPEX(**grid, n_jobs=jobs)))
+            for name, est in ests:
+                est, sec = _timed_fit(est, X, Y)
+                rows.append(dict(n=n, m=m, estimator=name, masks=m, r2=_r2(est.result_, Xt, Yt), fit_s=sec))
+                log(f"  n={n} m={m} {name}: R2={rows[-1]['r2']:.4f} ({sec:.1f} s)")
+            try:
+                design = SpexDesign(n, budget=m, max_degree=SPEX_DEGREE, random_state=seed)
+            except ValueError as err:
+                for name in ("SPEX", "SPEX +main effects"):
+                    rows.append(dict(n=n, m=m, estimator=name, masks=0, r2=float("nan"), fit_s=float("nan"), note=str(err)))
+            else:
+                Xs = design.masks()
+                Ys = fn.observe(Xs, rng)
+                for name, main in (("SPEX", False), ("SPEX +main effects", True)):
+                    est, sec = _timed_fit(SPEX(design, main_effects=main), Xs, Ys)
+                    rows.append(dict(n=n, m=m, estimator=name, masks=design.n_masks, r2=_r2(est.result_, Xt, Yt), fit_s=sec))
+                    log(f"  n={n} m={m} {name} ({design.n_masks} masks): R2={rows[-1]['r2']:.4f} ({sec:.1f} s)")
+            t0 = time.perf_counter()
+            result, used, K, r2_pairs = _pairwise(fn, X, Y, m, rng)
+            rows.append(
+                dict(n=n, m=m, estimator="Pairwise", masks=used, r2=_r2(result, Xt, Yt), fit_s=time.perf_counter() - t0,
+                     K=K, r2_pairs=r2_pairs)
+            )
+            log(f"  n={n} m={m} Pairwise (K={K}, {used} masks): R2={rows[-1]['r2']:.4f}, pair R2={r2_pairs:.4f}")
+    return rows
+
+
+def format_r2_table(rows: list[dict]) -> str:
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        sub = [r for r in rows if r["n"] == n]
+        budgets = sorted({r["m"] for r in sub})
+        names = list(dict.fromkeys(r["estimator"] for r in sub))
+        out.append(f"\nFaithfulness R^2 (held-out, vs noise-free f) and fit seconds, n = {n}:")
+        out.append("| estimator | " + " | ".join(f"m = {m}" for m in budgets) + " |")
+        out.append("|---|" + "---|" * len(budgets))
+        for name in names:
+            cells = []
+            for m in budgets:
+                r = next((r for r in sub if r["m"] == m and r["estimator"] == name), None)
+                if r is None or not np.isfinite(r["r2"]):
+                    cells.append("n/a (budget too small)" if r is not None else "-")
+                    continue
+                if name == "Pairwise":  # random-mask R^2 is far below 0: say so, show its own estimand
+                    r2 = f"{r['r2']:.3f}" if r["r2"] > -1 else "<-1"
+                    cells.append(f"{r2}; pairs {r['r2_pairs']:.3f} (K={r['K']})")
+                    continue
+                extra = f", {r['masks']} masks" if name.startswith("SPEX") else ""
+                cells.append(f"{r['r2']:.3f} ({r['fit_s']:.1f} s{extra})")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: fit time per output against shapiq
+# ---------------------------------------------------------------------------------------------
+
+
+def timing(n, m, T, k, snr, heldout, grid, seed, shapiq_spex_on=True, log=print) -> list[dict]:
+    rng = np.random.default_rng(seed + 7 * n)
+    fn = sparse_functions(n, T, snr=snr, random_state=seed + n)
+    X = random_masks(m, n, rng)
+    Y = fn.observe(X, rng)
+    Xt = random_masks(heldout, n, rng)
+    Yt = fn.evaluate(Xt)
+    sub = np.arange(min(k, T))
+    rows = []
+
+    est, sec = _timed_fit(ProxySPEX(**grid, n_jobs=1), X, Y)
+    pred = est.result_.predict(Xt)
+    ours_px = dict(n=n, m=m, estimator="ProxySPEX (dataspex)", masks=m, outputs_timed=T, s_per_output=sec / T,
+                   r2_subset=float(faithfulness_r2(Yt[:, sub], pred[:, sub])), r2_all=float(faithfulness_r2(Yt, pred)))
+    log(f"  n={n} ours ProxySPEX: {sec / T:.3f} s/output over {T}")
+    secs, r2s = [], []
+    for t in sub:
+        res, s = shapiq_proxyspex(X, Y[:, t], None if grid is PAPER_GRID else grid, seed)
+        secs.append(s)
+        r2s.append(_r2(res, Xt, Yt[:, [t]]))
+        log(f"  n={n} shapiq ProxySPEX output {t}: {s:.2f} s, R2={r2s[-1]:.4f}")
+    theirs_px = dict(n=n, m=m, estimator="ProxySPEX (shapiq)", masks=m, outputs_timed=len(sub),
+                     s_per_output=float(np.mean(secs)), r2_subset=float(np.mean(r2s)), r2_all=float("nan"))
+
+    design = SpexDesign(n, budget=m, max_degree=SPEX_DEGREE, random_state=seed)
+    Xs = design.masks()
+    est, sec = _timed_fit(SPEX(design), Xs, fn.observe(Xs, rng))
+    pred = est.result_.predict(Xt)
+    ours_sp = dict(n=n, m=m, estimator="SPEX (dataspex)", masks=design.n_masks, outputs_timed=T, s_per_output=sec / T,
+                   r2_subset=float(faithfulness_r2(Yt[:, sub], pred[:, sub])), r2_all=float(faithfulness_r2(Yt, pred)))
+    log(f"  n={n} ours SPEX: {sec / T:.4f} s/output over {T}")
+    secs, r2s, used = [], [], []
+    for t in sub if shapiq_spex_on else []:
+        res, s, u = shapiq_spex(fn, int(t), m, rng, seed)
+        secs.append(s)
+        used.append(u)
+        r2s.append(_r2(res, Xt, Yt[:, [t]]))
+        log(f"  n={n} shapiq SPEX output {t}: {s:.2f} s ({u} masks), R2={r2s[-1]:.4f}")
+    pairs = [(ours_px, theirs_px)]
+    if secs:
+        theirs_sp = dict(n=n, m=m, estimator="SPEX (shapiq)", masks=int(np.max(used)), outputs_timed=len(sub),
+                         s_per_output=float(np.mean(secs)), r2_subset=float(np.mean(r2s)), r2_all=float("nan"))
+        pairs.append((ours_sp, theirs_sp))
+    else:
+        ours_sp["speedup"] = float("nan")
+    for ours, theirs in pairs:
+        ours["speedup"] = theirs["s_per_output"] / ours["s_per_output"]
+        theirs["speedup"] = 1.0
+        rows += [ours, theirs]
+    if not secs:
+        rows.append(ours_sp)
+    return rows
+
+
+def format_timing_table(rows: list[dict], T: int) -> str:
+    out = [
+        f"\nFit time per output (T = {T} outputs; shapiq timed on the first k outputs, its s/output is their mean"
+        f" and is extrapolated to T), R^2 on the first k outputs and on all T:",
+        "| n | m | estimator | masks used | outputs timed | s / output | R^2 (first k) | R^2 (all T) | speedup vs shapiq |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        r2_all = "-" if not np.isfinite(r["r2_all"]) else f"{r['r2_all']:.3f}"
+        speed = "not timed" if not np.isfinite(r["speedup"]) else f"{r['speedup']:.1f}x"
+        out.append(
+            f"| {r['n']} | {r['m']} | {r['estimator']} | {r['masks']} | {r['outputs_timed']} | {r['s_per_output']:.4f} | "
+            f"{r['r2_subset']:.3f} | {r2_all} | {speed} |"
+        )
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def main(argv=None, log=print) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (< 60 s)")
+    ap.add_argument("--ns", type=_ints, help="comma-separated n for the R^2 table")
+    ap.add_argument("--budgets", type=_ints, help="comma-separated budgets m")
+    ap.add_argument("--T", type=int, help="outputs in the R^2 table")
+    ap.add_argument("--timing-ns", type=_ints, help="n for the timing table ('' to skip)")
+    ap.add_argument("--timing-m", type=int, help="budget of the timing table")
+    ap.add_argument("--timing-T", type=int, help="outputs fit by our estimators in the timing table")
+    ap.add_argument("--shapiq-k", type=int, help="outputs timed for each shapiq approximator")
+    ap.add_argument("--no-shapiq-spex", action="store_true",
+                    help="skip timing shapiq's SPEX (its time per output varied 2-90 s between noise draws)")
+    ap.add_argument("--snr", type=float, default=10.0)
+    ap.add_argument("--heldout", type=int, help="held-out masks for R^2")
+    ap.add_argument("--jobs", type=int, default=2, help="threads of ProxySPEX in the R^2 table (timing uses 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write all rows to this JSON file")
+    a = ap.parse_args(argv)
+    if a.quick:
+        d = dict(ns=[64], budgets=[500, 1000], T=10, timing_ns=[64], timing_m=1000, timing_T=10, shapiq_k=1, heldout=1000, grid=QUICK_GRID, qmax=64)
+    else:
+        d = dict(ns=[64, 256, 1024], budgets=[500, 1000, 2000, 4000], T=20, timing_ns=[64, 256, 1024], timing_m=2000, timing_T=100, shapiq_k=2, heldout=2000, grid=PAPER_GRID, qmax=1024)
+    ns = a.ns or d["ns"]
+    budgets = a.budgets or d["budgets"]
+    T = a.T or d["T"]
+    timing_ns = d["timing_ns"] if a.timing_ns is None else a.timing_ns
+    timing_m = a.timing_m or d["timing_m"]
+    timing_T = a.timing_T or d["timing_T"]
+    k = a.shapiq_k or d["shapiq_k"]
+    heldout = a.heldout or d["heldout"]
+    grid = d["grid"]
+    t_start = time.perf_counter()
+    log(f"# dataspex estimator benchmark ({'quick' if a.quick else 'full'}); load average at start: {_load()}; "
+        f"SNR {a.snr}; ProxySPEX grid {grid}")
+    rows = r2_sweep(ns, budgets, T, a.snr, heldout, grid, a.jobs, a.seed, d["qmax"], log=log)
+    r2_text = format_r2_table(rows)
+    log(r2_text)
+    trows = []
+    for n in timing_ns:
+        trows += timing(n, timing_m, timing_T, k, a.snr, heldout, grid, a.seed,
+                        shapiq_spex_on=not (a.quick or a.no_shapiq_spex), log=log)
+    t_text = format_timing_table(trows, timing_T) if trows else ""
+    if trows:
+        log(t_text)
+    total = time.perf_counter() - t_start
+    log(f"\ntotal {total:.0f} s; load average at end: {_load()}")
+    out = {"r2": rows, "timing": trows, "seconds": total, "args": vars(a)}
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(out, fh, indent=1, default=float)
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:], log=lambda s: print(s, flush=True))
