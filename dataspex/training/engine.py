@@ -13,9 +13,16 @@ its own batch, and AdamW (torch's defaults) with its own step count. What is sha
 * **Frozen prefix.** Layers below the lowest adapted layer see only frozen weights, and dropout is off, so
   their output for an example is a constant: it is computed once per run for every example, kept unpadded,
   and re-padded per batch (positions restart at 0 in every row, as in a right-padded batch).
-* **Only the rows the loss reads.** BERT's classifier reads the pooled [CLS] row, so the last layer computes
-  keys and values for every token but the query, attention output and feed-forward for [CLS] only. Causal
-  LMs compute logits only at completion positions.
+* **No padding tokens (BERT).** Tokens are packed: linear layers, norms and activations see real tokens
+  only; attention alone re-pads (padded keys masked, as in a padded batch). The lowest adapted layer's frozen
+  query/key/value outputs are cached with its input.
+* **Only the rows the loss reads.** BERT's classifier reads the pooled [CLS] row, so the last layer works on
+  the [CLS] query alone, with its keys and values folded into per-row sums (``Packing.attend_first_folded``).
+  Causal LMs compute logits only at completion positions.
+
+All of it is exact algebra; float32 sums run in another order than in the naive loop, so losses agree to
+rounding, amplified by training (``benchmarks/train_throughput.py`` measures both against naive, and naive
+against itself with eager attention instead of SDPA).
 
 Architectures run layer by layer: BERT-style sequence classifiers, GPT-2 and Llama causal LMs. Any other
 model runs whole through transformers with the same batched adapters and head (no prefix cache). A LoRA
