@@ -308,6 +308,12 @@ class ProxySPEX(BaseInteractionEstimator):
         survive; pure interactions without main effects are lost, as they mostly are to greedy
         trees anyway.  Cost per tree falls from m * n to m * feature_screen: this is what makes
         n = 10,000 examples affordable.  None (default) is the paper's recipe.
+    search_score : {"pipeline", "booster"}
+        What the hyper-parameter search scores on each validation fold: "pipeline" (default)
+        the final model (exact extraction, energy cut, ridge refit on the training fold), which
+        is what the result is; "booster" the LightGBM model itself (the reference recipe).  The
+        two disagree: a depth-3 booster can score best while its 95%-energy cut drops a triple
+        that a depth-5 booster's keeps (measured: output R^2 0.958 vs 0.9996 after refit).
     n_jobs : int
         Boosters trained in parallel threads (each LightGBM model single-threaded).
     random_state : int
@@ -334,6 +340,7 @@ class ProxySPEX(BaseInteractionEstimator):
         n_jobs: int = 1,
         random_state: int | None = 0,
         feature_screen: int | None = None,
+        search_score: str = "pipeline",
     ) -> None:
         self.max_depth = max_depth
         self.n_estimators = n_estimators
@@ -350,6 +357,7 @@ class ProxySPEX(BaseInteractionEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.feature_screen = feature_screen
+        self.search_score = search_score
 
     # -- LightGBM -------------------------------------------------------------------------
     def _lgb_params(self, depth: int, rate: float) -> dict:
@@ -384,6 +392,10 @@ class ProxySPEX(BaseInteractionEstimator):
         trees = sorted(int(t) for t in np.atleast_1d(self.n_estimators))
         folds = list(KFold(int(self.cv), shuffle=True, random_state=self.random_state).split(Y))
         jobs = [(t, f, d, r) for t in range(Y.shape[1]) for f in range(len(folds)) for d, r in self._grid()]
+        if self.search_score not in ("pipeline", "booster"):
+            raise DataspexInputError(f"search_score must be 'pipeline' or 'booster', got {self.search_score!r}")
+        pipeline = self.search_score == "pipeline"
+        bound, alphas = self._bound(), self._alphas()
 
         def run(job):
             t, f, d, r = job
@@ -392,16 +404,43 @@ class ProxySPEX(BaseInteractionEstimator):
             booster = self._train(X[tr], Y[tr, t], d, r, trees[-1])
             yv = Y[va, t]
             sst = max(float(((yv - yv.mean()) ** 2).sum()), 1e-300)
-            return [
-                ((d, r, nt), 1.0 - float(((booster.predict(X[va], num_iteration=nt) - yv) ** 2).sum()) / sst)
-                for nt in trees
-            ]
+            out = []
+            per_tree = None
+            if pipeline:  # one dump; the model with nt trees is the first nt trees
+                per_tree = [_tree_leaves(tree["tree_structure"]) for tree in booster.dump_model()["tree_info"]]
+            for nt in trees:
+                if pipeline:
+                    leaves = [leaf for tree in per_tree[:nt] for leaf in tree]
+                    pred = self._pipeline_predict(leaves, X, tr, va, Y[tr, t], bound, alphas)
+                else:
+                    pred = booster.predict(X[va], num_iteration=nt)
+                out.append(((d, r, nt), 1.0 - float(((pred - yv) ** 2).sum()) / sst))
+            return out
 
         scores: dict[tuple[int, float, int], list[float]] = {}
         for res in self._map(run, jobs):
             for key, val in res:
                 scores.setdefault(key, []).append(val)
         return {k: float(np.mean(v)) for k, v in scores.items()}
+
+    def _bound(self) -> int:
+        # A path never tests more distinct features than max_depth (or num_leaves - 1).
+        depths = [int(d) for d in np.atleast_1d(self.max_depth)]
+        return max(max(d if d > 0 else int(self.num_leaves) - 1 for d in depths), 1)
+
+    def _alphas(self) -> np.ndarray:
+        if self.ridge_alphas is not None:
+            return np.asarray(self.ridge_alphas, dtype=np.float64)
+        return np.logspace(-6, 6, 100)
+
+    def _pipeline_predict(self, leaves, X, tr, va, y_tr, bound, alphas) -> np.ndarray:
+        """Validation predictions of the whole recipe (extract, energy cut, ridge refit) on train rows."""
+        keys, coefs, const = _cut_spectrum(leaves, bound, None, self.energy, self.max_keys)
+        if self.refit:
+            Xb = X.astype(np.uint8)
+            coefs, const, _ = ridge_loo(ParityEncoder(Xb[tr]).features(keys), y_tr, alphas)
+            return ParityEncoder(Xb[va]).features(keys) @ coefs + const
+        return ParityEncoder(X[va].astype(np.uint8)).features(keys) @ coefs + const
 
     def _map(self, fn, items):
         if int(self.n_jobs) <= 1:
@@ -450,12 +489,7 @@ class ProxySPEX(BaseInteractionEstimator):
         params, self.cv_score_ = self._choose_params(design, Y)
         self.params_ = params
         T = Y.shape[1]
-        depths = [int(d) for d in np.atleast_1d(self.max_depth)]
-        # A path never tests more distinct features than max_depth (or num_leaves - 1).
-        bound = max(max(d if d > 0 else int(self.num_leaves) - 1 for d in depths), 1)
-        alphas = np.logspace(-6, 6, 100)
-        if self.ridge_alphas is not None:
-            alphas = np.asarray(self.ridge_alphas, dtype=np.float64)
+        bound, alphas = self._bound(), self._alphas()
         encoder = ParityEncoder(masks) if self.refit else None  # packed once, shared (read-only)
 
         def spectrum(t: int) -> tuple[list, np.ndarray, float]:
