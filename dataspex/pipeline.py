@@ -90,11 +90,6 @@ def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:
 
 
 def stage_train(cfg) -> None:
-    import torch
-
-    from dataspex.training import get_engine
-    from dataspex.training.common import encode
-
     store, data = open_run(cfg)
     design = store.load_design()
     rows = shard_rows(len(design), cfg.shard.index, cfg.shard.count)
@@ -104,18 +99,25 @@ def stage_train(cfg) -> None:
              len(rows), len(rows) - len(todo), len(todo))
     if len(todo) == 0:
         return
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
+    train_rows(cfg, store, data, design, todo)
+
+
+def train_rows(cfg, store, data, design, todo: np.ndarray) -> None:
+    """Load the base model, tokenise once, and retrain the design rows ``todo`` into the store."""
+    import torch
 
     from dataspex.models import load_base_model, load_tokenizer
+    from dataspex.training import get_engine
+    from dataspex.training.common import encode
 
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
     tokenizer = load_tokenizer(cfg.model)
     n_labels = len(data.label_names) if data.label_names else None
     base = load_base_model(cfg.model, n_labels, cfg.train.seed)
     train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
     test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
-    engine = get_engine(cfg.train.engine)
-    _train_chunks(cfg, store, design, todo, engine, base, train, test)
+    _train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, test)
 
 
 def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:

@@ -246,26 +246,14 @@ def _fit_stamp(store) -> str:
 
 def _train_validate_rows(cfg, store, design, data) -> int:
     """Retrain the ``validate`` rows that have no result yet (resumable, through the configured engine)."""
-    import torch
-
-    from dataspex.models import load_base_model, load_tokenizer
-    from dataspex.pipeline import _train_chunks
-    from dataspex.training import get_engine
-    from dataspex.training.common import encode
+    from dataspex.pipeline import train_rows
 
     done = store.done_ids()
     todo = np.array([r for r in np.flatnonzero(design.roles == ROLE) if int(design.mask_ids[r]) not in done],
                     dtype=np.int64)
     if len(todo) == 0:
         return 0
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    tokenizer = load_tokenizer(cfg.model)
-    n_labels = len(data.label_names) if data.label_names else None
-    base = load_base_model(cfg.model, n_labels, cfg.train.seed)
-    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
-    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
-    _train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, test)
+    train_rows(cfg, store, data, design, todo)
     return len(todo)
 
 

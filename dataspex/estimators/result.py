@@ -19,9 +19,9 @@ Pair-score estimands (f is e.g. a test loss, higher is worse):
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from itertools import combinations
 from typing import Literal
 
@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from dataspex.errors import DataspexError
+from dataspex.io import atomic_write_bytes
 from dataspex.estimators.base import DataspexInputError, check_masks
 from dataspex.estimators.transforms import fourier_predict
 
@@ -488,7 +489,6 @@ class InteractionResult:
     def save(self, path) -> None:
         """Write to ``path`` (.npz, no pickle) atomically: temp file, fsync, os.replace."""
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         flat = np.array([i for k in self.keys for i in k], dtype=np.int64)
         offsets = np.cumsum([0] + [len(k) for k in self.keys]).astype(np.int64)
         meta = {
@@ -498,23 +498,15 @@ class InteractionResult:
             "output_names": self.output_names,
             "estimator": self.estimator,
         }
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez_compressed(
-                    fh,
-                    fourier=np.asarray(self.fourier),
-                    key_features=flat,
-                    key_offsets=offsets,
-                    meta=np.array(json.dumps(meta)),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            fourier=np.asarray(self.fourier),
+            key_features=flat,
+            key_offsets=offsets,
+            meta=np.array(json.dumps(meta)),
+        )
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path) -> InteractionResult:
