@@ -151,3 +151,34 @@ def test_proxyspex_comparable_to_shapiq(data):
     r2_ours = faithfulness_r2(Yt[:, 0], ours.predict(Xt))
     assert r2_theirs > 0.8
     assert r2_ours > r2_theirs - 0.03
+
+
+@pytest.mark.parametrize("params", [{"max_depth": 3}, {"max_depth": -1, "num_leaves": 40}, {"max_depth": 4, "zero_as_missing": True}])
+def test_fast_text_extraction_equals_dump_walk_and_prefixes(params):
+    """The model-text leaf table (fast path) gives the dump walk's spectrum; prefixes are models."""
+    from dataspex.estimators import proxyspex as P
+    from dataspex.estimators.transforms import ParityEncoder
+
+    rng = np.random.default_rng(7)
+    X = (rng.random((600, 12)) < 0.5).astype(np.float64)
+    y = planted(X)[:, 0] + 0.3 * rng.normal(size=600)
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1, "min_data_in_leaf": 5, "learning_rate": 0.2, "num_threads": 1, **params},
+        lgb.Dataset(X, y), num_boost_round=60,
+    )
+    fast = P._model_groups(booster)
+    dump = booster.dump_model()
+    leaves, ids = [], []
+    for t, tree in enumerate(dump["tree_info"]):
+        lv = P._tree_leaves(tree["tree_structure"])
+        leaves += lv
+        ids += [t] * len(lv)
+    slow = P._groups_from_list(leaves, ids)
+    c1, f1, d1 = P._compact_terms(fast, 20)
+    c2, f2, d2 = P._compact_terms(slow, 20)
+    a, b = dict(zip(d1(c1), f1)), dict(zip(d2(c2), f2))
+    assert set(a) == set(b)
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-12
+    cc, ff, dd = P._compact_terms(P._prefix(fast, 25), 20)
+    pred = ParityEncoder(X[:100].astype(np.uint8)).features(dd(cc)) @ ff
+    np.testing.assert_allclose(pred, booster.predict(X[:100], num_iteration=25), atol=1e-10)

@@ -114,38 +114,213 @@ class _KeyCoder:
         return out
 
 
+def _groups_from_list(leaves, tree_ids=None) -> dict:
+    """Leaf table by path length d: {d: (F (N, d) int64 sorted rows, B (N, d) uint8, values, tree ids)}."""
+    by_depth: dict[int, list] = {}
+    for r, (feats, bits, val) in enumerate(leaves):
+        by_depth.setdefault(len(feats), []).append((feats, bits, val, 0 if tree_ids is None else tree_ids[r]))
+    groups = {}
+    for d, g in by_depth.items():
+        groups[d] = (
+            np.array([x[0] for x in g], dtype=np.int64).reshape(len(g), d),
+            np.array([x[1] for x in g], dtype=np.uint8).reshape(len(g), d),
+            np.array([x[2] for x in g], dtype=np.float64),
+            np.array([x[3] for x in g], dtype=np.int64),
+        )
+    return groups
+
+
+def _prefix(groups: dict, n_trees: int) -> dict:
+    """The leaf table of the first n_trees trees."""
+    out = {}
+    for d, (F, B, v, tr) in groups.items():
+        keep = tr < n_trees
+        out[d] = (F[keep], B[keep], v[keep], tr[keep])
+    return out
+
+
 def _leaf_terms(leaves, coder: _KeyCoder, n_patterns_cap: int = 2**_MAX_PATH, feature_map=None):
     """Expand leaves into (codes, coefs): sum over leaves and subsets k of each path.
 
-    ``feature_map`` (increasing int array) maps a booster's feature index to the mask column
-    it was trained on (for boosters that saw a screened subset of the columns).
+    ``leaves``: a list of (features, bits, value) or a leaf table (see ``_groups_from_list``).
+    ``feature_map`` (increasing int array) maps a booster's feature index to the code index.
     """
+    groups = leaves if isinstance(leaves, dict) else _groups_from_list(leaves)
     codes, coefs = [], []
-    by_depth: dict[int, list] = {}
-    for feats, bits, val in leaves:
-        by_depth.setdefault(len(feats), []).append((feats, bits, val))
-    for d, group in by_depth.items():
+    for d, (F, B, v, _) in groups.items():
+        if len(v) == 0:
+            continue
         if 2**d > n_patterns_cap:
             raise DataspexInputError(f"tree path of length {d} is too deep to expand")
-        vals = np.array([g[2] for g in group]) * 0.5**d
+        vals = v * 0.5**d
         if d == 0:
-            codes.append(np.zeros(len(group), dtype=np.int64))
+            codes.append(np.zeros(len(v), dtype=np.int64))
             coefs.append(vals)
             continue
-        F = np.array([g[0] for g in group], dtype=np.int64)
         if feature_map is not None:
             F = feature_map[F]  # increasing map: rows stay sorted
-        S = 1.0 - 2.0 * np.array([g[1] for g in group], dtype=np.float64)  # (-1)^b
+        S = 1.0 - 2.0 * B.astype(np.float64)  # (-1)^b
         for r in range(d + 1):
             for cols in itertools.combinations(range(d), r):
                 cols = list(cols)
-                codes.append(coder.encode_columns([F[:, c] for c in cols], len(group)))
+                codes.append(coder.encode_columns([F[:, c] for c in cols], len(v)))
                 coefs.append(vals * np.prod(S[:, cols], axis=1) if cols else vals)
     if not codes:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     codes_all, coefs_all = np.concatenate(codes), np.concatenate(coefs)
     uniq, inv = np.unique(codes_all, return_inverse=True)
     return uniq, np.bincount(inv, weights=coefs_all, minlength=len(uniq))
+
+
+def _parse_model_text(text: str):
+    """Per-tree arrays from LightGBM's model text, or None if a tree is not a plain numerical tree.
+
+    Much faster than ``dump_model()`` (JSON) plus a Python walk of every node.
+    """
+    trees = []
+    for block in text.split("\nTree=")[1:]:
+        fields = {}
+        for line in block.split("\n"):
+            if line.startswith("end of trees"):
+                break
+            key, sep, val = line.partition("=")
+            if sep:
+                fields[key] = val
+        if fields.get("is_linear", "0") != "0" or int(fields.get("num_cat", "0")) != 0:
+            return None
+        n_leaves = int(fields["num_leaves"])
+        leaf_value = np.array(fields["leaf_value"].split(), dtype=np.float64)
+        if n_leaves == 1:
+            trees.append((None, None, None, None, None, leaf_value))
+            continue
+        dtype = np.array(fields["decision_type"].split(), dtype=np.int64)
+        if np.any(dtype & 1) or np.any(((dtype >> 2) & 3) == 1):  # categorical or zero-as-missing
+            return None
+        trees.append(
+            (
+                np.array(fields["split_feature"].split(), dtype=np.int64),
+                np.array(fields["threshold"].split(), dtype=np.float64),
+                np.array(fields["left_child"].split(), dtype=np.int64),
+                np.array(fields["right_child"].split(), dtype=np.int64),
+                dtype,
+                leaf_value,
+            )
+        )
+    return trees
+
+
+def _text_groups(text: str, max_depth: int = _MAX_PATH):
+    """Leaf table of a LightGBM model text (vectorised over all leaves), or None (fallback)."""
+    trees = _parse_model_text(text)
+    if trees is None:
+        return None
+    feats, bits, vals, tids = [], [], [], []
+    stump_vals, stump_ids = [], []
+    # Global arrays of internal nodes and, per leaf, its parent node and side.
+    n_feat, n_thr, n_parent, n_side = [], [], [], []
+    leaf_parent, leaf_side, leaf_val, leaf_tree = [], [], [], []
+    offset = 0
+    for t, (sf, thr, lc, rc, _, lv) in enumerate(trees):
+        if sf is None:
+            stump_vals.append(lv[0])
+            stump_ids.append(t)
+            continue
+        k = len(sf)
+        parent = np.full(k, -1, dtype=np.int64)
+        side = np.zeros(k, dtype=np.int64)
+        lparent = np.zeros(len(lv), dtype=np.int64)
+        lside = np.zeros(len(lv), dtype=np.int64)
+        for children, sd in ((lc, 0), (rc, 1)):
+            inner = children >= 0
+            parent[children[inner]] = np.flatnonzero(inner) + offset
+            side[children[inner]] = sd
+            leaf = ~inner
+            lparent[-children[leaf] - 1] = np.flatnonzero(leaf) + offset
+            lside[-children[leaf] - 1] = sd
+        n_feat.append(sf)
+        n_thr.append(thr)
+        n_parent.append(np.where(parent >= 0, parent, -1))
+        n_side.append(side)
+        leaf_parent.append(lparent)
+        leaf_side.append(lside)
+        leaf_val.append(lv)
+        leaf_tree.append(np.full(len(lv), t, dtype=np.int64))
+        offset += k
+    groups: dict = {}
+    if stump_vals:
+        groups[0] = (np.zeros((len(stump_vals), 0), np.int64), np.zeros((len(stump_vals), 0), np.uint8),
+                     np.array(stump_vals), np.array(stump_ids, dtype=np.int64))
+    if not leaf_val:
+        return groups
+    nf, nt_, npar, nsd = (np.concatenate(x) for x in (n_feat, n_thr, n_parent, n_side))
+    node, sd = np.concatenate(leaf_parent), np.concatenate(leaf_side)
+    val, tree = np.concatenate(leaf_val), np.concatenate(leaf_tree)
+    L = len(val)
+    # Walk up: at each level, the condition x_f in {values sent to this side}.
+    # For x in {0, 1}: left gets x <= thr, i.e. {0} if 0 <= thr < 1, both if thr >= 1, none if thr < 0.
+    F = np.full((L, max_depth + 1), -1, dtype=np.int64)
+    Bv = np.zeros((L, max_depth + 1), dtype=np.int64)  # required value, or -1: no condition
+    alive = np.ones(L, dtype=bool)
+    level = 0
+    cur, cur_side = node.copy(), sd.copy()
+    active = np.ones(L, dtype=bool)
+    while active.any():
+        if level > max_depth:
+            raise DataspexInputError("tree path too deep to expand")
+        idx = np.flatnonzero(active)
+        c, s_ = cur[idx], cur_side[idx]
+        thr = nt_[c]
+        zero_left, one_left = thr >= 0.0, thr >= 1.0
+        sent0 = np.where(s_ == 0, zero_left, ~zero_left)
+        sent1 = np.where(s_ == 0, one_left, ~one_left)
+        alive[idx[~sent0 & ~sent1]] = False
+        one_value = sent0 ^ sent1
+        F[idx[one_value], level] = nf[c[one_value]]
+        Bv[idx[one_value], level] = sent1[one_value].astype(np.int64)
+        up = npar[c]
+        cur_side[idx] = nsd[c]
+        cur[idx] = up
+        active[idx[up < 0]] = False
+        level += 1
+    F, Bv = F[:, :level], Bv[:, :level]
+    # Merge repeated features on a path (x^2 = x); disagreeing requirements: unreachable leaf.
+    order = np.argsort(np.where(F < 0, np.iinfo(np.int64).max, F), axis=1, kind="stable")
+    F = np.take_along_axis(F, order, axis=1)
+    Bv = np.take_along_axis(Bv, order, axis=1)
+    dup = np.zeros_like(F, dtype=bool)
+    dup[:, 1:] = (F[:, 1:] == F[:, :-1]) & (F[:, 1:] >= 0)
+    clash = dup.copy()
+    clash[:, 1:] &= Bv[:, 1:] != Bv[:, :-1]
+    alive &= ~clash.any(axis=1)
+    F = np.where(dup, -1, F)
+    order = np.argsort(np.where(F < 0, np.iinfo(np.int64).max, F), axis=1, kind="stable")
+    F = np.take_along_axis(F, order, axis=1)
+    Bv = np.take_along_axis(Bv, order, axis=1)
+    depth = (F >= 0).sum(axis=1)
+    for d in np.unique(depth[alive]):
+        rows = np.flatnonzero(alive & (depth == d))
+        d = int(d)
+        G = (F[rows, :d], Bv[rows, :d].astype(np.uint8), val[rows], tree[rows])
+        if d in groups:
+            groups[d] = tuple(np.concatenate([a, b]) for a, b in zip(groups[d], G))
+        else:
+            groups[d] = G
+    return groups
+
+
+def _model_groups(booster) -> dict:
+    """Leaf table of a trained booster: fast text parse, else the dump_model() walk."""
+    groups = _text_groups(booster.model_to_string())
+    if groups is not None:
+        return groups
+    dump = booster.dump_model()
+    _ensemble_leaves(dump)  # validation
+    leaves, ids = [], []
+    for t, tree in enumerate(dump["tree_info"]):
+        lv = _tree_leaves(tree["tree_structure"])
+        leaves.extend(lv)
+        ids.extend([t] * len(lv))
+    return _groups_from_list(leaves, ids)
 
 
 def _dump(model) -> dict:
@@ -174,11 +349,14 @@ def _compact_terms(leaves, bound: int, cols=None):
     indices to mask columns (screened boosters).  Returns (codes, coefs, decode) with
     ``decode(codes)`` -> list of key tuples in mask columns; code 0 is the empty key.
     """
-    used = np.unique(np.fromiter((f for feats, _, _ in leaves for f in feats), dtype=np.int64))
+    groups = leaves if isinstance(leaves, dict) else _groups_from_list(leaves)
+    parts = [F.ravel() for F, _, _, _ in groups.values()]
+    used = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     remap = np.zeros(int(used[-1]) + 1 if used.size else 1, dtype=np.int64)
     remap[used] = np.arange(used.size)
-    coder = _KeyCoder(max(int(used.size), 1), bound)
-    codes, coefs = _leaf_terms(leaves, coder, feature_map=remap)
+    depth = max((d for d, g in groups.items() if len(g[2])), default=1)  # the actual longest path
+    coder = _KeyCoder(max(int(used.size), 1), max(depth, 1))  # bound: kept for callers
+    codes, coefs = _leaf_terms(groups, coder, feature_map=remap)
     glob = used if cols is None else np.asarray(cols, dtype=np.int64)[used]
 
     def decode(c: np.ndarray) -> list[tuple[int, ...]]:
@@ -405,13 +583,10 @@ class ProxySPEX(BaseInteractionEstimator):
             yv = Y[va, t]
             sst = max(float(((yv - yv.mean()) ** 2).sum()), 1e-300)
             out = []
-            per_tree = None
-            if pipeline:  # one dump; the model with nt trees is the first nt trees
-                per_tree = [_tree_leaves(tree["tree_structure"]) for tree in booster.dump_model()["tree_info"]]
+            groups = _model_groups(booster) if pipeline else None  # the first nt trees: nt's model
             for nt in trees:
                 if pipeline:
-                    leaves = [leaf for tree in per_tree[:nt] for leaf in tree]
-                    pred = self._pipeline_predict(leaves, X, tr, va, Y[tr, t], bound, alphas)
+                    pred = self._pipeline_predict(_prefix(groups, nt), X, tr, va, Y[tr, t], bound, alphas)
                 else:
                     pred = booster.predict(X[va], num_iteration=nt)
                 out.append(((d, r, nt), 1.0 - float(((pred - yv) ** 2).sum()) / sst))
@@ -497,7 +672,7 @@ class ProxySPEX(BaseInteractionEstimator):
             # booster (T live boosters or leaf lists would hold a lot of memory for large T).
             prm = params[t]
             booster = self._train(design(t), Y[:, t], prm["max_depth"], prm["learning_rate"], prm["n_estimators"])
-            leaves = _ensemble_leaves(booster.dump_model())
+            leaves = _model_groups(booster)
             del booster
             cols = None if self.screened_ is None else self.screened_[:, t]
             keys, coefs, const = _cut_spectrum(leaves, bound, cols, self.energy, self.max_keys)
