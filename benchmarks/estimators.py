@@ -352,7 +352,11 @@ def main(argv=None, log=print) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="threads of ProxySPEX in the R^2 table (timing uses 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write all rows to this JSON file")
+    ap.add_argument("--parts", default="r2,timing", help="comma list of: r2 (R^2 vs budget), timing (vs shapiq)")
     a = ap.parse_args(argv)
+    parts = {p for p in a.parts.split(",") if p}
+    if parts - {"r2", "timing"}:
+        ap.error(f"unknown --parts {sorted(parts - {'r2', 'timing'})}; choose from r2, timing")
     if a.quick:
         d = dict(ns=[64], budgets=[500, 1000], T=10, timing_ns=[64], timing_m=1000, timing_T=10, shapiq_k=1, heldout=1000, grid=QUICK_GRID, qmax=64)
     else:
@@ -369,11 +373,11 @@ def main(argv=None, log=print) -> dict:
     t_start = time.perf_counter()
     log(f"# dataspex estimator benchmark ({'quick' if a.quick else 'full'}); load average at start: {_load()}; "
         f"SNR {a.snr}; ProxySPEX grid {grid}")
-    rows = r2_sweep(ns, budgets, T, a.snr, heldout, grid, a.jobs, a.seed, d["qmax"], log=log)
-    r2_text = format_r2_table(rows)
-    log(r2_text)
+    rows = r2_sweep(ns, budgets, T, a.snr, heldout, grid, a.jobs, a.seed, d["qmax"], log=log) if "r2" in parts else []
+    if rows:
+        log(format_r2_table(rows))
     trows = []
-    for n in timing_ns:
+    for n in timing_ns if "timing" in parts else []:
         trows += timing(n, timing_m, timing_T, k, a.snr, heldout, grid, a.seed,
                         shapiq_spex_on=not (a.quick or a.no_shapiq_spex), log=log)
     t_text = format_timing_table(trows, timing_T) if trows else ""

@@ -2,7 +2,7 @@
 
 Three experiments, all on real LoRA fine-tunes of the bundled MiniLM with the default recipe
 (``conf/train/default.yaml``: 12 epochs, batch 16, lr 5e-3, seed_policy=per_mask; ``conf/lora/default.yaml``:
-r=8 on query/value, head trained) and the batched engine; the output is the test loss (nats):
+r=8 on query/value of the top layer, head trained) and the batched engine; the output is the test loss (nats):
 
 * ``exact``: a demo task with n = 10 training examples (1 harmful + 1 redundant planted pair, 6 bulk). All
   2^10 - 1 non-empty subsets are retrained; f(empty) is the base model with its untrained head (no fine-tune:
@@ -90,8 +90,6 @@ class Task:
 
     def _untrained(self):
         """f(empty): the base model with its initial head (what every fine-tune starts from)."""
-        import torch
-
         from dataspex.training.common import margins, per_example_loss
 
         b = self.test.batch(list(range(len(self.test))))
@@ -521,6 +519,11 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _color(name: str) -> str:
+    """One colour per estimator in every panel (a panel that skips an estimator must not shift the others)."""
+    return f"C{ESTIMATORS.index(name)}"
+
+
 def plots(results: dict, out: str) -> list[str]:
     import matplotlib
 
@@ -543,7 +546,7 @@ def plots(results: dict, out: str) -> list[str]:
                     ys = [_agg([r for r in rs if r["m"] == m], key.replace("uniform", "full"))[0] for m in ms]
                 if all(y is None for y in ys):
                     continue
-                ax.plot(ms, [np.nan if y is None else y for y in ys], "o-", label=LABELS[name])
+                ax.plot(ms, [np.nan if y is None else y for y in ys], "o-", label=LABELS[name], color=_color(name))
         if ceiling is not None:
             axes[0].axhline(ceiling, color="k", ls="--", label="seed-noise ceiling")
         for ax, title in zip(axes, ("held-out R^2", "Spearman vs true pair scores", "top-5 true pairs found")):
@@ -570,7 +573,7 @@ def plots(results: dict, out: str) -> list[str]:
             for ax, k in zip(axes, ("recall_harmful", "recall_redundant", "r2_pooled")):
                 pts = [(r["retrains"], r[k]) for r in rs if r.get(k) is not None]
                 if pts:
-                    ax.plot(*zip(*pts), "o-", label=LABELS[name])
+                    ax.plot(*zip(*pts), "o-", label=LABELS[name], color=_color(name))
         for ax, title in zip(axes, ("recall@10, harmful", "recall@10, redundant", "held-out R^2 (pooled)")):
             ax.set_xscale("log", base=2)
             ax.set_xlabel("retrains used")
@@ -616,7 +619,7 @@ def parse(argv=None):
         args.out = args.out or os.path.join(args.cache, "figures")
     else:
         args.exact_n, args.exact_test_bulk, args.exact_budgets = 10, 4, [32, 64, 128, 256, 512]
-        args.planted_budgets, args.planted256_budgets, args.heldout = [64, 128, 256, 512], [128, 256], 64
+        args.planted_budgets, args.planted256_budgets, args.heldout = [64, 128, 256, 512, 1024], [128, 256, 512, 1024], 64
         args.noise_masks, args.noise_reps, args.noise_cube = 128, 2, True
         args.planted_n = 64
         args.extra = []

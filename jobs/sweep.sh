@@ -4,7 +4,7 @@
 #
 #   RUN_DIR=/shared/$USER/dataspex/study1 SHARDS=32 PARTITION=cpu bash jobs/sweep.sh [overrides...]
 #   # GPU partition: one GPU per shard, many adapters per pass
-#   RUN_DIR=... SHARDS=8 LAUNCHER=slurm_gpu PARTITION=gpu CPUS=8 MEM_GB=32 bash jobs/sweep.sh train.engine=batched
+#   RUN_DIR=... SHARDS=8 LAUNCHER=slurm_gpu PARTITION=gpu CPUS=8 MEM_GB=32 bash jobs/sweep.sh
 #
 # Settings (environment):
 #   RUN_DIR    the run directory, on a filesystem the compute nodes share (required)

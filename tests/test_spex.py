@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 
 import numpy as np
 import pytest
@@ -265,14 +264,10 @@ def test_bad_inputs_raise_clear_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# Cross-check against shapiq's SPEX (opt-in: shapiq's BCH decoder JIT-compiles for ~30 s+)
+# Cross-check against shapiq's SPEX (shapiq is a test-only dependency; ~15 s, mostly its JIT)
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATASPEX_REFERENCE_TESTS"),
-    reason="set DATASPEX_REFERENCE_TESTS=1 to cross-check against shapiq's SPEX (slow)",
-)
 def test_same_support_as_shapiq_spex():
     """Both recover the same interactions of one sparse function.
 
