@@ -44,12 +44,17 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 def test_kill_9_worker_mid_shard_then_rerun(tmp_path_factory, tmp_path):
     """A sweep of 2 shards as local jobs (submitit, one process per shard, one file per mask); the first worker
-    to write a result is SIGKILLed mid-shard. The sweep fails; running it again finishes the run exactly."""
-    ref = reference_run(tmp_path_factory)
+    to write a result is SIGKILLed mid-shard. The sweep fails; running it again finishes the run exactly.
+
+    The naive engine trains and writes one mask after another, so there is a "mid-shard" to kill in (the
+    batched engine trains a TINY shard's 5 masks in one pass and writes them at once); its reference is an
+    uninterrupted naive run of the same design."""
+    ref = fresh_copy(reference_run(tmp_path_factory), tmp_path / "naive-reference")
+    run_cli("train", f"run_dir={ref}", *JOB, "train.engine=naive")
     run_dir = fresh_copy(ref, tmp_path / "run")
     store = RunStore(run_dir)
     args = [f"run_dir={run_dir}", "hydra/launcher=local_jobs", "shard.count=2", "shard.index=range(0,2)",
-            "train.chunk_size=1", *JOB]
+            "train.chunk_size=1", "train.engine=naive", *JOB]
     driver = start_sweep(*args, log_path=tmp_path / "driver.log")
     try:
         first = _wait_for(store.result_files, 180, "a first result file", driver)[0]
