@@ -859,7 +859,9 @@ def auto_adapters(opts: Settings, engine: Engine, batch_size: int, mean_len: flo
     """Adapters per pass when ``train.adapters_per_pass=auto``.
 
     CPU: about 4k tokens' worth of full-layer work per pass (the matmuls then run near full speed and the
-    per-step overhead is spread thin; fewer trained layers, more adapters), at most 64. GPU: as many as a
+    per-step overhead is spread thin; fewer trained layers, more adapters), at most 16: larger passes were
+    slower on CPU (top-layer demo, 1 and 2 threads: 16 adapters 24-26x naive, 32: 20-21x, 64: 18-19x;
+    benchmarks/train_throughput.py --ks 8,16,32,64). GPU: as many as a
     quarter of the free memory holds (activations of the trained layers kept for the backward pass), at
     most 512, since small models leave a GPU latency-bound well before it is full."""
     tokens = max(1.0, batch_size * mean_len)  # per adapter and step
@@ -875,7 +877,7 @@ def auto_adapters(opts: Settings, engine: Engine, batch_size: int, mean_len: flo
     except (ValueError, OSError):
         free = 4 << 30
     by_memory = free / 4 / (per_token * tokens)
-    return int(max(1, min(64, by_memory, round(4096 * n_layers / trained / tokens))))
+    return int(max(1, min(16, by_memory, round(4096 * n_layers / trained / tokens))))
 
 
 def groups(kept_counts: list[int], per_pass: int) -> list[np.ndarray]:
