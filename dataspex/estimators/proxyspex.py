@@ -659,10 +659,15 @@ class ProxySPEX(BaseInteractionEstimator):
         else:
             X = masks.astype(np.float32)
             design = lambda t: X  # noqa: E731
-        # Every BLAS product here is small (ridge refits on the kept keys): extra BLAS threads only spin,
-        # and on a busy machine they made the refits ~30x slower (measured). LightGBM has its own threads.
+        # Every BLAS product from here on is small (CV scoring and ridge refits on the kept keys): extra BLAS
+        # threads only spin, and on a busy machine they made the refits ~30x slower (measured). LightGBM has
+        # its own threads; the feature screen above is one large product and keeps BLAS's.
         with small_blas(0.0):
-            params, self.cv_score_ = self._choose_params(design, Y)
+            return self._fit_outputs(masks, Y, design)
+
+    def _fit_outputs(self, masks: np.ndarray, Y: np.ndarray, design) -> InteractionResult:
+        """Search, then one booster -> spectrum -> refit per output; ``design(t)`` is output t's feature matrix."""
+        params, self.cv_score_ = self._choose_params(design, Y)
         self.params_ = params
         T = Y.shape[1]
         bound, alphas = self._bound(), self._alphas()
@@ -681,10 +686,9 @@ class ProxySPEX(BaseInteractionEstimator):
                 coefs, const, _ = ridge_loo(encoder.features(keys), Y[:, t], alphas)
             return keys, coefs, const
 
-        with small_blas(0.0):
-            per_output = self._map(spectrum, range(T))
+        per_output = self._map(spectrum, range(T))
         self.n_kept_ = np.array([len(k) for k, _, _ in per_output], dtype=np.int64)
-        return self._assemble(n, per_output)
+        return self._assemble(masks.shape[1], per_output)
 
     @staticmethod
     def _assemble(n: int, per_output: list) -> InteractionResult:
