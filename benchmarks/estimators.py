@@ -56,6 +56,7 @@ from dataspex.metrics import faithfulness_r2
 PAPER_GRID = dict(max_depth=(3, 5), n_estimators=(500, 1000), learning_rate=(0.01, 0.1))
 QUICK_GRID = dict(max_depth=(3, 5), n_estimators=(100, 300), learning_rate=(0.1,))
 SPEX_DEGREE = 3
+PARTS = ("r2", "timing")  # the two tables; --parts picks
 
 
 def _load() -> str:
@@ -352,11 +353,11 @@ def main(argv=None, log=print) -> dict:
     ap.add_argument("--jobs", type=int, default=2, help="threads of ProxySPEX in the R^2 table (timing uses 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write all rows to this JSON file")
-    ap.add_argument("--parts", default="r2,timing", help="comma list of: r2 (R^2 vs budget), timing (vs shapiq)")
+    ap.add_argument("--parts", default=",".join(PARTS), help="comma list of: r2 (R^2 vs budget), timing (vs shapiq)")
     a = ap.parse_args(argv)
     parts = {p for p in a.parts.split(",") if p}
-    if parts - {"r2", "timing"}:
-        ap.error(f"unknown --parts {sorted(parts - {'r2', 'timing'})}; choose from r2, timing")
+    if parts - set(PARTS):
+        ap.error(f"unknown --parts {sorted(parts - set(PARTS))}; choose from {', '.join(PARTS)}")
     if a.quick:
         d = dict(ns=[64], budgets=[500, 1000], T=10, timing_ns=[64], timing_m=1000, timing_T=10, shapiq_k=1, heldout=1000, grid=QUICK_GRID, qmax=64)
     else:
