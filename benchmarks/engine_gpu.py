@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from dataspex.training.common import Encoded, encode
-from dataspex.training.engine import train_masks as engine_train
-from dataspex.training.naive import train_masks as naive_train
+from dataspex.train.common import Encoded, encode
+from dataspex.train.engine import train_masks as engine_train
+from dataspex.train.naive import train_masks as naive_train
 
 
 class Cfg(dict):
@@ -36,15 +36,15 @@ def train_cfg(**kw) -> Cfg:
 
 
 def model_and_data(random_weights: bool):
-    from dataspex.data import Split
-    from dataspex.demo import make_demo
+    from dataspex.core.data import Split
+    from dataspex.core.demo import make_demo
 
     demo = make_demo()
     if not random_weights:
         try:
             from omegaconf import OmegaConf
 
-            from dataspex.models import load_base_model, load_tokenizer
+            from dataspex.core.models import load_base_model, load_tokenizer
 
             mc = OmegaConf.create({"name_or_path": "bundled:all-minilm-l6-v2", "task": "classification"})
             tok = load_tokenizer(mc)

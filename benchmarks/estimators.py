@@ -4,7 +4,7 @@
                                                    # times shapiq's ProxySPEX, not its SPEX)
     python benchmarks/estimators.py                # the tables in benchmarks/README.md ("## Estimators")
 
-Functions: T independent sparse Fourier functions per n (dataspex.estimators.synthetic: 8 main
+Functions: T independent sparse Fourier functions per n (dataspex.fit.estimators.synthetic: 8 main
 effects, 4 pairs (3 of them among the main-effect examples), 2 triples per output; Gaussian noise
 at SNR = Var(f)/Var(noise) = 10).  R^2 is measured against the noise-free function on held-out
 uniformly random masks (p = 0.5) that no estimator saw, averaged over outputs.
@@ -50,8 +50,8 @@ from dataspex.estimators import (
     SpexDesign,
     screen_candidates,
 )
-from dataspex.estimators.synthetic import random_masks, sparse_functions
-from dataspex.metrics import faithfulness_r2
+from dataspex.fit.estimators.synthetic import random_masks, sparse_functions
+from dataspex.core.metrics import faithfulness_r2
 
 PAPER_GRID = dict(max_depth=(3, 5), n_estimators=(500, 1000), learning_rate=(0.01, 0.1))
 QUICK_GRID = dict(max_depth=(3, 5), n_estimators=(100, 300), learning_rate=(0.1,))

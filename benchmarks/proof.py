@@ -68,10 +68,10 @@ class Task:
     def __init__(self, name: str, cache: str, overrides: list[str], chunk: int = 64):
         import torch
 
-        from dataspex.data import load_data
-        from dataspex.models import load_base_model, load_tokenizer
-        from dataspex.training import get_engine
-        from dataspex.training.common import encode
+        from dataspex.core.data import load_data
+        from dataspex.core.models import load_base_model, load_tokenizer
+        from dataspex.train import get_engine
+        from dataspex.train.common import encode
 
         self.name, self.cache, self.chunk = name, cache, chunk
         self.cfg = compose(overrides)
@@ -90,7 +90,7 @@ class Task:
 
     def _untrained(self):
         """f(empty): the base model with its initial head (what every fine-tune starts from)."""
-        from dataspex.training.common import margins, per_example_loss
+        from dataspex.train.common import margins, per_example_loss
 
         b = self.test.batch(list(range(len(self.test))))
         logits = self.base(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -98,7 +98,7 @@ class Task:
                 margins(logits, b["targets"], self.data.task).double().numpy())
 
     def _store(self, rep: int):
-        from dataspex.pipeline import fingerprint
+        from dataspex.stages.rundir import fingerprint
         from dataspex.store import RunStore
 
         store = RunStore(os.path.join(self.cache, self.name if rep == 0 else f"{self.name}-seedrep{rep}"))
@@ -160,7 +160,7 @@ def trak_scores(task: Task, cache: str) -> np.ndarray | None:
     if os.path.exists(path):
         return np.load(path)
     try:
-        from dataspex.trak import compute_trak_scores
+        from dataspex.fit.trak.gradients import compute_trak_scores
 
         scores = np.asarray(compute_trak_scores(task.cfg, data=task.data, base=task.base), dtype=np.float64)
     except Exception as exc:  # TRAK is optional here: the benchmark reports it as missing
@@ -173,7 +173,7 @@ def trak_scores(task: Task, cache: str) -> np.ndarray | None:
 
 def trak_loss_weights(scores, masks, Y):
     """TRAK scores mapped to per-example loss effects (n, T) by the calibration on (masks, Y)."""
-    from dataspex.trak import fit_calibration
+    from dataspex.fit.trak import fit_calibration
 
     cal = fit_calibration(scores, masks, Y)
     return cal, scores * cal.scale[None, :]
@@ -285,8 +285,9 @@ def pair_metrics(result, truth, T: int, estimand: str, k: int = 5) -> tuple[floa
 
 
 def planted_recall(result, planted, T: int, estimand: str, k: int = 10) -> dict:
-    """recall@k of the planted pairs of each kind, ranked as dataspex/report.py does."""
-    from dataspex.report import planted_recall as recall, ranked_pairs
+    """recall@k of the planted pairs of each kind, ranked as the report does (dataspex.fit.ranking)."""
+    from dataspex.fit.ranking import ranked_pairs
+    from dataspex.report import planted_recall as recall
 
     out = {}
     for kind in ("harmful", "redundant"):
@@ -298,22 +299,23 @@ def planted_recall(result, planted, T: int, estimand: str, k: int = 10) -> dict:
 
 def r2(result, X, Y) -> float:
     """Faithfulness R^2 averaged over test outputs (the project's headline metric)."""
-    from dataspex.metrics import faithfulness_r2
+    from dataspex.core.metrics import faithfulness_r2
 
     return float(faithfulness_r2(Y, result.predict(X)))
 
 
 def r2_pooled(result, X, Y) -> float:
     """1 - total SSE / total SST over all outputs: not dominated by a test example whose loss barely moves."""
-    P = result.predict(X)
-    return float(1 - ((Y - P) ** 2).sum() / ((Y - Y.mean(axis=0)) ** 2).sum())
+    from dataspex.core.metrics import pooled_r2
+
+    return pooled_r2(Y, result.predict(X))
 
 
 # ---------------------------------------------------------------------------------------------- experiments
 
 def exact_experiment(args, scores_cache) -> dict:
     from dataspex.estimators import InteractionResult
-    from dataspex.estimators.transforms import all_masks, fwht
+    from dataspex.fit.estimators.transforms import all_masks, fwht
 
     n = args.exact_n
     task = Task(f"exact_n{n}", args.cache, [f"data.n_train={n}", "data.n_harmful=1", "data.n_redundant=1",
@@ -412,7 +414,7 @@ def noise_experiment(args) -> dict:
         var_noise = Ys.var(axis=0, ddof=1).mean(axis=0)  # (T,) per-mask seed variance
         var_total = Ys[0].var(axis=0, ddof=1)
         ceiling = 1 - var_noise / var_total
-        from dataspex.metrics import faithfulness_r2
+        from dataspex.core.metrics import faithfulness_r2
 
         rep_r2 = float(faithfulness_r2(Ys[0], Ys[1]))
         out[name] = {"masks": args.noise_masks, "replicates": args.noise_reps,
@@ -431,8 +433,8 @@ def _cube_replicate(task: Task, n: int) -> dict:
     """Every subset retrained again under other per-mask seeds: how far the exact spectrum itself moves with
     the seed (the ceiling for any estimator's agreement with "the truth")."""
     from dataspex.estimators import InteractionResult
-    from dataspex.estimators.transforms import all_masks, fwht
-    from dataspex.metrics import faithfulness_r2
+    from dataspex.fit.estimators.transforms import all_masks, fwht
+    from dataspex.core.metrics import faithfulness_r2
 
     cube = all_masks(n)
     keys = [tuple(int(i) for i in np.flatnonzero(row)) for row in cube]

@@ -39,8 +39,8 @@ def _rss_gb() -> float:
 
 def child(name: str, n: int, m: int, T: int, heldout: int, seed: int) -> dict:
     from dataspex.estimators import SPEX, LinearDatamodel, ProxySPEX, SpexDesign
-    from dataspex.estimators.synthetic import random_masks, sparse_functions
-    from dataspex.metrics import faithfulness_r2
+    from dataspex.fit.estimators.synthetic import random_masks, sparse_functions
+    from dataspex.core.metrics import faithfulness_r2
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

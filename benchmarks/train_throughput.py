@@ -39,9 +39,9 @@ def load_config(layers: str, overrides=()):
 
 def setup(cfg):
     """Base model and encoded splits, as the train stage builds them."""
-    from dataspex.data import load_data
-    from dataspex.models import load_base_model, load_tokenizer
-    from dataspex.training.common import encode
+    from dataspex.core.data import load_data
+    from dataspex.core.models import load_base_model, load_tokenizer
+    from dataspex.train.common import encode
 
     data = load_data(cfg.data, cfg.model.task)
     tokenizer = load_tokenizer(cfg.model)
@@ -84,10 +84,10 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
 def engine_with(k):
     """The batched engine's train_masks at ``adapters_per_pass=k``, set up afresh each call (so every timed
     run pays for building its engine and prefix cache, as the naive loop pays for its peft models)."""
-    from dataspex.training import engine
+    from dataspex.train import engine
 
     def fn(base, lora, train_cfg, train, test, masks, ids):
-        engine._LAST.clear()
+        engine._ENGINE_CACHE.clear()
         cfg = train_cfg.copy()
         cfg.adapters_per_pass = k
         yield from engine.train_masks(base, lora, cfg, train, test, masks, ids)
@@ -96,7 +96,7 @@ def engine_with(k):
 
 
 def bench_layers(layers: str, opts, peak: float) -> list[dict]:
-    from dataspex.training.naive import train_masks as naive
+    from dataspex.train.naive import train_masks as naive
 
     cfg = load_config(layers, opts.set)
     base, train, test = setup(cfg)

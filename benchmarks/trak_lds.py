@@ -53,22 +53,23 @@ def create_run(run_dir: str, m: int, heldout: int, extra: list[str]) -> None:
 
 
 def _lds_r2(Y, pred, ranked=None):
-    from dataspex.metrics import faithfulness_r2, lds
+    from dataspex.core.metrics import faithfulness_r2, lds
 
     return float(lds(Y, pred if ranked is None else ranked)), float(faithfulness_r2(Y, pred))
 
 
 def grid(cfg, store, data, output: str) -> None:
     """LDS of a few TRAK settings on the fit masks (choose here) and the held-out masks (report here)."""
-    from dataspex.models import load_base_model
-    from dataspex.trak import OUTPUT_SIGN, compute_trak_scores, trak_predict
+    from dataspex.core.models import load_base_model
+    from dataspex.fit.trak import OUTPUT_SIGN, trak_predict
+    from dataspex.fit.trak.gradients import compute_trak_scores
 
     design = store.load_design()
     results = store.load_results(design)
     Y = results.outputs(output)
     Y = np.column_stack([Y, Y.mean(axis=1)])
-    fit = np.isin(results.mask_ids, design.mask_ids[design.roles == "fit"])
-    ho = np.isin(results.mask_ids, design.mask_ids[design.roles == "heldout"])
+    fit = results.keep(design, "fit")
+    ho = results.keep(design, "heldout")
     base = load_base_model(cfg.model, len(data.label_names) if data.label_names else None, cfg.train.seed)
     settings = [{}, {"seed": 1}, {"params": "trainable"}, {"proj_dim": 128}, {"proj_dim": 2048},
                 {"lambda_reg": 1e-2}, {"lambda_reg": 1e-1}, {"lambda_reg": 10.0}, {"n_models": 3}]
@@ -110,8 +111,9 @@ def main(argv=None) -> None:
 
     import torch
 
-    from dataspex.pipeline import open_run
-    from dataspex.trak import load_trak_scores, stage_trak, trak_faithfulness
+    from dataspex.fit.trak import load_trak_scores, trak_faithfulness
+    from dataspex.stages.rundir import open_run
+    from dataspex.stages.trak import stage_trak
 
     if args.threads:
         torch.set_num_threads(args.threads)

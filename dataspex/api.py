@@ -21,8 +21,15 @@ from functools import cached_property
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
-from dataspex.errors import DataspexError
+from dataspex.core.data import load_data
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import read_json
+from dataspex.fit.artifacts import choose_estimator, load_fitted
+from dataspex.fit.ranking import ranked_pairs
+from dataspex.report import describe_pairs
+from dataspex.store import RunStore
 
 __all__ = ["Run", "load_run"]
 
@@ -39,8 +46,6 @@ class Run:
     """A run directory, read lazily. See the module docstring for a tour."""
 
     def __init__(self, path: str):
-        from dataspex.store import RunStore
-
         self.path = path
         self.store = RunStore(path)
 
@@ -51,8 +56,6 @@ class Run:
     @cached_property
     def config(self):
         """The run's resolved config (``config.yaml``) as an OmegaConf object."""
-        from omegaconf import OmegaConf
-
         path = self.store.path("config.yaml")
         if not os.path.exists(path):
             raise DataspexError(f"{self.path} has no config.yaml: it was not made by `dataspex run`/`design`")
@@ -60,10 +63,7 @@ class Run:
 
     @cached_property
     def data(self):
-        """The train and test splits (``dataspex.data.TaskData``), checked against the run's fingerprint."""
-        from dataspex.data import load_data
-        from dataspex.io import read_json
-
+        """The train and test splits (``dataspex.core.data.TaskData``), checked against the run's fingerprint."""
         data = load_data(self.config.data, self.config.model.task)
         stored = read_json(self.store.path("fingerprint.json")).get("data")
         if stored is not None and stored != data.content_hash():
@@ -104,8 +104,6 @@ class Run:
     # ---------------------------------------------------------------------------------------- fitted models
     @cached_property
     def _fit(self):
-        from dataspex.report import load_fitted
-
         return load_fitted(self.store)
 
     @property
@@ -124,8 +122,6 @@ class Run:
     @property
     def ranking_estimator(self) -> str:
         """The estimator the report ranks by (its ``report.estimator`` setting, auto = most faithful)."""
-        from dataspex.report import choose_estimator
-
         wanted = self.config.get("report", {}).get("estimator", "auto") if "report" in self.config else "auto"
         return choose_estimator(self.fitted, self._fit[1], wanted)
 
@@ -140,11 +136,9 @@ class Run:
               estimator: str | None = None, texts: bool = True) -> pd.DataFrame:
         """Ranked pairs of ``kind`` (harmful, redundant, complementary, interaction), each at its strongest test
         example, with the texts when ``texts``."""
-        from dataspex.report import _describe, ranked_pairs
-
         result = self.result(estimator)
         table = ranked_pairs(result, kind, k, estimand, 0)
-        return _describe(table, self.data) if texts else table
+        return describe_pairs(table, self.data) if texts else table
 
     def coefficients(self, estimator: str | None = None, basis: str = "fourier") -> pd.DataFrame:
         """Every coefficient of an estimator, long form (``InteractionResult.to_frame``)."""
@@ -182,8 +176,6 @@ class Run:
 
     @property
     def summary(self) -> dict | None:
-        from dataspex.io import read_json
-
         path = self.store.path("report", "summary.json")
         return read_json(path) if os.path.exists(path) else None
 

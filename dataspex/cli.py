@@ -1,6 +1,7 @@
 """The ``dataspex`` command: ``dataspex <stage> [hydra overrides...]``.
 
-Stages: design, train, fit, report, run (= all four). Everything after the stage is passed to Hydra, so any
+Stages (``dataspex.stages.STAGES``, one module each): run (= design, train, fit, report), design, train, fit,
+report, status, collect, trak, validate. Everything after the stage is passed to Hydra, so any
 config key can be overridden (``train.lr=1e-3``), groups swapped (``model=hub``), and ``--multirun`` sweeps
 launched. A later stage pointed at an existing ``run_dir=`` starts from the overrides that created the run,
 with the new ones applied on top.
@@ -14,11 +15,13 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from dataspex.errors import DataspexError
-
-from dataspex.pipeline import STAGE_HELP, STAGES
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import atomic_write_text, write_json
+from dataspex.stages import STAGE_HELP, STAGES, stage_function
 
 USAGE = """usage: dataspex <stage> [overrides...]
 
@@ -86,10 +89,6 @@ def _with_stored_overrides(args: list[str]) -> list[str]:
 
 def _record_overrides(cfg, overrides: list[str]) -> None:
     """At a run's creation, remember how it was made (later stages replay it) and save the config."""
-    from omegaconf import OmegaConf
-
-    from dataspex.io import atomic_write_text, write_json
-
     path = os.path.join(cfg.run_dir, "overrides.json")
     if not os.path.exists(path):
         write_json(path, [o for o in overrides if _replayable(o)])
@@ -98,11 +97,6 @@ def _record_overrides(cfg, overrides: list[str]) -> None:
 
 def _task(cfg: DictConfig) -> None:
     """The Hydra task function: one stage on one run directory."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from dataspex.pipeline import stage_function
-
     try:
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.stage in ("design", "run"):

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from dataspex.data import load_data
-from dataspex.demo import make_demo
-from dataspex.errors import DataspexError
+from dataspex.core.data import load_data
+from dataspex.core.demo import make_demo
+from dataspex.core.errors import DataspexError
 
 FILES = dict(source="files", train_file=None, test_file=None, text_column="text", label_column="label",
              prompt_column="prompt", completion_column="completion", label_names=None, max_train=None,

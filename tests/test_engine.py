@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dataspex.data import Split
-from dataspex.demo import make_demo
-from dataspex.errors import DataspexError
-from dataspex.models import load_base_model, load_tokenizer
-from dataspex.training import engine, naive
-from dataspex.training.common import encode
+from dataspex.core.data import Split
+from dataspex.core.demo import make_demo
+from dataspex.core.errors import DataspexError
+from dataspex.core.models import load_base_model, load_tokenizer
+from dataspex.train import engine, get_engine, modules, naive, optimizer
+from dataspex.train.common import encode
 
 TOL = 1e-4
 MINILM = {"name_or_path": "bundled:all-minilm-l6-v2", "task": "classification"}
@@ -67,7 +67,7 @@ def causal(arch: str):
 
 
 def run(module, base, lora, cfg, train, test, masks=MASKS, ids=IDS):
-    engine._LAST.clear()
+    engine._ENGINE_CACHE.clear()
     return list(module.train_masks(base, lora, cfg, train, test, masks, ids))
 
 
@@ -99,7 +99,7 @@ def test_whole_model_runner_matches_naive(minilm, monkeypatch):
     """A model without a layer-by-layer runner goes through transformers whole, with the batched modules;
     here MiniLM with the runners hidden, LoRA on the attention output too."""
     base, train, test = minilm
-    monkeypatch.setattr(engine, "RUNNERS", ())
+    monkeypatch.setattr(engine, "RUNNERS", ())  # Engine looks its runners up in the engine module
     lora = lora_cfg("top:2", targets=("query", "value", "dense"))
     cfg = train_cfg(epochs=1, adapters_per_pass=2)
     assert_same(run(naive, base, lora, cfg, train, test), run(engine, base, lora, cfg, train, test))
@@ -123,9 +123,9 @@ def test_unsupported_setup_falls_back_to_naive(minilm, monkeypatch, caplog):
     base, train, test = minilm
 
     def refuse(*args):
-        raise engine.Unsupported("DoRA")
+        raise modules.Unsupported("DoRA")
 
-    monkeypatch.setattr(engine, "find_targets", refuse)
+    monkeypatch.setattr(engine, "find_targets", refuse)  # as Engine looks it up
     cfg = train_cfg(epochs=1)
     with caplog.at_level("WARNING", logger="dataspex"):
         batched = run(engine, base, lora_cfg(), cfg, train, test, MASKS[1:], IDS[1:])
@@ -140,7 +140,7 @@ def test_batched_adamw_matches_torch_with_skipped_steps():
     grads = [torch.randn(3, 5) for _ in range(4)]
     active = [None, [0, 2], [2], None]
     flat = start.clone().requires_grad_(True)
-    opt = engine.BatchedAdamW(flat, lr=0.1, weight_decay=0.05)
+    opt = optimizer.BatchedAdamW(flat, lr=0.1, weight_decay=0.05)
     for g, a in zip(grads, active):
         opt.step(flat, g, a)
     for k in range(3):
@@ -153,8 +153,8 @@ def test_batched_adamw_matches_torch_with_skipped_steps():
         torch.testing.assert_close(flat[k].detach(), p.detach(), rtol=0, atol=1e-6)
 
 
-def test_groups_keep_similar_kept_counts_together():
-    groups = engine.groups([5, 30, 6, 31, 7, 29, 4], per_pass=3)
+def test_pass_groups_keep_similar_kept_counts_together():
+    groups = engine.pass_groups([5, 30, 6, 31, 7, 29, 4], per_pass=3)
     assert sorted(np.concatenate(groups).tolist()) == list(range(7))
     assert max(len(g) for g in groups) <= 3
     assert [sorted(g.tolist()) for g in groups] == [[0, 2, 6], [4, 5], [1, 3]]
@@ -169,3 +169,10 @@ def test_bad_masks_and_settings_are_refused(minilm):
     with pytest.raises(DataspexError, match="precision"):
         engine.settings(train_cfg(precision="fp8"))
     assert engine.settings(train_cfg(precision="bf16")).autocast is None  # CPU trains in fp32
+
+
+def test_get_engine_names_the_two_engines():
+    assert get_engine("naive") is naive.train_masks
+    assert get_engine("batched") is engine.train_masks
+    with pytest.raises(DataspexError, match="train.engine='fast' is not one of: naive, batched"):
+        get_engine("fast")

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from dataspex.errors import DataspexError
+from dataspex.core.errors import DataspexError
 from dataspex.estimators import DataspexInputError, LinearDatamodel
-from dataspex.metrics import faithfulness_r2, lds, recall_at_k
+from dataspex.core.metrics import faithfulness_r2, lds, recall_at_k
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from sklearn.base import clone
 from sklearn.linear_model import Lasso
 
 from dataspex.estimators import LinearDatamodel, QuadraticProxy
-from dataspex.estimators.transforms import all_masks
-from dataspex.metrics import faithfulness_r2, lds
+from dataspex.fit.estimators.transforms import all_masks
+from dataspex.core.metrics import faithfulness_r2, lds
 
 
 def linear_data(m=600, n=40, T=5, seed=0, noise=0.2):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dataspex.estimators import DataspexInputError, InteractionResult, Pairwise, screen_candidates
-from dataspex.estimators.transforms import all_masks
+from dataspex.fit.estimators.transforms import all_masks
 
 
 def truth(n=8, T=2, seed=0):

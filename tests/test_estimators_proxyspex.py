@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from dataspex.estimators import ProxySPEX, booster_to_fourier
-from dataspex.estimators.proxyspex import ridge_loo
-from dataspex.estimators.transforms import all_masks, fourier_from_values, subset_index
-from dataspex.metrics import faithfulness_r2
+from dataspex.fit.estimators.proxyspex import ridge_loo
+from dataspex.fit.estimators.transforms import all_masks, fourier_from_values, subset_index
+from dataspex.core.metrics import faithfulness_r2
 
 SMALL_GRID = dict(max_depth=(3, 5), n_estimators=(100, 300), learning_rate=(0.05, 0.2), cv=3)
 
@@ -156,8 +156,8 @@ def test_proxyspex_comparable_to_shapiq(data):
 @pytest.mark.parametrize("params", [{"max_depth": 3}, {"max_depth": -1, "num_leaves": 40}, {"max_depth": 4, "zero_as_missing": True}])
 def test_fast_text_extraction_equals_dump_walk_and_prefixes(params):
     """The model-text leaf table (fast path) gives the dump walk's spectrum; prefixes are models."""
-    from dataspex.estimators import proxyspex as P
-    from dataspex.estimators.transforms import ParityEncoder
+    from dataspex.fit.estimators import trees as P
+    from dataspex.fit.estimators.transforms import ParityEncoder
 
     rng = np.random.default_rng(7)
     X = (rng.random((600, 12)) < 0.5).astype(np.float64)
@@ -166,14 +166,14 @@ def test_fast_text_extraction_equals_dump_walk_and_prefixes(params):
         {"objective": "regression", "verbose": -1, "min_data_in_leaf": 5, "learning_rate": 0.2, "num_threads": 1, **params},
         lgb.Dataset(X, y), num_boost_round=60,
     )
-    fast = P._model_groups(booster)
+    fast = P._leaf_table(booster)
     dump = booster.dump_model()
     leaves, ids = [], []
     for t, tree in enumerate(dump["tree_info"]):
         lv = P._tree_leaves(tree["tree_structure"])
         leaves += lv
         ids += [t] * len(lv)
-    slow = P._groups_from_list(leaves, ids)
+    slow = P._leaf_table_from_list(leaves, ids)
     c1, f1, d1 = P._compact_terms(fast, 20)
     c2, f2, d2 = P._compact_terms(slow, 20)
     a, b = dict(zip(d1(c1), f1)), dict(zip(d2(c2), f2))

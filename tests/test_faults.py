@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from dataspex.errors import DataspexError
-from dataspex.io import load_npz
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import load_npz
 from dataspex.store import RunStore
 from tests.conftest import run_cli
 from tests.test_sweeps import (JOB, assert_same_results, fresh_copy, last_sweep_log, reference_run, start_sweep, stop,

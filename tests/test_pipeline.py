@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from dataspex.errors import DataspexError
+from dataspex.core.errors import DataspexError
 from dataspex.store import RunStore
-from dataspex.training.common import check_mask
+from dataspex.train.common import check_mask
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # for 48 masks); one refit for the faithfulness curve.
 SYNTHETIC_ARGS = [a for a in TINY if not a.startswith("design.")] + [
     "design.m=48", "design.heldout=16", "+estimators.proxyspex.min_child_samples=3"]
-REPORT_ARGS = ["+report.curve_fractions=[0.5]"]
+REPORT_ARGS = ["report.curve_fractions=[0.5]"]
 
 
 def synthetic_losses(masks: np.ndarray, planted: list[dict], n_test: int, seed: int = 0) -> np.ndarray:
@@ -143,7 +143,7 @@ def test_faithfulness_curve_has_every_budget():
 
 
 def test_report_uses_trak_scores_when_present(tmp_path, monkeypatch):
-    from dataspex import trak
+    from dataspex.fit import trak
 
     run_dir = copy_run(tmp_path)
     run = __import__("dataspex").load_run(run_dir)
@@ -202,7 +202,7 @@ def test_load_run_exports_shapiq():
 
 def test_load_run_refuses_a_non_run(tmp_path):
     import dataspex
-    from dataspex.errors import DataspexError
+    from dataspex.core.errors import DataspexError
 
     with pytest.raises(DataspexError, match="not a dataspex run directory"):
         dataspex.load_run(tmp_path)

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from dataspex.errors import DataspexError
+from dataspex.core.errors import DataspexError
 from dataspex.estimators import DataspexInputError, InteractionResult
-from dataspex.estimators.transforms import all_masks, fourier_from_values, fourier_to_moebius_dense, subset_index
+from dataspex.fit.estimators.transforms import all_masks, fourier_from_values, fourier_to_moebius_dense, subset_index
 
 N = 7
 

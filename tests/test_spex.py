@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from dataspex.estimators._bch import BCHCode, GF2m
-from dataspex.estimators.base import DataspexInputError
-from dataspex.estimators.spex import SPEX, SpexDesign
-from dataspex.estimators.transforms import fourier_features
+from dataspex.design._bch import BCHCode, GF2m
+from dataspex.fit.estimators.base import DataspexInputError
+from dataspex.fit.estimators.spex import SPEX, SpexDesign
+from dataspex.fit.estimators.transforms import fourier_features
 
 # ---------------------------------------------------------------------------------------------
 # helpers

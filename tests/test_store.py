@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dataspex.design import Design, random_masks
-from dataspex.errors import DataspexError
-from dataspex.io import load_npz, save_npz
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import load_npz, save_npz
 from dataspex.store import RunStore
 
 

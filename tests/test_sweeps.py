@@ -139,7 +139,7 @@ def test_multirun_shards_cover_the_design_once(tmp_path_factory, tmp_path):
 
 
 def test_status_counts_shards_roles_duplicates_and_damage(tmp_path_factory, tmp_path):
-    from dataspex.sweeps import format_status, run_status
+    from dataspex.stages.status import format_status, run_status
 
     ref = reference_run(tmp_path_factory)
     run_dir = fresh_copy(ref, tmp_path / "run")

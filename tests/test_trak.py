@@ -11,17 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dataspex.errors import DataspexError
+from dataspex.core.errors import DataspexError
 from dataspex.store import RunStore
-from dataspex.trak import (
+from dataspex.fit.trak import fit_calibration, load_trak_scores, trak_pair_scores, trak_predict
+from dataspex.fit.trak.gradients import (
     ClassificationMarginOutput,
     CompletionLogProbOutput,
     LoraGradientComputer,
-    fit_calibration,
     grad_parameter_names,
-    load_trak_scores,
-    trak_pair_scores,
-    trak_predict,
 )
 from tests.conftest import TINY, run_cli
 
@@ -66,8 +63,8 @@ def test_pair_scores_follow_the_pairs_output():
 # --------------------------------------------------------------------- traker plug-ins on real models
 
 def _peft_model(cfg, n_labels):
-    from dataspex.models import load_base_model
-    from dataspex.training.naive import build_peft_model
+    from dataspex.core.models import load_base_model
+    from dataspex.train.naive import build_peft_model
 
     return build_peft_model(load_base_model(cfg.model, n_labels, 0), cfg.lora, seed=3)
 
@@ -76,9 +73,9 @@ def _peft_model(cfg, n_labels):
 def test_gradient_computer_matches_autograd_on_lora_parameters_only(task):
     """The iterative path: per example, padding cut, the output function called as (model, None, None, *batch);
     gradients w.r.t. the LoRA parameters only (traker's own IterativeGradientComputer ignores grad_wrt)."""
-    from dataspex.data import Split
-    from dataspex.models import load_tokenizer
-    from dataspex.training.common import encode
+    from dataspex.core.data import Split
+    from dataspex.core.models import load_tokenizer
+    from dataspex.train.common import encode
 
     if task == "classification":
         cfg = compose()
@@ -116,7 +113,7 @@ def test_gradient_computer_matches_autograd_on_lora_parameters_only(task):
 def test_projector_choice_on_cpu():
     from trak.projectors import BasicProjector
 
-    from dataspex.trak import _projector
+    from dataspex.fit.trak.gradients import _projector
 
     cfg = compose()
     projector, kind = _projector(cfg.trak, 1000, torch.device("cpu"), torch.float32)
@@ -127,7 +124,7 @@ def test_projector_choice_on_cpu():
 
 
 def test_causal_lm_scores(tmp_path):
-    from dataspex.trak import compute_trak_scores
+    from dataspex.fit.trak.gradients import compute_trak_scores
 
     rows = ["prompt,completion"] + [f"{a} plus {a} is,{2 * a}" for a in range(1, 6)]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
@@ -146,7 +143,9 @@ def test_causal_lm_scores(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A trained tiny run (in process: the stages are the CLI's functions)."""
-    from dataspex.pipeline import stage_design, stage_fit, stage_train
+    from dataspex.stages.design import stage_design
+    from dataspex.stages.fit import stage_fit
+    from dataspex.stages.train import stage_train
 
     run_dir = str(tmp_path_factory.mktemp("trak") / "run")
     cfg = compose(f"run_dir={run_dir}", *TINY, "design.heldout=3", "~estimators.proxyspex", "trak.proj_dim=32")
@@ -158,7 +157,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pairwise_design_is_refused_without_a_screen(tmp_path):
-    from dataspex.pipeline import stage_design
+    from dataspex.stages.design import stage_design
 
     cfg = compose(f"run_dir={tmp_path / 'fresh'}", *TINY, "design=pairwise", "design.candidates=3")
     with pytest.raises(DataspexError, match="needs a first-order screen.*dataspex trak"):
@@ -167,9 +166,11 @@ def test_pairwise_design_is_refused_without_a_screen(tmp_path):
 
 @pytest.mark.slow
 def test_trak_stage_scores_screens_and_feeds_the_pairwise_design(tiny_run, caplog):
-    from dataspex.design import pairwise_screen
-    from dataspex.pipeline import stage_design, stage_fit, stage_train
-    from dataspex.trak import stage_trak
+    from dataspex.stages.design import pairwise_screen
+    from dataspex.stages.design import stage_design
+    from dataspex.stages.fit import stage_fit
+    from dataspex.stages.train import stage_train
+    from dataspex.stages.trak import stage_trak
 
     run_dir, cfg = tiny_run
     store = RunStore(run_dir)
@@ -224,7 +225,7 @@ def test_trak_cli_stage(tiny_run):
     run_dir, _ = tiny_run
     store = RunStore(run_dir)
     if load_trak_scores(store) is None:  # run alone: make the scores first
-        from dataspex.trak import stage_trak
+        from dataspex.stages.trak import stage_trak
 
         stage_trak(tiny_run[1])
     # the CLI needs overrides.json for the tiny data; the in-process fixture wrote none

@@ -1,11 +1,11 @@
-"""Brute-force checks of the cube transforms (dataspex.estimators.transforms)."""
+"""Brute-force checks of the cube transforms (dataspex.fit.estimators.transforms)."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from dataspex.estimators.transforms import (
+from dataspex.fit.estimators.transforms import (
     ParityEncoder,
     all_masks,
     fourier_features,

@@ -12,19 +12,8 @@ import pytest
 
 from dataspex.design import Design
 from dataspex.store import Results
-from dataspex.validate import (
-    VARIANTS,
-    analyse,
-    analyse_curated,
-    curated_mask,
-    extend_design,
-    needed_masks,
-    removal_verdict,
-    replicate_ids,
-    t_interval,
-    variant_masks,
-    verdict,
-)
+from dataspex.design.validation import VARIANTS, curated_mask, extend_design, needed_masks, replicate_ids, variant_masks
+from dataspex.validate import analyse, analyse_curated, removal_verdict, t_interval, verdict
 from tests.conftest import run_cli
 
 

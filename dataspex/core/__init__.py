@@ -1,0 +1,1 @@
+"""What every layer uses: errors, self-describing files, metrics, data loading, models and the demo set."""

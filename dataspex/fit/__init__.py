@@ -1,0 +1,1 @@
+"""Fitting interaction models to the retraining results, scoring them, and the first-order views (TRAK)."""

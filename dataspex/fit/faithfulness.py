@@ -1,0 +1,118 @@
+"""How far a fitted model can be trusted: held-out R^2, and held-out R^2 against the number of retrains.
+
+Faithfulness-vs-budget: each fitted estimator is refitted on growing prefixes of the fit masks (fractions
+``report.curve_fractions``; 1.0 is the stored fit) and scored on the held-out masks. The points are cached in
+``fit/faithfulness_curve.json``, keyed by the fit stamp, and recomputed only when the fit changes; this module
+writes and reads that file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from hydra.utils import instantiate
+
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import read_json, write_json
+from dataspex.core.metrics import faithfulness_r2, pooled_r2
+from dataspex.fit.artifacts import fit_stamp
+
+__all__ = ["fit_outputs", "heldout_r2", "load_curve", "update_curve"]
+
+log = logging.getLogger("dataspex")
+
+CURVE = ("fit", "faithfulness_curve.json")
+CURVE_COLUMNS = ["estimator", "fraction", "n_masks", "r2", "r2_pooled", "note"]
+
+
+def fit_outputs(results, output: str) -> np.ndarray:
+    """The outputs ``dataspex fit`` models, (m, n_test + 1): every test example's ``output``, then their mean."""
+    Y = results.outputs(output)
+    return np.column_stack([Y, Y.mean(axis=1)])
+
+
+def heldout_r2(estimator, masks, Y):
+    """Faithfulness on the held-out masks: R^2 per output, and pooled over outputs (1 - total SSE / total SST,
+    which weights each test example by how much its loss varies). (None, None) without held-out masks."""
+    if len(masks) < 2:
+        return None, None
+    predicted = estimator.predict(masks)
+    per_output = np.asarray(faithfulness_r2(Y, predicted, multioutput="raw_values"))
+    return per_output, pooled_r2(Y, predicted)
+
+
+def _fractions(fractions) -> list[float]:
+    return sorted(float(f) for f in fractions if 0 < f < 1)
+
+
+def update_curve(estimators_cfg, store, faithfulness: dict, fractions) -> None:
+    """Refit every estimator at the budget ``fractions`` not yet cached for this fit, and cache the points."""
+    fractions = _fractions(fractions)
+    stamp = fit_stamp(store)
+    cached = read_json(store.path(*CURVE)) if os.path.exists(store.path(*CURVE)) else {}
+    old = cached.get("points", []) if cached.get("stamp") == stamp else []
+    missing = [f for f in fractions if f not in {p["fraction"] for p in old}]
+    new = _refit_points(estimators_cfg, store, faithfulness, missing)
+    if missing:
+        write_json(store.path(*CURVE), {"stamp": stamp, "points": old + new})
+
+
+def load_curve(store, faithfulness: dict, fractions) -> pd.DataFrame:
+    """Held-out R^2 against the number of fit masks, per estimator (columns estimator, fraction, n_masks, r2,
+    r2_pooled, note): the stored fit at fraction 1.0 and the cached points at ``fractions`` for this fit."""
+    fractions = _fractions(fractions)
+    cached = read_json(store.path(*CURVE)) if os.path.exists(store.path(*CURVE)) else {}
+    old = cached.get("points", []) if cached.get("stamp") == fit_stamp(store) else []
+    points = [{"estimator": name, "fraction": 1.0, "n_masks": int(f["n_fit_masks"]), "r2": f["r2_mean_over_outputs"],
+               "r2_pooled": f.get("r2_pooled"), "note": "stored fit"} for name, f in faithfulness.items()]
+    points += [p for p in old if p["fraction"] in fractions]
+    table = pd.DataFrame(points, columns=CURVE_COLUMNS)
+    return table.sort_values(["estimator", "fraction"], kind="stable").reset_index(drop=True)
+
+
+def _refit_points(estimators_cfg, store, faithfulness: dict, fractions) -> list[dict]:
+    if not fractions:
+        return []
+    design = store.load_design()
+    results = store.load_results(design)
+    fit_keep = results.keep(design, "fit")
+    ho_keep = results.keep(design, "heldout")
+    if ho_keep.sum() < 2:
+        return []
+    points = []
+    structured = design.fit_role != "fit"
+    estimators = estimators_cfg or {}
+    for name, f in faithfulness.items():
+        est_cfg = estimators.get(name)
+        if f.get("r2_mean_over_outputs") is None:
+            continue  # no held-out score to track (e.g. the pairwise design's estimator)
+        if est_cfg is None or structured:
+            note = "structured design: only the full budget" if structured else "not in this config"
+            points += [{"estimator": name, "fraction": fr, "n_masks": None, "r2": None, "r2_pooled": None, "note": note}
+                       for fr in fractions]
+            continue
+        Y = fit_outputs(results, f.get("output", "loss"))
+        X_fit, Y_fit = results.masks[fit_keep], Y[fit_keep]
+        for fr in fractions:
+            m = round(fr * len(X_fit))
+            point = {"estimator": name, "fraction": fr, "n_masks": m, "r2": None, "r2_pooled": None, "note": ""}
+            started = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    est = instantiate(est_cfg).fit(X_fit[:m], Y_fit[:m])
+                    pred = est.predict(results.masks[ho_keep])
+                truth = Y[ho_keep]
+                point["r2"] = float(np.mean(faithfulness_r2(truth, pred, multioutput="raw_values")))
+                point["r2_pooled"] = pooled_r2(truth, pred)
+            except (DataspexError, ValueError) as exc:
+                point["note"] = f"not fitted: {str(exc).splitlines()[0][:120]}"
+            log.info("report: faithfulness curve %s at %d masks: %s (%.1f s)", name, m,
+                     "n/a" if point["r2"] is None else f"{point['r2']:.3f}", time.perf_counter() - started)
+            points.append(point)
+    return points

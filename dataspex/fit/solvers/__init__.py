@@ -1,0 +1,1 @@
+"""Numerical solvers the estimators share (kept apart from the estimators that call them)."""

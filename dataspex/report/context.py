@@ -1,0 +1,143 @@
+"""What the report shows, gathered from the run's stored artifacts (it only reads them; nothing is fitted
+here): the fitted models and the one that ranks the pairs, the validation, the TRAK column, the ranked pair
+and triple tables with their texts, the faithfulness curve and the curation summary, all in one ``ctx``
+dict that the writers and renderers read."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from dataspex.core.errors import DataspexError
+from dataspex.fit import trak
+from dataspex.fit.artifacts import choose_estimator, load_fitted
+from dataspex.fit.faithfulness import load_curve
+from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
+from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
+from dataspex.report.text import KINDS, _label
+from dataspex.validate import load_validation
+
+log = logging.getLogger("dataspex")
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+def load_trak(store, n_train: int, n_test: int):
+    """TRAK scores (n_train, n_test) from ``dataspex trak``, or None (not run, or not available)."""
+    try:
+        scores = trak.load_trak_scores(store)
+    except (DataspexError, OSError, KeyError, ValueError) as exc:  # never fail for want of the TRAK column
+        log.warning("report: TRAK scores not used (%s)", exc)
+        return None
+    if scores is None:
+        return None
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (n_train, n_test):
+        log.warning("report: TRAK scores have shape %s, expected %s; not used", scores.shape, (n_train, n_test))
+        return None
+    return scores
+
+
+# ------------------------------------------------------------------------------------------- tables
+
+def describe_pairs(table: pd.DataFrame, data, columns=("i", "j")) -> pd.DataFrame:
+    out = table.copy()
+    for c in columns:
+        out[f"text_{c}"] = [data.train.texts[x] for x in out[c]]
+        out[f"label_{c}"] = [_label(data, data.train, x) for x in out[c]]
+    out["test_text"] = [data.test.texts[t] for t in out["test"]]
+    out["test_label"] = [_label(data, data.test, t) for t in out["test"]]
+    return out
+
+
+def also_moves(table: pd.DataFrame, stack: np.ndarray, share: float = 0.5, most: int = 3) -> list[str]:
+    """Other test examples on which a pair's |score| is at least ``share`` of its strongest, e.g. "#3 +1.20"."""
+    out = []
+    for row in table.itertuples():
+        scores = stack[:, row.i, row.j]
+        strongest = np.abs(scores).max()
+        others = [t for t in np.argsort(-np.abs(scores)) if t != row.test and strongest > 0
+                  and abs(scores[t]) >= share * strongest][:most]
+        out.append(", ".join(f"#{t} {scores[t]:+.2f}" for t in others))
+    return out
+
+
+def planted_recall(table: pd.DataFrame, planted: list[dict], kind: str) -> dict | None:
+    """Recall of the planted pairs of ``kind`` among the listed pairs (None when nothing was planted)."""
+    truth = {(p["i"], p["j"]) for p in planted if p["kind"] == kind}
+    if not truth:
+        return None
+    found = {(int(min(i, j)), int(max(i, j))) for i, j in zip(table["i"], table["j"])} & truth
+    return {"found": len(found), "planted": len(truth), "recall": len(found) / len(truth),
+            "missed": sorted(truth - found)}
+
+
+def _merge_validation(table: pd.DataFrame, validation: pd.DataFrame | None) -> pd.DataFrame:
+    cols = ["verdict", "realised", "ci_low", "ci_high", "predicted"]
+    if validation is None or table.empty:
+        return table
+    v = validation[["i", "j", "test", *cols]].rename(columns={c: f"validated_{c}" for c in cols})
+    return table.merge(v, on=["i", "j", "test"], how="left")
+
+
+
+# ------------------------------------------------------------------------------------------- the ctx dict
+
+def load_models(cfg, store) -> tuple[dict, dict, str]:
+    """The fitted estimators, their faithfulness scores and the name of the one that ranks the report's pairs."""
+    fitted, faithfulness = load_fitted(store)
+    name = choose_estimator(fitted, faithfulness, cfg.report.estimator)
+    return fitted, faithfulness, name
+
+
+def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_scores) -> tuple[dict, dict]:
+    """The top ``k`` pairs of each kind with their texts, also-moves, TRAK and validation columns, and the recall
+    of the planted pairs among them."""
+    tables, recall = {}, {}
+    for kind in KINDS:
+        table = describe_pairs(ranked_pairs(result, kind, k, estimand, data.n_test), data)
+        table["also_moves"] = also_moves(table, stack)
+        if trak_scores is not None:
+            table["trak_i"] = [float(trak_scores[i, t]) for i, t in zip(table["i"], table["test"])]
+            table["trak_j"] = [float(trak_scores[j, t]) for j, t in zip(table["j"], table["test"])]
+        tables[kind] = _merge_validation(table, validation)
+        recall[kind] = planted_recall(tables[kind], data.planted, kind)
+    return tables, recall
+
+
+def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dict:
+    """Everything the report shows, as the ``ctx`` dict the writers and renderers read (the images are added by
+    :func:`dataspex.report.write_report` once written). ``name`` is the estimator that ranks the pairs."""
+    result, estimand, k = fitted[name], cfg.report.estimand, int(cfg.report.top_k)
+    validation, vmeta = load_validation(store)
+    trak_scores = load_trak(store, data.n_train, data.n_test)
+    stack = score_stack(result, estimand)
+    tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores)
+    triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
+    if triples is not None:
+        triples = describe_pairs(triples, data, columns=("i", "j", "l"))
+    curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
+    actions = curation_actions(tables, result, data, validation)
+    harmful_examples = examples_to_review(actions, validated=validation is not None)
+    drop_effect = drop_all_effect(result, data.n_train, harmful_examples)
+    return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k,
+            "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
+            "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
+            "actions": actions, "harmful_examples": harmful_examples, "drop_effect": drop_effect,
+            "result": result, "fitted": fitted, "stack": stack}
+
+
+def summary(ctx) -> dict:
+    """summary.json: the headline numbers."""
+    validation, vmeta, faithfulness, triples = ctx["validation"], ctx["vmeta"], ctx["faithfulness"], ctx["triples"]
+    return {"estimator": ctx["name"], "estimand": ctx["estimand"], "top_k": ctx["k"], "recall_at_k": ctx["recall"],
+            "faithfulness": {n: f["r2_mean_over_outputs"] for n, f in faithfulness.items()},
+            "examples_to_review": ctx["harmful_examples"],
+            "predicted_mean_loss_change_if_removed": ctx["drop_effect"],
+            "validation": None if validation is None else {
+                "level": vmeta.get("level"), "seeds": vmeta.get("seeds"), "stale": vmeta.get("stale"),
+                "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),
+                "curated": vmeta.get("curated")},
+            "degree3": 0 if triples is None else len(triples)}

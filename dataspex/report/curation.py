@@ -1,0 +1,72 @@
+"""The curation summary: what to do about each of the top pairs (drop, relabel, keep one), which training
+examples to review, and the predicted change in the mean test loss if they are all removed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dataspex.report.text import KINDS
+
+SUMMARY_ROWS = 5  # pairs per kind in the curation summary
+
+
+def curation_actions(tables: dict, result, data, validation) -> pd.DataFrame:
+    """What to do about each of the top pairs, with the test-loss change to expect if both are removed."""
+    rows = []
+    vkey = {} if validation is None else {(r.i, r.j): r for r in validation.itertuples()}
+    for kind in KINDS:
+        for row in tables[kind].head(SUMMARY_ROWS).itertuples():
+            if kind == "harmful":
+                action = "drop both" if row.pattern == "masking" else "drop either"
+                if data.task == "classification" and all(
+                        label != row.test_label and _similar(text, row.test_text) >= 0.5
+                        for text, label in ((row.text_i, row.label_i), (row.text_j, row.label_j))):
+                    # both read like the test example but carry the other label: likely mislabelled copies
+                    action = f"relabel both as '{row.test_label}'? (else drop both)"
+            else:
+                action = "keep at least one (dropping one is safe, both is not)"
+            predicted = float(-result.pair_effects("full", output=int(row.test))[row.i, row.j])
+            v = vkey.get((row.i, row.j))
+            done = v is not None and v.verdict != "pending"
+            removal = getattr(v, "removal", "unclear") if done else "-"
+            rows.append({"kind": kind, "rank": row.rank, "i": row.i, "j": row.j, "pattern": row.pattern,
+                         "action": action, "test": row.test,
+                         "predicted_change_if_both_removed": predicted,
+                         "realised_change_if_both_removed": getattr(v, "realised_removal", np.nan) if done else np.nan,
+                         "realised_low": getattr(v, "removal_ci_low", np.nan) if done else np.nan,
+                         "realised_high": getattr(v, "removal_ci_high", np.nan) if done else np.nan,
+                         "verdict": v.verdict if v is not None else "not validated", "removal": removal,
+                         "text_i": row.text_i, "label_i": row.label_i, "text_j": row.text_j,
+                         "label_j": row.label_j, "test_text": row.test_text, "test_label": row.test_label})
+    return pd.DataFrame(rows)
+
+
+def _similar(a: str, b: str) -> float:
+    """Word-set Jaccard similarity of two texts (a cheap "is this a near-copy" check)."""
+    wa, wb = set(str(a).lower().split()), set(str(b).lower().split())
+    return len(wa & wb) / max(len(wa | wb), 1)
+
+
+def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
+    """The training examples of the summary's harmful pairs (once validated: those whose removal lowered the
+    test loss in the retrains)."""
+    if actions.empty:
+        return []
+    harmful = actions[actions["kind"] == "harmful"]
+    if validated:  # the pairs whose removal lowered the test loss in the retrains
+        harmful = harmful[harmful["removal"] == "lowered"]
+    return sorted({int(x) for x in np.concatenate([harmful["i"].to_numpy(), harmful["j"].to_numpy()])})
+
+
+def drop_all_effect(result, n_train: int, examples: list[int]) -> float | None:
+    """Predicted change in the mean test loss from removing ``examples`` from the full training set."""
+    if not examples:
+        return None
+    full = np.ones((2, n_train), dtype=np.uint8)
+    full[1, examples] = 0
+    pred = result.predict(full)
+    names = result.output_names or []
+    column = names.index("mean") if "mean" in names else None
+    values = pred[:, column] if column is not None else pred.mean(axis=1)
+    return float(values[1] - values[0])

@@ -1,0 +1,214 @@
+"""Formatting and row builders shared by the Markdown and HTML renderers: numbers, intervals, the intro and
+the summary's bullet points, the rows and headers of every table, the notes under them and the list of
+files. Everything here reads the report's ``ctx`` (see :func:`dataspex.report.context.gather`) and returns
+plain text; nothing here writes a file."""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dataspex.fit.estimators.vocabulary import PAIR_KINDS
+
+# The pair lists the report shows, with what each kind means for the test loss.
+KINDS = {kind: PAIR_KINDS[kind] for kind in ("harmful", "redundant")}
+ESTIMANDS = {
+    "uniform": "average second difference over random half-size training sets (4 x Fourier coefficient)",
+    "full": "second difference at the full training set: f(all-i-j) - f(all-i) - f(all-j) + f(all)",
+}
+
+
+def _label(data, split, idx) -> str:
+    if split.labels is None:
+        return split.completions[idx]
+    return data.label_names[int(split.labels[idx])]
+
+
+def _fmt(x, spec="+.3f") -> str:
+    try:
+        if x is None or not np.isfinite(float(x)):
+            return "n/a"
+    except (TypeError, ValueError):
+        return "n/a"
+    return format(float(x), spec)
+
+
+def _ci(low, high) -> str:
+    if _fmt(low) == "n/a":
+        return "n/a"
+    return f"[{_fmt(low)}, {_fmt(high)}]"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _intro(ctx) -> list[tuple[str, str]]:
+    cfg, data, store = ctx["cfg"], ctx["data"], ctx["store"]
+    f = ctx["faithfulness"][ctx["name"]]
+    r2 = _fmt(f["r2_mean_over_outputs"], ".3f")
+    return [
+        ("Run", store.run_dir),
+        ("Model", (f"{cfg.model.name_or_path} ({data.task}), LoRA r={cfg.lora.r} on {list(cfg.lora.target_modules)} "
+                   f"(layers: {cfg.lora.layers or 'all'})")),
+        ("Data", f"{data.n_train} training and {data.n_test} test examples"),
+        ("Ranked by", (f"{ctx['name']} (held-out R^2 {r2}, {f['n_fit_masks']} retrains); score = interaction on "
+                       f"the test loss in nats, estimand {ctx['estimand']}: {ESTIMANDS[ctx['estimand']]}")),
+    ]
+
+
+def _headline(ctx) -> list[str]:
+    """The summary's bullet points (plain text, shared by HTML and Markdown)."""
+    out = []
+    validation, vmeta = ctx["validation"], ctx["vmeta"]
+    if validation is not None:
+        level = round(100 * vmeta["level"])
+        for kind in KINDS:
+            part = validation[validation["kind"] == kind]
+            if len(part):
+                out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} top {kind} pairs "
+                           f"confirmed by retraining ({vmeta['seeds']} seeds, {level}% interval).")
+        if vmeta.get("stale"):
+            out.append("The fit changed after validation: predictions in the validation table may be out of date; "
+                       "re-run `dataspex validate`.")
+    else:
+        out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the top pairs directly.")
+    ex = ctx["harmful_examples"]
+    if ex:
+        which = ("harmful pairs whose removal lowered the test loss in the retrains" if validation is not None
+                 else "top harmful pairs")
+        out.append(f"Examples to drop or relabel ({which}): {', '.join(f'#{x}' for x in ex)}. The ranking model "
+                   f"predicts a change of {_fmt(ctx['drop_effect'])} nats in the mean test loss if all are "
+                   "removed (an extrapolation to the full training set from half-size retrains).")
+    elif validation is not None:
+        out.append("No validated harmful pair lowered the test loss when removed: nothing to drop on this evidence.")
+    cur = (vmeta or {}).get("curated") or {}
+    if cur.get("status") == "done":
+        out.append(f"Measured: retraining without all {len(cur['dropped'])} examples of the validated harmful pairs "
+                   f"({', '.join(f'#{x}' for x in cur['dropped'])}) changed the mean test loss by "
+                   f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
+                   f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
+    return out
+
+
+def _action_rows(ctx) -> list[list[str]]:
+    rows = []
+    for a in ctx["actions"].itertuples():
+        realised = "n/a" if _fmt(a.realised_change_if_both_removed) == "n/a" else \
+            f"{_fmt(a.realised_change_if_both_removed)} {_ci(a.realised_low, a.realised_high)}"
+        rows.append([a.kind, f"#{a.i} + #{a.j}", a.action, f"#{a.test}",
+                     _fmt(a.predicted_change_if_both_removed), realised, a.removal, a.verdict,
+                     f"#{a.i}: {a.text_i} [{a.label_i}]", f"#{a.j}: {a.text_j} [{a.label_j}]",
+                     f"#{a.test}: {a.test_text} [{a.test_label}]"])
+    return rows
+
+
+ACTION_HEAD = ["kind", "pair", "suggested action", "test example", "predicted loss change if both removed",
+               "realised (interval)", "removal", "interaction", "example i", "example j", "affected test example"]
+VALIDATION_HEAD = ["kind", "rank", "pair", "test example", "predicted (full)", "realised", "interval", "seeds",
+                   "verdict", "removing both: test loss", "removal", "removing both: mean test loss"]
+
+
+def _validation_rows(ctx) -> list[list[str]]:
+    rows = []
+    for v in ctx["validation"].itertuples():
+        rows.append([v.kind, str(v.rank), f"({v.i}, {v.j})", f"#{v.test}", _fmt(v.predicted), _fmt(v.realised),
+                     _ci(v.ci_low, v.ci_high), str(v.seeds), v.verdict,
+                     (f"{_fmt(getattr(v, 'realised_removal', np.nan))} "
+                      f"{_ci(getattr(v, 'removal_ci_low', np.nan), getattr(v, 'removal_ci_high', np.nan))}"),
+                     str(getattr(v, "removal", "-")),
+                     (f"{_fmt(getattr(v, 'realised_removal_mean_loss', np.nan))} "
+                      f"{_ci(getattr(v, 'removal_mean_ci_low', np.nan), getattr(v, 'removal_mean_ci_high', np.nan))}")])
+    return rows
+
+
+def _validation_text(ctx) -> str:
+    vm = ctx["vmeta"]
+    level = round(100 * vm["level"])
+    return (f"Each pair's four training sets (full, minus i, minus j, minus both) were retrained with {vm['seeds']} "
+            f"seeds each ({vm['seed_policy']} seed policy, {vm['engine']} engine). Realised = mean over seeds of "
+            "f(all-i-j) - f(all-i) - f(all-j) + f(all) on the pair's test example; interval = Student t at "
+            f"{level}%; predicted = the same quantity from {vm['estimator']} (full estimand). **confirmed**: the "
+            "interval excludes 0 on the predicted side. Removing both: realised change in the test loss "
+            "f(all-i-j) - f(all), on the pair's test example (removal: lowered / raised when its interval excludes "
+            "0) and averaged over all test examples.")
+
+
+def _pair_head(trak: bool, validated: bool) -> list[str]:
+    head = ["rank", "pair", "pattern", "score", "joint effect"]
+    head += ["TRAK i / j"] if trak else []
+    head += ["training example i", "training example j", "test example", "also moves"]
+    head += ["validation"] if validated else []
+    return head
+
+
+def _pair_rows(table, trak: bool, validated: bool) -> list[list[str]]:
+    rows = []
+    for r in table.itertuples():
+        row = [str(r.rank), f"({r.i}, {r.j})", r.pattern, _fmt(r.score), _fmt(r.joint_effect)]
+        if trak:
+            row.append(f"{_fmt(r.trak_i, '+.2g')} / {_fmt(r.trak_j, '+.2g')}")
+        row += [f"#{r.i}: {r.text_i} [{r.label_i}]", f"#{r.j}: {r.text_j} [{r.label_j}]",
+                f"#{r.test}: {r.test_text} [{r.test_label}]", r.also_moves or "-"]
+        if validated:
+            verdict = getattr(r, "validated_verdict", None)
+            row.append("-" if not isinstance(verdict, str) else
+                       f"{verdict}: {_fmt(r.validated_realised)} {_ci(r.validated_ci_low, r.validated_ci_high)}")
+        rows.append(row)
+    return rows
+
+
+def _triple_rows(triples) -> list[list[str]]:
+    return [[str(t.rank), f"({t.i}, {t.j}, {t.l})", _fmt(t.score), f"#{t.i}: {t.text_i} [{t.label_i}]",
+             f"#{t.j}: {t.text_j} [{t.label_j}]", f"#{t.l}: {t.text_l} [{t.label_l}]",
+             f"#{t.test}: {t.test_text} [{t.test_label}]"] for t in triples.itertuples()]
+
+
+TRIPLE_HEAD = ["rank", "examples", "score", "example i", "example j", "example l", "test example"]
+
+
+def _faith_rows(ctx) -> list[list[str]]:
+    rows = []
+    curve = ctx["curve"]
+    for n, f in ctx["faithfulness"].items():
+        part = curve[(curve["estimator"] == n) & curve["r2"].notna()]
+        path = ", ".join(f"{int(p.n_masks)}: {_fmt(p.r2, '.3f')}" for p in part.itertuples())
+        rows.append([n, _fmt(f["r2_mean_over_outputs"], ".3f"), _fmt(f.get("r2_pooled"), ".3f"),
+                     str(f["n_fit_masks"]), str(f["n_heldout_masks"]), f"{f['fit_seconds']:.1f}", path or "n/a"])
+    return rows
+
+
+FAITH_HEAD = ["estimator", "held-out R^2", "pooled R^2", "fit masks", "held-out masks", "fit seconds",
+              "R^2 by retrains (masks: R^2)"]
+PAIR_NOTE = ("Joint effect: change in the test loss from keeping both examples versus neither (positive = the pair "
+             "raises the loss). Also moves: other test examples where the pair's score is at least half its "
+             "strongest.")
+TRAK_NOTE = ("TRAK i / j: each example's TRAK score on the pair's test example (positive = keeping it lowers that "
+             "test loss); a first-order score, blind to what the pair does together.")
+FAITH_NOTE = ("Faithfulness R^2 of each estimator on held-out random masks it never saw (1 = predicts every retrain's "
+              "test losses exactly): the mean over test examples, and pooled over them (which weights each test "
+              "example by how much its loss varies, so a nearly constant one cannot drag it down). The last column "
+              "refits each estimator on the first part of the fit masks: whether more retrains would help.")
+FILES = [("pairs.csv / pairs.parquet", "the ranked pair tables, with texts, TRAK and validation columns"),
+         ("validation.csv / validation.parquet", "the validation table (after `dataspex validate`)"),
+         ("triples.csv / triples.parquet", "degree-3 interactions (when the estimator has any)"),
+         ("interactions.parquet", "every Fourier coefficient of every estimator (long form: output, key, order)"),
+         ("faithfulness_curve.csv", "held-out R^2 by number of retrains"),
+         ("summary.json", "the headline numbers"),
+         ("../fit/*.npz", ("the fitted models: `dataspex.estimators.InteractionResult.load`; "
+                           "`dataspex.load_run(run_dir)` loads everything, `.to_shapiq()` exports shapiq "
+                           "InteractionValues"))]
+
+
+def _config_yaml(cfg) -> str:
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException:  # e.g. an interpolation that needs Hydra's runtime
+        return OmegaConf.to_yaml(cfg)
+
+
+def _triples_text(ctx) -> str:
+    return (f"Three-way interactions found by {ctx['name']}: score = third difference of the test loss "
+            f"({ctx['estimand']} estimand), at the test example it moves most. Read them as context for the pairs: "
+            "a triple matters when removing any one of its three examples changes how the other two interact.")

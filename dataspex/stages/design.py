@@ -1,0 +1,85 @@
+"""``dataspex design``: write the ablation masks into the run directory (or extend its design with pairwise
+masks)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from dataspex.core.errors import DataspexError
+from dataspex.design import extend_pairwise, make_design
+from dataspex.fit.estimators import LinearDatamodel
+from dataspex.fit.trak import load_trak_scores
+from dataspex.stages.rundir import open_run
+
+log = logging.getLogger("dataspex")
+
+SCREENS = ("auto", "trak", "linear")
+
+
+def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
+    """First-order scores (n, T) that pick the pairwise design's candidates, and where they came from.
+
+    ``design.screen``: ``trak`` (``<run_dir>/trak/scores.npz``, from ``dataspex trak``), ``linear`` (a linear
+    datamodel fitted to the run's finished ``fit`` masks, on ``design.output``), or ``auto``: TRAK when its
+    scores exist, else the linear datamodel; refuses when neither is available."""
+    screen = str(cfg.screen)
+    if screen not in SCREENS:
+        raise DataspexError(f"design.screen={screen!r} is not one of: {', '.join(SCREENS)}")
+    where = f"run_dir={store.run_dir}"
+    if screen in ("auto", "trak"):
+        scores = load_trak_scores(store)
+        if scores is not None:
+            if scores.shape[0] != n_train:
+                raise DataspexError(f"{store.path('trak', 'scores.npz')} scores {scores.shape[0]} training "
+                                    f"examples, the data has {n_train}: re-run `dataspex trak {where}`")
+            return scores, "trak"
+        if screen == "trak":
+            raise DataspexError(f"design.screen=trak but {store.run_dir} has no TRAK scores: run "
+                                f"`dataspex trak {where}` first")
+    if store.has_design():
+        design = store.load_design()
+        results = store.load_results(design)
+        keep = results.keep(design, "fit")
+        if keep.sum() >= 4:
+            Y = results.outputs(str(cfg.output))[keep]
+            model = LinearDatamodel(cv=min(5, int(keep.sum()))).fit(results.masks[keep], Y)
+            return model.coef_, "linear"
+    if screen == "linear":
+        raise DataspexError(f"design.screen=linear needs finished random masks in {store.run_dir}: run "
+                            f"`dataspex design` + `dataspex train` there first (design=random)")
+    raise DataspexError(f"design=pairwise needs a first-order screen to pick its {cfg.candidates} candidates, "
+                        f"and {store.run_dir} has none: run `dataspex trak {where}` (TRAK scores), or train a "
+                        "random design there first (a linear datamodel screens then)")
+
+
+def stage_design(cfg) -> None:
+    store, data = open_run(cfg, create=True)
+
+    def screen():
+        return pairwise_screen(cfg.design, data.n_train, store)
+
+    if cfg.design.kind == "pairwise" and store.has_design():  # pairwise masks extend the run's design
+        design = extend_pairwise(store.load_design(), cfg.design, screen)
+        if design is None:
+            log.info("design: %s already has these pairwise masks", store.run_dir)
+        else:
+            store.save_design(design)
+            log.info("design: added %d pairwise masks (%s screen, candidates %s) -> %s",
+                     int((design.roles == "pairwise").sum()), design.meta["pairwise"]["screen"],
+                     design.meta["pairwise"]["candidates"], store.path("design.npz"))
+        return
+    design = make_design(cfg.design, data.n_train, screen=screen)
+    if store.has_design():
+        # Compare without the rows later stages appended (pairwise designs, validation retrains).
+        existing = store.load_design().without_extensions()
+        if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
+            raise DataspexError(f"{store.run_dir} already has a different design ({existing.meta}); "
+                                "use a new run_dir for a new design")
+        log.info("design: %s already has this design (%d masks)", store.run_dir, len(existing))
+        return
+    store.save_design(design)
+    counts = {str(r): int((design.roles == r).sum()) for r in np.unique(design.roles)}
+    log.info("design: %d masks over %d training examples %s -> %s", len(design), data.n_train, counts,
+             store.path("design.npz"))

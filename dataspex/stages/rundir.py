@@ -1,0 +1,44 @@
+"""The run directory as every stage opens it: the fingerprint of what results depend on, and the shards."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from dataspex.core.data import load_data
+from dataspex.core.errors import DataspexError
+from dataspex.store import RunStore
+
+__all__ = ["TRAIN_RESULT_KEYS", "fingerprint", "open_run", "shard_rows"]
+
+# Training settings that change results (the rest - engine, chunking, threads - only change speed).
+TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
+
+
+def fingerprint(cfg, data) -> dict:
+    """What a run's results depend on; stored at design time and checked by every later stage."""
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": data.content_hash(),
+        "lora": OmegaConf.to_container(cfg.lora, resolve=True),
+        "train": {k: OmegaConf.to_container(cfg.train, resolve=True)[k] for k in TRAIN_RESULT_KEYS},
+    }
+
+
+def open_run(cfg, create: bool = False):
+    """Load the data and open the run directory, checking the fingerprint. Returns (store, data)."""
+    store = RunStore(cfg.run_dir)
+    if not create and not os.path.isdir(store.run_dir):
+        raise DataspexError(f"run_dir={cfg.run_dir!r} does not exist: run `dataspex run` or `dataspex design` first")
+    data = load_data(cfg.data, cfg.model.task)
+    store.check_fingerprint(fingerprint(cfg, data), create=create)
+    return store, data
+
+
+def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:
+    """The design rows shard ``index`` of ``count`` trains (round robin, so shards finish together)."""
+    if count < 1 or not 0 <= index < count:
+        raise DataspexError(f"shard.index={index} must be in [0, shard.count={count})")
+    return np.arange(index, n_rows, count)

@@ -1,0 +1,80 @@
+"""``dataspex train``: retrain a LoRA adapter per mask of this shard and store every test example's loss."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dataspex.core.models import load_base_model, load_tokenizer
+from dataspex.stages.rundir import open_run, shard_rows
+from dataspex.train import get_engine
+from dataspex.train.common import encode
+
+log = logging.getLogger("dataspex")
+
+
+def stage_train(cfg) -> None:
+    store, data = open_run(cfg)
+    design = store.load_design()
+    rows = shard_rows(len(design), cfg.shard.index, cfg.shard.count)
+    done = store.done_ids()
+    todo = np.array([r for r in rows if int(design.mask_ids[r]) not in done], dtype=np.int64)
+    log.info("train: shard %d/%d has %d masks, %d already done, %d to train", cfg.shard.index, cfg.shard.count,
+             len(rows), len(rows) - len(todo), len(todo))
+    if len(todo) == 0:
+        return
+    train_rows(cfg, store, data, design, todo)
+
+
+def train_rows(cfg, store, data, design, todo: np.ndarray) -> None:
+    """Load the base model, tokenise once, and retrain the design rows ``todo`` into the store."""
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    tokenizer = load_tokenizer(cfg.model)
+    n_labels = len(data.label_names) if data.label_names else None
+    base = load_base_model(cfg.model, n_labels, cfg.train.seed)
+    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
+    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
+    _train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, test)
+
+
+def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
+    """Train every row in ``todo`` in one engine call (so a batched engine can fill its passes), writing a
+    result file each ``train.chunk_size`` finished masks: a crash loses at most the chunk in progress."""
+    chunk = max(1, int(cfg.train.chunk_size))
+    started = time.perf_counter()
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+    row_of = {int(design.mask_ids[r]): r for r in todo}
+
+    def flush():
+        rows = [row_of[mask_id] for mask_id, _, _ in pending]
+        store.write_results([p[0] for p in pending], design.masks[rows], np.array([p[1] for p in pending]),
+                            np.array([p[2] for p in pending]), {"engine": cfg.train.engine})
+        pending.clear()
+
+    with tqdm(total=len(todo), desc="retraining", unit="mask", disable=not cfg.progress) as bar:
+        for mask_id, loss, margin in engine(base, cfg.lora, cfg.train, train, test, design.masks[todo],
+                                            design.mask_ids[todo]):
+            pending.append((mask_id, loss, margin))
+            bar.update(1)
+            if len(pending) >= chunk:
+                flush()
+        if pending:
+            flush()
+    elapsed = time.perf_counter() - started
+    log.info("train: %d masks in %.1f s (%.2f s per mask)", len(todo), elapsed, elapsed / len(todo))
+
+
+def train_role(cfg, store, design, data, role: str) -> int:
+    """Retrain the rows of ``role`` that have no result yet (resumable, through the configured engine); returns
+    how many were trained."""
+    done = store.done_ids()
+    todo = np.array([r for r in design.rows(role) if int(design.mask_ids[r]) not in done], dtype=np.int64)
+    if len(todo) == 0:
+        return 0
+    train_rows(cfg, store, data, design, todo)
+    return len(todo)

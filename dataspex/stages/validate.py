@@ -1,0 +1,74 @@
+"""``dataspex validate``: retrain the report's top pairs directly (full, minus i, minus j, minus both) and check
+that their interaction is real; then rewrite the report with the verdicts.
+
+The statistics are :mod:`dataspex.validate`, the training sets :mod:`dataspex.design.validation`; this stage
+appends those sets to the design, retrains what is missing through the normal store (so it resumes, and
+``dataspex train`` can finish or shard it) and writes ``<run_dir>/validate/``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from dataspex.core.errors import DataspexError
+from dataspex.design.validation import ROLE, curated_mask, extend_design, needed_masks
+from dataspex.fit.artifacts import choose_estimator, load_fitted
+from dataspex.fit.ranking import select_pairs
+from dataspex.stages.report import report_run
+from dataspex.stages.rundir import open_run
+from dataspex.stages.train import train_role
+from dataspex.validate import analyse, analyse_curated, save_validation, settings
+
+log = logging.getLogger("dataspex")
+
+
+def stage_validate(cfg) -> pd.DataFrame:
+    opts = settings(cfg)
+    store, data = open_run(cfg)
+    fitted, faithfulness = load_fitted(store)
+    ranking = choose_estimator(fitted, faithfulness, cfg.report.estimator)
+    estimand = cfg.report.estimand
+    pairs = select_pairs(fitted[ranking], opts["kinds"], opts["top_k"], estimand, data.n_test)
+    if pairs.empty:
+        raise DataspexError(f"{ranking} lists no {' or '.join(opts['kinds'])} pairs to validate")
+    replicates = opts["seeds"]
+    if cfg.train.seed_policy == "shared" and replicates > 1:
+        log.warning("validate: train.seed_policy=shared gives every replicate the same seed: training one "
+                    "replicate per training set, no interval")
+        replicates = 1
+
+    design = store.load_design()
+    masks = needed_masks(data.n_train, pairs)
+    curated = curated_mask(data.n_train, pairs)
+    if curated is not None:
+        masks.append(curated)
+    design, added = extend_design(design, masks, replicates)
+    if added:
+        store.save_design(design)
+    n_rows = len(masks) * replicates
+    log.info("validate: %d pairs by %s -> %d training sets x %d seeds = %d retrains (%d new in the design)",
+             len(pairs), ranking, len(masks), replicates, n_rows, added)
+    trained = train_role(cfg, store, design, data, ROLE)
+    log.info("validate: trained %d, reused %d", trained, n_rows - trained)
+
+    results = store.load_results(design)
+    output = faithfulness[ranking].get("output", "loss")
+    table = analyse(pairs, design, results, fitted, ranking, data.n_train, replicates, opts["level"], output)
+    curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output)
+    save_validation(store, table, {
+        "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],
+        "kinds": opts["kinds"], "seeds": replicates, "level": opts["level"], "output": output,
+        "seed_policy": str(cfg.train.seed_policy), "engine": str(cfg.train.engine), "n_training_sets": len(masks),
+        "curated": curated_effect})
+    for row in table.itertuples():
+        log.info("validate: %-9s (%d, %d) on test %d: predicted %+.3f, realised %+.3f [%+.3f, %+.3f] -> %s",
+                 row.kind, row.i, row.j, row.test, row.predicted, row.realised, row.ci_low, row.ci_high,
+                 row.verdict)
+    if curated_effect and curated_effect["status"] == "done":
+        log.info("validate: dropping %s changes the mean test loss by %+.3f [%+.3f, %+.3f]",
+                 curated_effect["dropped"], curated_effect["mean_loss_change"], curated_effect["ci_low"],
+                 curated_effect["ci_high"])
+    report_run(cfg, store, data)
+    return table

@@ -1,0 +1,286 @@
+"""The run directory: design, fingerprint and retraining results, written so that nothing is lost or doubled.
+
+Layout of a run directory::
+
+    fingerprint.json     what the results depend on (model, data content, LoRA, training); checked on reuse
+    overrides.json       the command-line overrides the run was created with (later stages start from them)
+    config.yaml          the resolved config, for people
+    design.npz           masks (bit-packed), mask ids, roles, design metadata
+    results/part-*.npz   one file per finished chunk of masks: ids, the masks themselves, losses, margins,
+                         and the id of the fingerprint they were trained under
+    results/quarantine/  damaged or foreign result files, moved aside with a warning, never used
+    results.parquet      ``dataspex collect``: every result in one table (one row per mask)
+    fit/, report/        estimator results and the report
+
+Result files are immutable once written and named uniquely, so any number of workers can write into one
+store concurrently. Reading collapses duplicates (a mask trained twice keeps its first result). A file is
+used only if it opens, passes its checksum, holds exactly the design's masks under their ids, and was
+written under this run's fingerprint; anything else is quarantined when results are loaded.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import uuid
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import atomic_write_bytes, load_npz, read_json, save_npz, write_json
+from dataspex.design.base import Design
+
+
+class _Rejected(Exception):
+    """A result file that must not be used (the message says why)."""
+
+
+@dataclass
+class StoreScan:
+    """What ``results/`` holds, file by file, without changing anything (see :meth:`RunStore.scan`)."""
+
+    done: set = field(default_factory=set)  # mask ids with at least one usable result
+    n_results: int = 0  # usable results, duplicates included
+    good: dict = field(default_factory=dict)  # path -> mask ids it holds
+    rejected: dict = field(default_factory=dict)  # path -> why it cannot be used
+    temp_files: list = field(default_factory=list)  # .tmp-* left by writers killed mid-write
+
+    @property
+    def duplicates(self) -> int:
+        """Results beyond the first for their mask (harmless: reading keeps one per mask)."""
+        return self.n_results - len(self.done)
+
+
+@dataclass
+class Results:
+    """Retraining results ordered by mask id: ``losses``/``margins`` are (m, n_test) float64."""
+
+    mask_ids: np.ndarray
+    masks: np.ndarray
+    losses: np.ndarray
+    margins: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.mask_ids)
+
+    def keep(self, design: Design, role: str) -> np.ndarray:
+        """(m,) bool: which of these results belong to the design rows of ``role`` (as :meth:`Design.rows`)."""
+        return np.isin(self.mask_ids, design.ids(role))
+
+    def outputs(self, kind: str) -> np.ndarray:
+        if kind == "loss":
+            return self.losses
+        if kind == "margin":
+            return self.margins
+        raise DataspexError(f"output={kind!r} is not one of: loss, margin")
+
+
+class RunStore:
+    def __init__(self, run_dir: str):
+        self.run_dir = os.path.abspath(os.path.expanduser(run_dir))
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.run_dir, *parts)
+
+    # fingerprint ---------------------------------------------------------------------------------------
+    def check_fingerprint(self, fingerprint: dict, create: bool) -> None:
+        """Refuse to mix results from different models, data or training configs in one directory.
+
+        ``create``: write the fingerprint if the directory has none (the design stage); otherwise a missing
+        fingerprint means the directory is not a run directory.
+        """
+        path = self.path("fingerprint.json")
+        if not os.path.exists(path):
+            if not create:
+                raise DataspexError(f"{self.run_dir} is not a dataspex run directory (no fingerprint.json): "
+                                    "run `dataspex design` (or `dataspex run`) there first")
+            if self._create_exclusively(path, fingerprint):
+                return
+            # another process created the run at the same moment: its fingerprint must be ours
+        stored = read_json(path)
+        differing = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+        if differing:
+            details = "; ".join(f"{k}: stored {stored.get(k)!r}, now {fingerprint.get(k)!r}" for k in differing)
+            raise DataspexError(f"{self.run_dir} holds results for a different {', '.join(differing)} ({details}). "
+                                "Use a new run_dir, or repeat the run's original settings")
+
+    @staticmethod
+    def _create_exclusively(path: str, obj) -> bool:
+        """Write ``obj`` as JSON to ``path`` unless it exists (atomic even when two runs race to create it:
+        the file is complete before it is linked into place, and linking never replaces). True if written."""
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+        write_json(tmp, obj)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def fingerprint_id(self) -> str | None:
+        """A short hash of ``fingerprint.json`` (None before there is one); stamped into every result file."""
+        try:
+            with open(self.path("fingerprint.json")) as fh:
+                stored = json.load(fh)
+        except FileNotFoundError:
+            return None
+        return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:16]
+
+    # design ------------------------------------------------------------------------------------------------
+    def has_design(self) -> bool:
+        return os.path.exists(self.path("design.npz"))
+
+    def save_design(self, design: Design) -> None:
+        arrays = {"masks_packed": np.packbits(design.masks, axis=1), "mask_ids": design.mask_ids,
+                  "roles": design.roles}
+        save_npz(self.path("design.npz"), arrays, {"n_train": design.n_train, "meta": design.meta})
+
+    def load_design(self) -> Design:
+        if not self.has_design():
+            raise DataspexError(f"{self.run_dir} has no design.npz: run `dataspex design run_dir={self.run_dir}`")
+        arrays, meta = load_npz(self.path("design.npz"))
+        masks = np.unpackbits(arrays["masks_packed"], axis=1, count=meta["n_train"])
+        return Design(masks, arrays["mask_ids"], arrays["roles"], meta["meta"])
+
+    # results -----------------------------------------------------------------------------------------------
+    def write_results(self, mask_ids, masks, losses, margins, meta: dict | None = None) -> str:
+        """Write one chunk of finished masks as a new, uniquely named file; returns its path."""
+        mask_ids = np.asarray(mask_ids, dtype=np.int64)
+        name = f"part-{int(mask_ids.min()):07d}-{int(mask_ids.max()):07d}-{uuid.uuid4().hex[:12]}.npz"
+        arrays = {"mask_ids": mask_ids, "masks_packed": np.packbits(np.asarray(masks, dtype=np.uint8), axis=1),
+                  "losses": np.asarray(losses, dtype=np.float64), "margins": np.asarray(margins, dtype=np.float64)}
+        info = {"n_train": int(np.asarray(masks).shape[1]), "host": socket.gethostname(), "pid": os.getpid(),
+                "fingerprint": self.fingerprint_id()}
+        path = self.path("results", name)
+        save_npz(path, arrays, dict(meta or {}, **info))
+        return path
+
+    def result_files(self) -> list[str]:
+        return sorted(glob.glob(self.path("results", "part-*.npz")))
+
+    def _quarantine(self, path: str, reason: str) -> None:
+        target_dir = self.path("results", "quarantine")
+        os.makedirs(target_dir, exist_ok=True)
+        shutil.move(path, os.path.join(target_dir, os.path.basename(path)))
+        warnings.warn(f"quarantined {os.path.basename(path)}: {reason} (moved to {target_dir}; "
+                      "its masks will be retrained)", stacklevel=3)
+
+    def _read_result(self, path: str, design: Design, by_id: dict, fingerprint: str | None):
+        """(arrays, meta) of a usable result file; raises _Rejected (why not) or FileNotFoundError."""
+        try:
+            arrays, meta = load_npz(path)
+            masks = np.unpackbits(arrays["masks_packed"], axis=1, count=meta["n_train"])
+        except DataspexError as exc:
+            raise _Rejected(str(exc)) from exc
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _Rejected(f"{path} is not a dataspex result file ({exc})") from exc
+        stamp = meta.get("fingerprint")
+        if fingerprint is not None and stamp is not None and stamp != fingerprint:
+            raise _Rejected(f"it was written under another fingerprint ({stamp}, this run has {fingerprint}): "
+                            "results of a different model, data or training config")
+        rows = [by_id.get(int(i)) for i in arrays["mask_ids"]]
+        if None in rows or masks.shape[1] != design.n_train or not np.array_equal(design.masks[rows], masks):
+            raise _Rejected("its masks do not match this run's design")
+        return arrays, meta
+
+    def scan(self, design: Design | None = None) -> StoreScan:
+        """Check every result file against the design and fingerprint; changes nothing on disk."""
+        design = design if design is not None else self.load_design()
+        by_id = dict(zip(design.mask_ids.tolist(), range(len(design))))
+        fingerprint = self.fingerprint_id()
+        scan = StoreScan(temp_files=sorted(glob.glob(self.path("results", ".tmp-*"))))
+        for path in self.result_files():
+            try:
+                arrays, _ = self._read_result(path, design, by_id, fingerprint)
+            except _Rejected as exc:
+                scan.rejected[path] = str(exc)
+                continue
+            except FileNotFoundError:  # quarantined by someone else meanwhile
+                continue
+            ids = arrays["mask_ids"].tolist()
+            scan.good[path] = ids
+            scan.n_results += len(ids)
+            scan.done.update(ids)
+        return scan
+
+    def load_results(self, design: Design | None = None) -> Results:
+        """Every verified result, duplicates collapsed, ordered by mask id.
+
+        Damaged files, files whose masks disagree with the design and files written under another
+        fingerprint are quarantined, never used."""
+        design = design if design is not None else self.load_design()
+        by_id = dict(zip(design.mask_ids.tolist(), range(len(design))))
+        fingerprint = self.fingerprint_id()
+        seen: dict[int, tuple] = {}
+        for path in self.result_files():
+            try:
+                arrays, _ = self._read_result(path, design, by_id, fingerprint)
+            except _Rejected as exc:
+                self._quarantine(path, str(exc))
+                continue
+            except FileNotFoundError:  # another reader quarantined it meanwhile
+                continue
+            for k, mask_id in enumerate(arrays["mask_ids"].tolist()):
+                seen.setdefault(mask_id, (arrays["losses"][k], arrays["margins"][k]))
+        ids = np.array(sorted(seen), dtype=np.int64)
+        n_test = len(next(iter(seen.values()))[0]) if seen else 0
+        losses = np.array([seen[i][0] for i in ids]).reshape(len(ids), n_test)
+        margins = np.array([seen[i][1] for i in ids]).reshape(len(ids), n_test)
+        masks = design.masks[[by_id[i] for i in ids.tolist()]] if len(ids) else design.masks[:0]
+        return Results(ids, masks, losses, margins)
+
+    def done_ids(self) -> set[int]:
+        """Ids with a usable result on disk: files that are damaged, foreign or disagree with the design
+        don't count (``load_results`` quarantines them), so resuming retrains their masks."""
+        if not self.has_design():
+            return set()
+        return self.scan().done
+
+    # one table ----------------------------------------------------------------------------------------------
+    def table(self, design: Design | None = None):
+        """Every result as a pandas DataFrame, one row per mask, ordered by mask id: ``mask_id``, ``role``,
+        ``n_kept``, ``mask`` (the 0/1 mask as a uint8 array), then ``loss_<t>`` and ``margin_<t>`` per test
+        example (the columns of :attr:`dataspex.api.Run.results`, plus the mask)."""
+        design = design if design is not None else self.load_design()
+        res = self.load_results(design)
+        role = dict(zip(design.mask_ids.tolist(), design.roles.tolist()))
+        n_test = res.losses.shape[1]
+        columns = {"mask_id": res.mask_ids, "role": [role[int(i)] for i in res.mask_ids],
+                   "n_kept": res.masks.sum(axis=1).astype(np.int64), "mask": list(res.masks)}
+        columns.update({f"loss_{t}": res.losses[:, t] for t in range(n_test)})
+        columns.update({f"margin_{t}": res.margins[:, t] for t in range(n_test)})
+        return pd.DataFrame(columns)
+
+    def write_table(self, path: str | None = None, design: Design | None = None) -> tuple[str, dict]:
+        """Write :meth:`table` as Parquet, atomically (default ``<run_dir>/results.parquet``); the file's
+        metadata (key ``dataspex``) holds the fingerprint, the design's metadata and the counts.
+        Returns (path, that metadata)."""
+        design = design if design is not None else self.load_design()
+        frame = self.table(design)
+        path = os.path.abspath(path or self.path("results.parquet"))
+        fingerprint = read_json(self.path("fingerprint.json")) if os.path.exists(self.path("fingerprint.json")) \
+            else None
+        info = {"run_dir": self.run_dir, "fingerprint": fingerprint, "fingerprint_id": self.fingerprint_id(),
+                "design": design.meta, "n_train": design.n_train, "n_masks": len(design), "n_results": len(frame),
+                "complete": len(frame) == len(design)}
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[b"dataspex"] = json.dumps(info, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(schema_meta)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path, info

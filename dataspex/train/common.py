@@ -1,0 +1,155 @@
+"""Pieces shared by every training engine: encoding, batching, seeds, per-example losses, LoRA init.
+
+Seed policy (documented in the README): the head of the base model is initialised once from ``train.seed``,
+so every mask starts from the same head. Each mask then gets its own seed derived from
+``(train.seed, mask_id)`` with ``train.seed_policy=per_mask`` (the default), or ``train.seed`` itself with
+``seed_policy=shared`` (common random numbers). That seed draws the LoRA A matrices and the epoch shuffles,
+so a mask's result depends only on the mask, its id and the config - never on which worker ran it or when.
+Dropout is off during training (the model stays in eval mode), so a run is deterministic on a given machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dataspex.core.errors import DataspexError
+
+IGNORE = -100  # label value for tokens that carry no loss (prompt and padding in causal LM)
+
+
+@dataclass
+class Encoded:
+    """A tokenised split, tokenised once per run. Sequences are unpadded; batches pad to their own maximum.
+
+    classification: ``targets`` (n,) label ids. causal LM: ``token_targets[k]`` is a (len_k,) tensor holding
+    the next-token id at completion positions and IGNORE elsewhere.
+    """
+
+    input_ids: list[torch.Tensor]
+    task: str
+    targets: torch.Tensor | None = None
+    token_targets: list[torch.Tensor] | None = None
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, index) -> dict:
+        """Pad the examples at ``index`` (sequence of ints) into one batch."""
+        seqs = [self.input_ids[k] for k in index]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = s
+            attention[row, : len(s)] = 1
+        out = {"input_ids": ids, "attention_mask": attention}
+        if self.task == "classification":
+            out["targets"] = self.targets[list(index)]
+        else:
+            tt = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+            for row, k in enumerate(index):
+                tt[row, : len(self.token_targets[k])] = self.token_targets[k]
+            out["targets"] = tt
+        return out
+
+
+def encode(split, tokenizer, task: str, max_length: int) -> Encoded:
+    """Tokenise a split once. Causal LM: prompt + completion (+ EOS when the tokenizer has one), loss on the
+    completion tokens only."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if task == "classification":
+        ids = tokenizer(list(split.texts), truncation=True, max_length=max_length)["input_ids"]
+        return Encoded([torch.tensor(x, dtype=torch.long) for x in ids], task,
+                       targets=torch.as_tensor(split.labels, dtype=torch.long), pad_id=pad_id)
+    seqs, token_targets = [], []
+    for prompt, completion in zip(split.texts, split.completions):
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            c = c + [tokenizer.eos_token_id]
+        if not c:
+            raise DataspexError(f"completion {completion!r} has no tokens: causal-LM test losses need a completion")
+        full = (p + c)[-max_length:]
+        n_c = min(len(c), len(full) - 1)  # the first token has no prediction, so keep at least one prompt token
+        tgt = [IGNORE] * len(full)
+        for pos in range(len(full) - n_c - 1, len(full) - 1):
+            tgt[pos] = full[pos + 1]  # position pos predicts the next token
+        seqs.append(torch.tensor(full, dtype=torch.long))
+        token_targets.append(torch.tensor(tgt, dtype=torch.long))
+    return Encoded(seqs, task, token_targets=token_targets, pad_id=pad_id)
+
+
+def per_example_loss(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Loss of each example in nats: cross-entropy of the gold label, or the summed NLL of the completion.
+
+    logits: (B, C) or (B, L, V); targets: (B,) or (B, L). Returns (B,)."""
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE,
+                                            reduction="none")
+    return nll.sum(dim=1)
+
+
+def margins(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Classification: gold logit minus logsumexp of the others (the datamodels/TRAK output).
+    Causal LM: the completion's log-probability (minus its loss). Returns (B,)."""
+    if task != "classification":
+        return -per_example_loss(logits, targets, task)
+    logits = logits.float()
+    gold = logits.gather(1, targets[:, None])[:, 0]
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return gold - torch.logsumexp(others, dim=1)
+
+
+def mask_seed(seed: int, mask_id: int, policy: str) -> int:
+    """The seed that draws a mask's LoRA init and data order (see the module docstring)."""
+    if policy == "shared":
+        return int(seed)
+    if policy == "per_mask":
+        return int(np.random.SeedSequence([int(seed), int(mask_id)]).generate_state(1)[0])
+    raise DataspexError(f"train.seed_policy={policy!r} is not one of: per_mask, shared")
+
+
+def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Every optimiser step's example indices: each epoch a fresh shuffle of ``kept`` cut into batches."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    for _ in range(epochs):
+        order = kept[torch.randperm(len(kept), generator=gen).numpy()]
+        steps += [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
+    return steps
+
+
+def lora_init(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tensor]:
+    """LoRA A matrices (r, d_in) for each adapted module, drawn as peft does (Kaiming-uniform, a=sqrt(5)) but
+    from a generator of our own, so every engine draws the same numbers. B starts at zero."""
+    gen = torch.Generator().manual_seed(seed + 1)  # +1: keep apart from the data-order stream
+    out = []
+    for r, d_in in shapes:
+        bound = math.sqrt(6.0 / ((1 + 5.0) * d_in))  # kaiming_uniform_ with a=sqrt(5) on fan_in=d_in
+        out.append((torch.rand((r, d_in), generator=gen) * 2 - 1) * bound)
+    return out
+
+
+def check_mask(mask: np.ndarray, n_train: int, mask_id=None) -> np.ndarray:
+    """Indices of the kept examples; refuses a mask of the wrong length or one that keeps nothing."""
+    mask = np.asarray(mask)
+    where = f"mask {mask_id}" if mask_id is not None else "mask"
+    if mask.ndim != 1 or mask.shape[0] != n_train:
+        raise DataspexError(f"{where} has length {mask.shape[-1] if mask.ndim else 0} but there are {n_train} "
+                            "training examples: the design does not belong to this data set")
+    kept = np.flatnonzero(mask)
+    if kept.size == 0:
+        raise DataspexError(f"{where} keeps no training example: nothing to fine-tune on (drop it from the design)")
+    return kept
+
+
+def check_finite(losses: np.ndarray, mask_id) -> None:
+    if not np.all(np.isfinite(losses)):
+        raise DataspexError(f"mask {mask_id}: training produced non-finite test losses (diverged?); "
+                            "lower train.lr or check the data")

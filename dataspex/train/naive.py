@@ -1,0 +1,78 @@
+"""The reference engine: one fresh peft model per mask, trained one after another.
+
+Slow but obviously right; the batched engine is tested against it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import torch
+
+from dataspex.core.models import lora_config
+from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_batches, lora_init, margins,
+                                   mask_seed, per_example_loss)
+
+
+def lora_modules(peft_model) -> list:
+    """The peft LoRA layers in module order (the order lora_init draws for)."""
+    from peft.tuners.lora import LoraLayer  # lazy: peft (with transformers) takes seconds to import
+
+    return [m for _, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+
+
+def build_peft_model(base, lora_cfg, seed: int):
+    """A fresh peft model on a copy of ``base`` with LoRA A drawn by ``lora_init(seed)``."""
+    from peft import get_peft_model  # lazy: peft (with transformers) takes seconds to import
+
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(copy.deepcopy(base), lora_config(lora_cfg, base))
+    layers = lora_modules(model)
+    inits = lora_init([tuple(m.lora_A["default"].weight.shape) for m in layers], seed)
+    with torch.no_grad():
+        for m, a in zip(layers, inits):
+            m.lora_A["default"].weight.copy_(a)
+            m.lora_B["default"].weight.zero_()
+    model.eval()  # dropout off: see training.common
+    return model
+
+
+def finetune(base, lora_cfg, train_cfg, train: Encoded, mask: np.ndarray, mask_id: int):
+    """Fine-tune one adapter on the examples kept by ``mask``; returns the peft model."""
+    kept = check_mask(mask, len(train), mask_id)
+    seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy)
+    model = build_peft_model(base, lora_cfg, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    for index in epoch_batches(kept, train_cfg.epochs, train_cfg.batch_size, seed):
+        batch = train.batch(index)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = per_example_loss(logits, batch["targets"], train.task).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, test: Encoded, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per-test-example (loss, margin), each (n_test,) float64."""
+    losses, margs = [], []
+    for start in range(0, len(test), batch_size):
+        batch = test.batch(range(start, min(start + batch_size, len(test))))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses.append(per_example_loss(logits, batch["targets"], test.task))
+        margs.append(margins(logits, batch["targets"], test.task))
+    return torch.cat(losses).double().numpy(), torch.cat(margs).double().numpy()
+
+
+def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks: np.ndarray, mask_ids):
+    """Yield ``(mask_id, losses, margins)`` for each mask, one peft model at a time."""
+    for mask, mask_id in zip(masks, mask_ids):
+        model = finetune(base, lora_cfg, train_cfg, train, mask, int(mask_id))
+        losses, margs = evaluate(model, test)
+        check_finite(losses, mask_id)
+        yield int(mask_id), losses, margs

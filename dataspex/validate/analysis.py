@@ -1,0 +1,158 @@
+"""Validation by retraining: is a pair's interaction real? (the statistics behind ``dataspex validate``)
+
+For each of the report's top ``validate.top_k`` harmful and redundant pairs (i, j), with the test example t
+the pair moves most, four training sets are retrained ``validate.seeds`` times each:
+
+    full (every example), full minus i, full minus j, full minus both.
+
+Replicate s of a pair gives the realised second difference at the full data set (the ``full`` estimand)
+
+    d_s = f_t(all - i - j)_s - f_t(all - i)_s - f_t(all - j)_s + f_t(all)_s
+
+and the r replicates a t-interval at level ``validate.level`` (Student t, r - 1 degrees of freedom) around
+their mean. It is compared with what the ranking estimator predicts for the same quantity,
+``result.pair_scores("full", output=t)[i, j]``. Verdict: **confirmed** when the interval excludes 0 on the
+side of the predicted sign, otherwise **not confirmed**. Beside it, what a curation team acts on: the realised
+change in the test loss from removing both, f(all - i - j) - f(all), with its interval and a ``removal`` column
+(lowered / raised / unclear: whether the interval excludes 0). One more training set, the full set minus every
+example of the validated harmful pairs, is retrained as often, so the report can state what dropping them all
+does to the mean test loss (``curated`` in ``validation.json``).
+
+Seeds: under ``train.seed_policy=per_mask`` (the default) a mask's training seed is derived from
+``(train.seed, mask id)``, so r replicates of one training set are r design rows with the same mask bits and
+different ids: r different seeds. They are appended to the run's design with role ``validate`` (existing ids
+never change) and their results go through the normal result store, so an interrupted ``validate`` resumes
+where it stopped, ``dataspex train`` can finish (or shard) them, and ``dataspex fit`` ignores them. A training
+set shared by several pairs (``full``, or ``minus i`` when i is in two pairs) is trained once per replicate and
+reused. Under ``seed_policy=shared`` every replicate would get the same seed, so one replicate is trained and
+no interval is given.
+
+The training sets are built by :mod:`dataspex.design.validation`, the files written and read by
+:mod:`dataspex.validate.artifacts`, the stage is :mod:`dataspex.stages.validate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from dataspex.core.errors import DataspexError
+from dataspex.design.validation import VARIANTS, replicate_ids, variant_masks
+from dataspex.fit.estimators.vocabulary import PAIR_KINDS
+
+__all__ = ["analyse", "analyse_curated", "removal_verdict", "settings", "t_interval", "verdict"]
+
+SETTINGS = ("top_k", "seeds", "level", "kinds")
+
+
+def settings(cfg) -> dict:
+    """The ``validate:`` block of the config (``conf/config.yaml``), checked."""
+    block = cfg.validate
+    out = {key: block[key] for key in SETTINGS}
+    out["top_k"], out["seeds"], out["level"] = int(out["top_k"]), int(out["seeds"]), float(out["level"])
+    out["kinds"] = [str(k) for k in out["kinds"]]
+    if out["top_k"] < 1:
+        raise DataspexError(f"validate.top_k={out['top_k']} must be at least 1")
+    if out["seeds"] < 1:
+        raise DataspexError(f"validate.seeds={out['seeds']} must be at least 1 (2 or more for an interval)")
+    if not 0.5 <= out["level"] < 1:
+        raise DataspexError(f"validate.level={out['level']} must be in [0.5, 1)")
+    bad = [k for k in out["kinds"] if k not in PAIR_KINDS]
+    if bad:
+        raise DataspexError(f"validate.kinds has {bad}: use harmful, redundant, complementary or interaction")
+    return out
+
+
+def t_interval(samples, level: float) -> tuple[float, float, float, float]:
+    """(mean, standard error, low, high) of a Student-t interval at ``level``; NaN bounds for fewer than 2."""
+    x = np.asarray(samples, dtype=np.float64)
+    mean = float(x.mean()) if len(x) else float("nan")
+    if len(x) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    se = float(x.std(ddof=1) / np.sqrt(len(x)))
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
+    return mean, se, mean - half, mean + half
+
+
+def removal_verdict(low: float, high: float) -> str:
+    """What removing both did to the test loss: lowered / raised it (the interval excludes 0), or unclear."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "unclear"
+    return "lowered" if high < 0 else "raised" if low > 0 else "unclear"
+
+
+def verdict(predicted: float, low: float, high: float) -> str:
+    """confirmed: the interval excludes 0 on the predicted side."""
+    if not (np.isfinite(low) and np.isfinite(high)) or predicted == 0:
+        return "not confirmed"
+    confirmed = (predicted > 0 and low > 0) or (predicted < 0 and high < 0)
+    return "confirmed" if confirmed else "not confirmed"
+
+
+def analyse_curated(mask, design, results, replicates: int, level: float, output: str = "loss") -> dict | None:
+    """The realised effect of dropping every example of the validated harmful pairs at once: change in the mean
+    test loss (and in each test example's loss) versus the full set, replicate by replicate."""
+    if mask is None:
+        return None
+    ids = replicate_ids(design)
+    full = np.ones_like(mask)
+    row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
+    got = {k: [row_of.get(m) for m in ids.get(x.tobytes(), [])[:replicates]] for k, x in (("curated", mask),
+                                                                                          ("full", full))}
+    r = min(len(v) for v in got.values())
+    dropped = [int(i) for i in np.flatnonzero(mask == 0)]
+    if r == 0 or any(x is None for v in got.values() for x in v[:r]):
+        return {"dropped": dropped, "seeds": 0, "status": "pending"}
+    Y = results.outputs(output)
+    diff = Y[got["curated"][:r]] - Y[got["full"][:r]]  # (r, T)
+    mean, _, lo, hi = t_interval(diff.mean(axis=1), level)
+    return {"dropped": dropped, "seeds": r, "status": "done", "mean_loss_change": mean, "ci_low": lo, "ci_high": hi,
+            "per_test_change": [float(v) for v in diff.mean(axis=0)], "level": level}
+
+
+def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_train: int, replicates: int,
+            level: float, output: str = "loss") -> pd.DataFrame:
+    """One row per pair: predicted and realised interaction (full estimand) on its test example, with the
+    interval, the verdict, and the realised effect of removing both on that test example and on the mean
+    test loss. Pairs whose retrains are not all finished get NaN and verdict "pending"."""
+    ids = replicate_ids(design)
+    Y = results.outputs(output)
+    row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
+    rows = []
+    for p in pairs.itertuples():
+        i, j, t = int(p.i), int(p.j), int(p.test)
+        masks = variant_masks(n_train, i, j)
+        got = {v: [row_of.get(m) for m in ids.get(mask.tobytes(), [])[:replicates]] for v, mask in masks.items()}
+        r = min(len(v) for v in got.values())
+        done = r > 0 and all(x is not None for v in got.values() for x in v[:r])
+        row = {"kind": p.kind, "rank": int(p.rank), "i": i, "j": j, "test": t, "pattern": p.pattern,
+               "ranking_score": float(p.score), "ranking_estimand": p.estimand, "estimator": ranking,
+               "predicted": float(fitted[ranking].pair_scores("full", output=t)[i, j]),
+               "predicted_removal": float(-fitted[ranking].pair_effects("full", output=t)[i, j])}
+        for name, res in fitted.items():
+            if name != ranking:
+                row[f"predicted_{name}"] = float(res.pair_scores("full", output=t)[i, j])
+        if done:
+            cell = {v: Y[got[v][:r]] for v in VARIANTS}  # (r, T) each
+            d = cell["minus_both"][:, t] - cell["minus_i"][:, t] - cell["minus_j"][:, t] + cell["full"][:, t]
+            mean, se, lo, hi = t_interval(d, level)
+            rem = cell["minus_both"][:, t] - cell["full"][:, t]
+            rem_mean, _, rem_lo, rem_hi = t_interval(rem, level)
+            rem_all = cell["minus_both"].mean(axis=1) - cell["full"].mean(axis=1)
+            all_mean, _, all_lo, all_hi = t_interval(rem_all, level)
+            row.update(realised=mean, se=se, ci_low=lo, ci_high=hi, seeds=r,
+                       verdict=verdict(row["predicted"], lo, hi) if r >= 2 else "not confirmed",
+                       realised_removal=rem_mean, removal_ci_low=rem_lo, removal_ci_high=rem_hi,
+                       removal=removal_verdict(rem_lo, rem_hi),
+                       realised_removal_mean_loss=all_mean, removal_mean_ci_low=all_lo,
+                       removal_mean_ci_high=all_hi,
+                       loss_full=float(cell["full"][:, t].mean()), loss_minus_i=float(cell["minus_i"][:, t].mean()),
+                       loss_minus_j=float(cell["minus_j"][:, t].mean()),
+                       loss_minus_both=float(cell["minus_both"][:, t].mean()))
+        else:
+            row.update(realised=np.nan, se=np.nan, ci_low=np.nan, ci_high=np.nan, seeds=0, verdict="pending",
+                       removal="pending")
+        row["level"] = level
+        rows.append(row)
+    return pd.DataFrame(rows)
