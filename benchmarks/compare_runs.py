@@ -5,7 +5,10 @@
 Prints one line per artifact (identical / differs, with the largest difference) and exits 1 if anything that
 a refactor must not change differs: the design (masks, ids, roles, metadata), every mask's test losses and
 margins (compared bitwise), every fitted model's keys and coefficients (bitwise), the ranked pairs and triples
-and the report's summary. Timings (fit seconds) are not compared.
+and the report's summary. Timings (fit seconds) are not compared. Between runs made by different dataspex
+versions, fit/faithfulness.json rows and report/summary.json are compared on the fields both have (a field only
+one has is named in the detail); summary.json's ``examples_to_review`` (before it became two lists) is read as
+``examples_to_review_predicted`` of an unvalidated run, ``examples_to_review_validated`` of a validated one.
 """
 
 from __future__ import annotations
@@ -27,8 +30,30 @@ def _json(path):
         return json.load(fh)
 
 
-def _without_seconds(table: dict) -> dict:
-    return {name: {k: v for k, v in row.items() if k != "fit_seconds"} for name, row in table.items()}
+def _common(a: dict, b: dict, skip=()) -> tuple[bool, list[str]]:
+    """Whether ``a`` and ``b`` agree on the keys both have (minus ``skip``), and the keys only one has."""
+    shared = (set(a) & set(b)) - set(skip)
+    return all(a[k] == b[k] for k in shared), sorted((set(a) ^ set(b)) - set(skip))
+
+
+def _faithfulness(fa: dict, fb: dict) -> tuple[bool, str]:
+    same, only = set(fa) == set(fb), set()
+    for name in set(fa) & set(fb):
+        agree, extra = _common(fa[name], fb[name], skip=("fit_seconds",))
+        same, only = same and agree, only | set(extra)
+    return same, f"estimators {sorted(fa)} vs {sorted(fb)}" + (f"; compared without {sorted(only)} (in one only)"
+                                                               if only else "")
+
+
+def _summary(s: dict) -> dict:
+    """summary.json with the single list of earlier versions renamed to the one of the two lists it meant."""
+    s = dict(s)
+    if "examples_to_review" in s and "examples_to_review_predicted" not in s:
+        old, change = s.pop("examples_to_review"), s.pop("predicted_mean_loss_change_if_removed", None)
+        which = "validated" if s.get("validation") is not None else "predicted"
+        s[f"examples_to_review_{which}"] = old
+        s[f"predicted_mean_loss_change_if_{which}_removed"] = change
+    return s
 
 
 def compare(run_a: str, run_b: str) -> list[tuple[str, bool, str]]:
@@ -44,8 +69,7 @@ def compare(run_a: str, run_b: str) -> list[tuple[str, bool, str]]:
     gap = float(np.abs(ra.losses - rb.losses).max()) if ra.losses.shape == rb.losses.shape else float("nan")
     out.append(("losses and margins, bitwise", same, f"{len(ra)} results each, max |loss difference| {gap:.3g}"))
     fa, fb = _json(a.path("fit", "faithfulness.json")), _json(b.path("fit", "faithfulness.json"))
-    out.append(("fit/faithfulness.json (without fit seconds)", _without_seconds(fa) == _without_seconds(fb),
-                f"estimators {sorted(fa)} vs {sorted(fb)}"))
+    out.append(("fit/faithfulness.json (without fit seconds)", *_faithfulness(fa, fb)))
     for name in sorted(set(fa) | set(fb)):
         try:
             x, y = InteractionResult.load(a.path("fit", f"{name}.npz")), InteractionResult.load(b.path("fit", f"{name}.npz"))
@@ -60,8 +84,10 @@ def compare(run_a: str, run_b: str) -> list[tuple[str, bool, str]]:
             continue
         ta, tb = pd.read_csv(pa), pd.read_csv(pb)
         out.append((f"report/{table}", ta.equals(tb), f"{len(ta)} vs {len(tb)} rows"))
-    sa, sb = _json(a.path("report", "summary.json")), _json(b.path("report", "summary.json"))
-    out.append(("report/summary.json", sa == sb, f"top harmful examples {sa.get('examples_to_review')}"))
+    sa, sb = _summary(_json(a.path("report", "summary.json"))), _summary(_json(b.path("report", "summary.json")))
+    same, only = _common(sa, sb)
+    out.append(("report/summary.json", same, f"examples to review (predicted) {sa.get('examples_to_review_predicted')}"
+                + (f"; compared without {only} (in one only)" if only else "")))
     return out
 
 

@@ -73,7 +73,7 @@ def model_and_data(random_weights: bool):
 
 def timed(fn, *args):
     start = time.perf_counter()
-    out = {i: (loss, m) for i, loss, m in fn(*args)}
+    out = {i: (loss, m) for i, loss, m, _ in fn(*args)}
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - start

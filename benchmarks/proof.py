@@ -135,12 +135,13 @@ class Task:
                 chunk_ids = todo[s: s + self.chunk]
                 chunk_masks = np.array([want[int(i)] for i in chunk_ids])
                 out_ids, losses, margs = [], [], []
-                for mid, loss, marg in self.engine(self.base, self.cfg.lora, self.cfg.train, self.train, self.test,
-                                                   chunk_masks, chunk_ids):
+                for mid, loss, marg, _ in self.engine(self.base, self.cfg.lora, self.cfg.train, self.train,
+                                                      self.test, chunk_masks, chunk_ids):
                     out_ids.append(mid)
                     losses.append(loss)
                     margs.append(marg)
-                store.write_results(out_ids, chunk_masks, np.array(losses), np.array(margs), {"engine": "batched"})
+                store.write_results(out_ids, np.array([want[int(i)] for i in out_ids]), np.array(losses),
+                                    np.array(margs), {"engine": "batched"})  # engines yield in pass order
                 log.info("%s rep %d: %d/%d retrained (%.2f s/mask)", self.name, rep, min(s + self.chunk, len(todo)),
                          len(todo), (time.perf_counter() - started) / min(s + self.chunk, len(todo)))
             self.n_trained += len(todo)

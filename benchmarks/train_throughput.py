@@ -55,7 +55,7 @@ def run(fn, args, ids):
     """Time one call of an engine's train_masks over the masks ``ids``; returns (seconds, {id: losses})."""
     base, lora, train_cfg, train, test, masks = args
     start = time.perf_counter()
-    out = {m: loss for m, loss, _ in fn(base, lora, train_cfg, train, test, masks[ids], ids)}
+    out = {m: loss for m, loss, *_ in fn(base, lora, train_cfg, train, test, masks[ids], ids)}
     return time.perf_counter() - start, out
 
 

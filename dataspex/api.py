@@ -9,6 +9,8 @@
     run.pairs("harmful", k=10)        # ranked pairs, live from a fitted estimator
     run.report_pairs                  # report/pairs.parquet, as the report listed them
     run.validation                    # validate/validation.parquet (None before `dataspex validate`)
+    run.summary["examples_to_review_predicted"]   # report/summary.json: what the ranking model says to review,
+    run.summary["examples_to_review_validated"]   # and what the retrains confirmed (None before validate)
     run.to_shapiq(output="test_0")    # shapiq.InteractionValues (Moebius, or any index shapiq converts to)
 
 Everything is read lazily: nothing is loaded until asked for, and the files are never modified.
@@ -108,7 +110,8 @@ class Run:
 
     @property
     def fitted(self) -> dict:
-        """{estimator name: InteractionResult}."""
+        """{estimator name: InteractionResult}; refuses (DataspexError) a fit set that is not one whole fit of the
+        run's design (e.g. left mixed by a killed pre-stamp refit): re-run `dataspex fit` then."""
         return self._fit[0]
 
     @property
@@ -176,6 +179,10 @@ class Run:
 
     @property
     def summary(self) -> dict | None:
+        """report/summary.json (None before `dataspex report`): the headline numbers, with the training examples
+        to review as two lists: ``examples_to_review_predicted`` (the top harmful pairs' examples, as the
+        ranking model predicts them) and ``examples_to_review_validated`` (those whose removal lowered the test
+        loss in the retrains; None before `dataspex validate`, [] when none did)."""
         path = self.store.path("report", "summary.json")
         return read_json(path) if os.path.exists(path) else None
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import atomic_write_text, write_json
+from dataspex.core.settings import check_settings
 from dataspex.stages import STAGE_HELP, STAGES, stage_function
 
 USAGE = """usage: dataspex <stage> [overrides...]
@@ -98,8 +99,9 @@ def _record_overrides(cfg, overrides: list[str]) -> None:
 def _task(cfg: DictConfig) -> None:
     """The Hydra task function: one stage on one run directory."""
     try:
+        check_settings(cfg)  # before a new run records its overrides: a bad value must not be replayed later
         overrides = list(HydraConfig.get().overrides.task)
-        if cfg.stage in ("design", "run"):
+        if cfg.stage in CREATING_STAGES:
             os.makedirs(cfg.run_dir, exist_ok=True)
             _record_overrides(cfg, overrides)
         stage_function(cfg.stage)(cfg)
@@ -109,6 +111,39 @@ def _task(cfg: DictConfig) -> None:
             raise  # a sweep job: the launcher (joblib, submitit) must see the failure and report it
         print(f"dataspex: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+# Stages that may create their run directory, and stages that never write into it (a colleague's read-only
+# study): those run with console logging only and Hydra's files kept out of the run directory.
+CREATING_STAGES = ("design", "run")
+READ_ONLY_STAGES = ("status",)
+_READ_ONLY_HYDRA = ["hydra/job_logging=console", "hydra.run.dir=.", "hydra.output_subdir=null"]
+
+
+def check_run_dir(stage: str, run_dir: str | None) -> None:
+    """Refuse a run directory the stage cannot use, before Hydra creates or writes anything there."""
+    if run_dir is None or "${" in run_dir:  # unset: a new run; an interpolation: Hydra resolves it
+        if stage not in CREATING_STAGES:
+            raise DataspexError(f"`dataspex {stage}` works on an existing run: give run_dir=<a directory made by "
+                                "`dataspex run` or `dataspex design`>")
+        return
+    path = os.path.abspath(os.path.expanduser(run_dir))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"lies below {existing}, which is a file"
+        raise DataspexError(f"run_dir={run_dir!r} {where}: give a directory (a new one for `dataspex run`)")
+    if existing != path:
+        if stage not in CREATING_STAGES:
+            raise DataspexError(f"run_dir={run_dir!r} does not exist: run `dataspex run` or `dataspex design` "
+                                "first (or check the path)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise DataspexError(f"run_dir={run_dir!r} cannot be created: {existing} is read-only for you")
+    elif stage not in READ_ONLY_STAGES and not os.access(path, os.W_OK | os.X_OK):
+        raise DataspexError(f"run_dir={run_dir!r} is read-only for you, and `dataspex {stage}` writes into it: "
+                            f"`dataspex status` can read it; to work on it, copy it (cp -r {run_dir} <yours>) "
+                            "and use run_dir=<yours>")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dataspex: error: unknown stage {stage!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     try:
+        check_run_dir(stage, _run_dir_from([a for a in rest if not a.startswith("-")]))
         args = _with_stored_overrides(rest)
         conf = config_dir()
     except DataspexError as exc:
@@ -129,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     # Hydra takes its overrides as one run of positional arguments: flags (--multirun, --cfg job) go first.
     overrides = [a for a in args if _is_override(a)]
     flags = [a for a in args if not _is_override(a)]
+    if stage in READ_ONLY_STAGES:
+        overrides += _READ_ONLY_HYDRA
     sys.argv = [f"dataspex-{stage}"] + flags + overrides + [f"stage={stage}"]
     hydra.main(version_base="1.3", config_path=conf, config_name="config")(_task)()
 

@@ -1,14 +1,18 @@
+import logging
+import socket
+import time
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from dataspex.core.data import load_data
+from dataspex.core.data import load_data, summary_differences
 from dataspex.core.demo import make_demo
 from dataspex.core.errors import DataspexError
 
 FILES = dict(source="files", train_file=None, test_file=None, text_column="text", label_column="label",
              prompt_column="prompt", completion_column="completion", label_names=None, max_train=None,
-             max_test=None)
+             max_test=None, encoding="utf-8", drop_missing=False)
 
 
 def test_demo_is_deterministic_and_plants_what_it_says():
@@ -79,3 +83,132 @@ def test_causal_lm_columns(tmp_path):
                                 test_file=_write_csv(tmp_path / "te.csv", ["1+1=,2"], header)))
     data = load_data(cfg, "causal_lm")
     assert data.train.completions == ["4", "6"] and data.test.texts == ["1+1="]
+
+
+# ------------------------------------------------------------------ missing values, labels as the file has them
+
+GAPPY = ["good film,1", ",0", "bad film,", "ok film,1", "meh,0"]  # row 1 has no text, row 2 no label
+
+
+def _files(tmp_path, train_rows, test_rows=("fine film,1", "poor film,0"), **settings):
+    return OmegaConf.create(dict(FILES, train_file=_write_csv(tmp_path / "tr.csv", list(train_rows)),
+                                 test_file=_write_csv(tmp_path / "te.csv", list(test_rows)), **settings))
+
+
+@pytest.mark.parametrize("rows, row, column", [
+    (GAPPY, 1, "text"),                                     # was trained on as the text "None"
+    (["good film,1", "bad film,", "ok film,0"], 1, "label"),  # was a third class "None"
+    (["good film,1", "   ,0", "ok film,0"], 1, "text"),      # white space only
+])
+def test_missing_text_or_label_names_file_row_and_column(tmp_path, rows, row, column):
+    cfg = _files(tmp_path, rows)
+    with pytest.raises(DataspexError) as err:
+        load_data(cfg, "classification")
+    message = str(err.value)
+    assert f"train file {tmp_path / 'tr.csv'}, row {row}, column {column!r}" in message
+    assert "data.drop_missing=true" in message
+
+
+def test_missing_value_in_the_test_split_is_refused_too(tmp_path):
+    cfg = _files(tmp_path, ["good film,1", "bad film,0"], test_rows=["fine film,1", ",0"])
+    with pytest.raises(DataspexError, match=r"test file .*te\.csv, row 1, column 'text'"):
+        load_data(cfg, "classification")
+
+
+def test_drop_missing_drops_such_rows_with_a_count(tmp_path, caplog):
+    cfg = _files(tmp_path, GAPPY, drop_missing=True)
+    with caplog.at_level(logging.WARNING, logger="dataspex"):
+        data = load_data(cfg, "classification")
+    assert data.train.texts == ["good film", "ok film", "meh"]
+    # the label column had a gap, so pandas read it as floats: the labels are still the file's "0" and "1"
+    assert data.label_names == ["0", "1"] and data.train.labels.tolist() == [1, 1, 0]
+    assert data.test.labels.tolist() == [1, 0]
+    assert "dropped 2 of 5 rows of the train file" in caplog.text and "rows 1, 2" in caplog.text
+
+
+def test_drop_missing_still_takes_max_train_complete_rows(tmp_path):
+    data = load_data(_files(tmp_path, GAPPY, drop_missing=True, max_train=3), "classification")
+    assert data.train.texts == ["good film", "ok film", "meh"]
+    # without dropping, only the rows max_train keeps are checked
+    assert load_data(_files(tmp_path, ["a,1", "b,0", ",1"], max_train=2), "classification").n_train == 2
+
+
+def test_integer_labels_keep_their_own_values(tmp_path):
+    data = load_data(_files(tmp_path, ["good film,1", "bad film,0"]), "classification")
+    assert data.label_names == ["0", "1"] and data.train.labels.tolist() == [1, 0]
+    # labels 1 and 2 (no 0) are two classes, "1" and "2" (they were both mapped to "2")
+    data = load_data(_files(tmp_path, ["good film,2", "bad film,1"], test_rows=["fine film,2", "poor film,1"]),
+                     "classification")
+    assert data.label_names == ["1", "2"]
+    assert data.train.labels.tolist() == [1, 0] and data.test.labels.tolist() == [1, 0]
+    # integer labels still index label names that the user sets
+    data = load_data(_files(tmp_path, ["good film,1", "bad film,0"], label_names=["neg", "pos"]), "classification")
+    assert data.label_names == ["neg", "pos"] and data.train.labels.tolist() == [1, 0]
+
+
+def test_real_float_labels_stay_floats(tmp_path):
+    data = load_data(_files(tmp_path, ["a,0.5", "b,1.0"], test_rows=["c,0.5"]), "classification")
+    assert data.label_names == ["0.5", "1.0"] and data.train.labels.tolist() == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------ encodings
+
+def _latin1(tmp_path):
+    path = tmp_path / "tr.csv"
+    path.write_bytes("text,label\ngood film,pos\ncaf\u00e9 film,neg\n".encode("latin-1"))
+    return str(path)
+
+
+def test_a_file_in_another_encoding_names_the_byte_and_the_setting(tmp_path):
+    cfg = OmegaConf.create(dict(FILES, train_file=_latin1(tmp_path),
+                                test_file=_write_csv(tmp_path / "te.csv", ["fine film,pos"])))
+    with pytest.raises(DataspexError) as err:
+        load_data(cfg, "classification")
+    message = str(err.value)
+    assert "is not utf-8 text" in message and "(line 3)" in message and "b'\\xe9'" in message
+    assert "data.encoding" in message
+    cfg.encoding = "latin-1"
+    assert load_data(cfg, "classification").train.texts == ["good film", "caf\u00e9 film"]
+
+
+def test_unknown_encoding(tmp_path):
+    cfg = _files(tmp_path, ["good film,1", "bad film,0"], encoding="no-such-codec")
+    with pytest.raises(DataspexError, match="data.encoding='no-such-codec' is not an encoding"):
+        load_data(cfg, "classification")
+
+
+# --------------------------------------------------------------------------------------------- data summaries
+
+def test_summary_differences_name_what_differs(tmp_path):
+    (tmp_path / "a").mkdir()
+    a = load_data(_files(tmp_path / "a", ["good film,1", "bad film,0"]), "classification")
+    config = dict(FILES, train_file="tr.csv")
+    before = a.summary(config)
+    assert summary_differences(before, a.summary(config)) == []
+    b = load_data(_files(tmp_path, ["good film,1", "bad film,0", "odd film,1"]), "classification")
+    said = summary_differences(before, b.summary(dict(config, train_file="other.csv")))
+    assert said == ["data.train_file: stored 'tr.csv', now 'other.csv'", "train rows: stored 2, now 3",
+                    "train labels, train texts differ"]
+
+
+# ------------------------------------------------------------------------------------------------ the hub
+
+def _closed_port() -> int:
+    """A local port nothing listens on (connecting is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_hub_data_set_with_the_hub_unreachable_fails_fast(monkeypatch, tmp_path):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")  # local: no real host is tried
+    cfg = OmegaConf.create(dict(source="hub", path="madeup-org/no-such-data", name=None, train_split="train",
+                                test_split="test", text_column="text", label_column="label", label_names=None,
+                                max_train=None, max_test=None, drop_missing=False))
+    start = time.monotonic()
+    with pytest.raises(DataspexError, match="unreachable.*set HF_HUB_OFFLINE=1"):
+        load_data(cfg, "classification")
+    assert time.monotonic() - start < 10  # huggingface_hub alone retries for about 30 s

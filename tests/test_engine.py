@@ -72,11 +72,15 @@ def run(module, base, lora, cfg, train, test, masks=MASKS, ids=IDS):
 
 
 def assert_same(reference, batched):
-    assert [m for m, _, _ in batched] == [m for m, _, _ in reference]  # every mask once, in input order
-    for (_, loss_a, margin_a), (_, loss_b, margin_b) in zip(reference, batched):
-        assert loss_b.dtype == np.float64 and loss_b.shape == loss_a.shape
-        np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=TOL)
-        np.testing.assert_allclose(margin_b, margin_a, rtol=0, atol=TOL)
+    """Every mask once (the batched engine yields in pass order, naive in input order), same losses, margins
+    and training losses."""
+    assert sorted(m for m, *_ in batched) == sorted(m for m, *_ in reference)
+    assert len({m for m, *_ in batched}) == len(batched)
+    by_id = {m: rest for m, *rest in batched}
+    for mask_id, *expected in reference:
+        for a, b in zip(expected, by_id[mask_id]):  # losses, margins, training losses per epoch
+            assert b.dtype == np.float64 and b.shape == a.shape
+            np.testing.assert_allclose(b, a, rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("layers, targets, per_pass, cache", [
@@ -91,8 +95,28 @@ def test_classification_matches_naive(minilm, layers, targets, per_pass, cache):
     reference = run(naive, base, lora, train_cfg(), train, test)
     batched = run(engine, base, lora, train_cfg(adapters_per_pass=per_pass, prefix_cache=cache), train, test)
     assert_same(reference, batched)
-    trained = [loss for _, loss, _ in batched]
-    assert not np.allclose(trained[0], trained[2])  # the masks did train differently
+    trained = {m: loss for m, loss, *_ in batched}
+    assert not np.allclose(trained[IDS[0]], trained[IDS[2]])  # the masks did train differently
+
+
+def test_each_pass_is_yielded_as_soon_as_it_is_done(minilm, monkeypatch):
+    """Passes run in order of kept count (one mask per pass here: 7, then 3, then 11, the reverse of the input
+    order): each pass's result comes out before the next pass trains, so the caller writes it and moves its
+    progress bar at once, instead of holding it until every mask before it in the input is done."""
+    base, train, test = minilm
+    passes = []
+    train_group = engine.Engine.train_group
+
+    def counting(self, *args, **kwargs):
+        passes.append(len(args[1]))  # the pass's adapters
+        return train_group(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Engine, "train_group", counting)
+    engine._ENGINE_CACHE.clear()
+    cfg = train_cfg(epochs=1, adapters_per_pass=1)
+    yielded = [(mask_id, len(passes)) for mask_id, *_ in engine.train_masks(base, lora_cfg(), cfg, train, test,
+                                                                            MASKS, IDS)]
+    assert yielded == [(7, 1), (3, 2), (11, 3)] and passes == [1, 1, 1]
 
 
 def test_whole_model_runner_matches_naive(minilm, monkeypatch):

@@ -46,15 +46,16 @@ def test_kill_9_worker_mid_shard_then_rerun(tmp_path_factory, tmp_path):
     """A sweep of 2 shards as local jobs (submitit, one process per shard, one file per mask); the first worker
     to write a result is SIGKILLed mid-shard. The sweep fails; running it again finishes the run exactly.
 
-    The naive engine trains and writes one mask after another, so there is a "mid-shard" to kill in (the
-    batched engine trains a TINY shard's 5 masks in one pass and writes them at once); its reference is an
-    uninterrupted naive run of the same design."""
-    ref = fresh_copy(reference_run(tmp_path_factory), tmp_path / "naive-reference")
-    run_cli("train", f"run_dir={ref}", *JOB, "train.engine=naive")
+    On the default (batched) engine with one adapter per pass: passes run in order of kept count, not in the
+    masks' input order, and each pass's result is written as soon as the pass is done, so a kill loses only the
+    pass in progress (at least one result of the killed shard is on disk). Its reference is an uninterrupted run
+    with the same settings."""
+    ref = fresh_copy(reference_run(tmp_path_factory), tmp_path / "batched-reference")
+    run_cli("train", f"run_dir={ref}", *JOB, "train.adapters_per_pass=1")
     run_dir = fresh_copy(ref, tmp_path / "run")
     store = RunStore(run_dir)
     args = [f"run_dir={run_dir}", "hydra/launcher=local_jobs", "shard.count=2", "shard.index=range(0,2)",
-            "train.chunk_size=1", "train.engine=naive", *JOB]
+            "train.chunk_size=1", "train.adapters_per_pass=1", *JOB]
     driver = start_sweep(*args, log_path=tmp_path / "driver.log")
     try:
         first = _wait_for(store.result_files, 180, "a first result file", driver)[0]
@@ -103,7 +104,9 @@ def test_truncated_result_file_is_reported_quarantined_and_retrained(tmp_path_fa
     with open(store.path("results", ".tmp-deadbeef"), "wb") as fh:  # a writer killed before its rename
         fh.write(b"PK\x03\x04")
 
-    status = run_cli("status", f"run_dir={run_dir}").stdout
+    proc = run_cli("status", f"run_dir={run_dir}", check=False)
+    assert proc.returncode == 2 and "1 result file is rejected" in proc.stderr  # scripts see it
+    status = proc.stdout
     assert "REJECTED 1 result files" in status and "truncated or corrupted" in status
     assert f"missing  {len(lost)} masks" in status and "unfinished writes" in status
 
@@ -129,16 +132,22 @@ def test_two_configs_pointed_at_one_directory(tmp_path_factory, tmp_path):
         assert "Traceback" not in proc.stderr
     assert store.result_files() == files and not os.path.exists(store.path("results.parquet"))
 
-    # Someone deletes the guard and re-creates the run with another model: the existing results carry the old
-    # fingerprint, so they are rejected (and quarantined), never mixed with the new model's.
+    # Someone deletes the guard and re-creates the run with another model: refused (a new fingerprint would turn
+    # every result there into a foreign one, quarantined), saying how to get the guard back; nothing changes.
+    original = open(store.path("fingerprint.json")).read()
     os.unlink(store.path("fingerprint.json"))
-    run_cli("design", f"run_dir={run_dir}", "model.max_length=32")
+    proc = run_cli("design", f"run_dir={run_dir}", "model.max_length=32", *JOB, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "has no fingerprint.json (deleted?), and these settings are not the run's" in proc.stderr
+    assert "model.max_length: stored 64, now 32" in proc.stderr
+    assert not os.path.exists(store.path("fingerprint.json")) and store.result_files() == files
+    assert not os.path.exists(store.path("results", "quarantine"))
+    # the named recovery: the run's own settings (replayed from overrides.json) restore it, and every result counts
+    run_cli("design", f"run_dir={run_dir}", *JOB)
+    assert open(store.path("fingerprint.json")).read() == original
     status = run_cli("status", f"run_dir={run_dir}").stdout
-    assert f"REJECTED {len(files)} result files" in status and "another fingerprint" in status
-    assert "0      10" in status
-    with pytest.warns(UserWarning, match="another fingerprint"):
-        assert len(store.load_results()) == 0
-    assert sorted(os.listdir(store.path("results", "quarantine"))) == sorted(map(os.path.basename, files))
+    assert "REJECTED" not in status and "10      10" in status
+    assert len(store.load_results()) == 10 and store.result_files() == files
 
 
 def test_two_runs_racing_to_create_one_directory(tmp_path):

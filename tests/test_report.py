@@ -79,6 +79,34 @@ def copy_run(tmp_path) -> str:
     return target
 
 
+def write_validation(run_dir: str, removal: dict) -> pd.DataFrame:
+    """Validation files as `dataspex validate` writes them, without its retrains: the report's top two harmful
+    and top redundant pair, each with verdict "not confirmed" and the ``removal`` given by kind and rank
+    (e.g. ``{("harmful", 1): "lowered"}``; "unclear" otherwise)."""
+    from dataspex.store import RunStore
+    from dataspex.validate import save_validation
+
+    pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    top = pd.concat([pairs[pairs["kind"] == "harmful"].head(2), pairs[pairs["kind"] == "redundant"].head(1)])
+    rows = []
+    for p in top.itertuples():
+        how = removal.get((p.kind, int(p.rank)), "unclear")
+        change = {"lowered": -1.0, "raised": 1.0, "unclear": 0.0}[how]
+        rows.append({"kind": p.kind, "rank": int(p.rank), "i": int(p.i), "j": int(p.j), "test": int(p.test),
+                     "pattern": p.pattern, "predicted": float(p.score), "realised": 0.01, "se": 0.1, "ci_low": -0.2,
+                     "ci_high": 0.2, "seeds": 2, "verdict": "not confirmed", "realised_removal": change,
+                     "removal_ci_low": change - 0.5 if how != "unclear" else -0.5,
+                     "removal_ci_high": change + 0.5 if how != "unclear" else 0.5, "removal": how,
+                     "realised_removal_mean_loss": change / 4, "removal_mean_ci_low": -0.5,
+                     "removal_mean_ci_high": 0.5, "level": 0.9})
+    table = pd.DataFrame(rows)
+    save_validation(RunStore(run_dir), table, {"estimator": "proxyspex", "ranking_estimand": "uniform",
+                                               "compared_estimand": "full", "top_k": 2, "kinds": ["harmful", "redundant"],
+                                               "seeds": 2, "level": 0.9, "output": "loss", "seed_policy": "per_mask",
+                                               "engine": "batched", "n_training_sets": 0, "curated": None})
+    return table
+
+
 # ----------------------------------------------------------------------------------------------- the report
 
 def test_report_writes_every_file():
@@ -106,8 +134,10 @@ def test_report_finds_the_planted_pairs_and_says_what_to_do():
         assert heading in md, heading
     # the harmful pair's examples are mislabelled paraphrases of the test example: suggest relabelling both
     assert f"#{top['i']} + #{top['j']}" in md and "relabel both as" in md
-    assert summary["examples_to_review"] and top["i"] in summary["examples_to_review"]
-    assert "Not validated yet" in md
+    assert summary["examples_to_review_predicted"] and top["i"] in summary["examples_to_review_predicted"]
+    assert summary["examples_to_review_validated"] is None and "examples_to_review" not in summary
+    assert "Not validated yet" in md and "Examples to drop or relabel, predicted (top harmful pairs): #" in md
+    assert "Examples to drop or relabel, validated: none yet (not validated)." in md
 
 
 def test_report_lists_the_planted_triple():
@@ -206,3 +236,46 @@ def test_load_run_refuses_a_non_run(tmp_path):
 
     with pytest.raises(DataspexError, match="not a dataspex run directory"):
         dataspex.load_run(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- examples to review
+
+def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
+    """After validation with nothing confirmed, the predicted list stays and the validated one is [] (it never
+    silently replaces the predicted one); the report text says both."""
+    import dataspex
+
+    run_dir = copy_run(tmp_path)
+    before = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    predicted = before["examples_to_review_predicted"]
+    assert predicted and before["examples_to_review_validated"] is None
+    assert before["predicted_mean_loss_change_if_predicted_removed"] is not None
+    assert before["predicted_mean_loss_change_if_validated_removed"] is None
+
+    write_validation(run_dir, {})  # nothing lowered the test loss when removed
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    summary = dataspex.load_run(run_dir).summary
+    assert summary["examples_to_review_predicted"] == predicted
+    assert summary["examples_to_review_validated"] == []
+    assert summary["predicted_mean_loss_change_if_validated_removed"] is None
+    assert "examples_to_review" not in summary
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    page = open(os.path.join(run_dir, "report", "report.html")).read()
+    ids = ", ".join(f"#{x}" for x in predicted)
+    for text in (md, page):
+        assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in text
+        assert "Examples to drop or relabel, validated: none. No validated harmful pair lowered" in text
+
+    table = write_validation(run_dir, {("harmful", 1): "lowered"})  # the top harmful pair's removal helped
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    summary = dataspex.load_run(run_dir).summary
+    first = table[table["kind"] == "harmful"].iloc[0]
+    assert summary["examples_to_review_validated"] == sorted([int(first["i"]), int(first["j"])])
+    assert summary["examples_to_review_predicted"] == predicted
+    assert set(summary["examples_to_review_validated"]) <= set(predicted)
+    assert summary["predicted_mean_loss_change_if_validated_removed"] is not None
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in md
+    validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])
+    assert ("Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in the "
+            f"retrains): {validated}.") in md

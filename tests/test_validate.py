@@ -150,6 +150,13 @@ def test_validate_stage_end_to_end(tmp_path):
     assert "pairs confirmed by retraining" in md and "Measured: retraining without all 2 examples" in md
     pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
     assert pairs["validated_verdict"].notna().sum() == 2
+    # the summary keeps what the model predicts and what the retrains confirmed as two lists
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    assert summary["examples_to_review_predicted"] and "examples_to_review" not in summary
+    lowered = table[(table["kind"] == "harmful") & (table["removal"] == "lowered")]
+    assert summary["examples_to_review_validated"] == sorted({int(x) for x in [*lowered["i"], *lowered["j"]]})
+    assert "Examples to drop or relabel, predicted (top harmful pairs):" in md
+    assert "Examples to drop or relabel, validated" in md
 
     # resumable: a lost result file is retrained alone, with the same numbers (the seed is per mask id)
     files = [f for f in store.result_files() if int(np.load(f)["mask_ids"].min()) >= 64]

@@ -9,9 +9,16 @@ reporting) works the same whatever the source. Two task shapes:
 
 from __future__ import annotations
 
+import codecs
+import functools
 import hashlib
 import json
+import logging
+import math
 import os
+import socket
+import threading
+import urllib.parse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +26,10 @@ import numpy as np
 from dataspex.core.demo import make_demo
 from dataspex.core.errors import DataspexError
 
+log = logging.getLogger("dataspex")
+
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_HUB_PROBE_S = 3.0  # a hub that has not accepted a connection by then is taken as unreachable
 
 
 @dataclass
@@ -65,6 +75,94 @@ class TaskData:
         h.update(json.dumps(payload, sort_keys=True).encode())
         return h.hexdigest()
 
+    def summary(self, config: dict | None = None) -> dict:
+        """What the content hash covers, part by part, and the data config that made it: stored beside the hash
+        in a run's fingerprint so that a mismatch can say what differs (see :func:`summary_differences`)."""
+        parts = {}
+        for name, split in (("train", self.train), ("test", self.test)):
+            parts[f"{name} texts"] = _digest(split.texts)
+            if split.labels is not None:
+                parts[f"{name} labels"] = _digest(split.labels.tolist())
+            if split.completions is not None:
+                parts[f"{name} completions"] = _digest(split.completions)
+        return {"config": config, "task": self.task, "n_train": self.n_train, "n_test": self.n_test,
+                "label_names": self.label_names, "hashes": parts}
+
+
+def _digest(values) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:16]
+
+
+def summary_text(summary: dict) -> str:
+    """A :meth:`TaskData.summary` in a few words: rows, labels, and the data settings that made them."""
+    config = summary.get("config") or {}
+    settings = ", ".join(f"data.{k}={v}" for k, v in sorted(config.items()) if v is not None)
+    labels = f", labels {summary['label_names']}" if summary.get("label_names") else ""
+    return f"{summary.get('n_train')} train and {summary.get('n_test')} test rows{labels} ({settings})"
+
+
+def summary_differences(stored: dict, now: dict) -> list[str]:
+    """What differs between two :meth:`TaskData.summary` records, in words (data settings first)."""
+    out = []
+    old_cfg, new_cfg = stored.get("config") or {}, now.get("config") or {}
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if old_cfg.get(key) != new_cfg.get(key):
+            out.append(f"data.{key}: stored {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
+    for key, what in (("task", "task"), ("n_train", "train rows"), ("n_test", "test rows"),
+                      ("label_names", "label names")):
+        if stored.get(key) != now.get(key):
+            out.append(f"{what}: stored {stored.get(key)!r}, now {now.get(key)!r}")
+    old_hashes, new_hashes = stored.get("hashes") or {}, now.get("hashes") or {}
+    parts = sorted(set(old_hashes) | set(new_hashes), key=lambda part: (not part.startswith("train"), part))
+    changed = [part for part in parts if old_hashes.get(part) != new_hashes.get(part)]
+    if changed:
+        out.append(f"{', '.join(changed)} differ")
+    return out
+
+
+def hub_offline(for_datasets: bool = False) -> str | None:
+    """The offline variable that is set (``"HF_HUB_OFFLINE=1"``), None if none is: then only the local
+    Hugging Face cache is used. ``datasets`` also reads HF_DATASETS_OFFLINE, which overrides the others."""
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    if for_datasets and os.environ.get("HF_DATASETS_OFFLINE", "").strip():
+        names = ("HF_DATASETS_OFFLINE",)
+    for var in names:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it answers): checked before a download, because
+    huggingface_hub retries an unreachable hub for about a minute, per job, before it fails."""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(v)), None)
+    url = proxy or endpoint
+    target = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    reason = _probe(target.hostname or "", port)
+    return None if reason is None else f"{'the proxy ' if proxy else ''}{url} is unreachable ({reason})"
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(host: str, port: int) -> str | None:
+    """None if ``host:port`` accepts a TCP connection within a few seconds, else why not. A thread bounds
+    the wait, name resolution included (which a socket timeout does not)."""
+    outcome = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_S).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_S + 1)
+    return outcome[0] if outcome else f"no answer within {_HUB_PROBE_S:g} s"
+
 
 def load_data(cfg, task: str) -> TaskData:
     """Build the splits described by a ``conf/data/*.yaml`` config for ``task``."""
@@ -95,33 +193,88 @@ def _load_with_datasets(cfg, task: str) -> TaskData:
 
     datasets.disable_progress_bars()
     if cfg.source == "files":
-        train_ds = _read_file(datasets, cfg.train_file, "train")
-        test_ds = _read_file(datasets, cfg.test_file, "test")
+        encoding = cfg.get("encoding") or "utf-8"
+        train_ds = _read_file(datasets, cfg.train_file, "train", encoding)
+        test_ds = _read_file(datasets, cfg.test_file, "test", encoding)
     else:
+        what = f"could not load data set {cfg.path!r} (splits {cfg.train_split!r}/{cfg.test_split!r})"
+        offline = hub_offline(for_datasets=True)
+        unreachable = None if offline or os.path.isdir(os.path.expanduser(str(cfg.path))) else hub_unreachable()
+        if unreachable:
+            raise DataspexError(f"{what}: the Hugging Face hub is needed and {unreachable}. If the data set is in "
+                                "your local cache, set HF_HUB_OFFLINE=1 to use it; else download it where the "
+                                "network is on and use data=files with local paths")
         try:
             train_ds = datasets.load_dataset(cfg.path, cfg.get("name"), split=cfg.train_split)
             test_ds = datasets.load_dataset(cfg.path, cfg.get("name"), split=cfg.test_split)
         except Exception as exc:
+            where = (f"; {offline} is set, so only the local cache is used and it has no copy" if offline else "")
             raise DataspexError(
-                f"could not load data set {cfg.path!r} (splits {cfg.train_split!r}/{cfg.test_split!r}): {exc}. "
-                "Check the name, or download it first and use data=files with local paths") from exc
-    if cfg.get("max_train"):
-        train_ds = train_ds.select(range(min(cfg.max_train, len(train_ds))))
-    if cfg.get("max_test"):
-        test_ds = test_ds.select(range(min(cfg.max_test, len(test_ds))))
+                f"{what}: {exc}{where}. Check the name, or download it first (with the network on) and use "
+                "data=files with local paths") from exc
+    if task not in ("classification", "causal_lm"):
+        raise DataspexError(f"model.task={task!r} is not one of: classification, causal_lm")
+    columns = ([(cfg.text_column, "data.text_column"), (cfg.label_column, "data.label_column")]
+               if task == "classification" else
+               [(cfg.prompt_column, "data.prompt_column"), (cfg.completion_column, "data.completion_column")])
+    train_ds = _complete_rows(train_ds, columns, cfg, "train", cfg.get("max_train"))
+    test_ds = _complete_rows(test_ds, columns, cfg, "test", cfg.get("max_test"))
 
     if task == "classification":
-        label_names = _label_names(cfg, train_ds)
-        return TaskData(train=_classification_split(train_ds, cfg, label_names, "train"),
-                        test=_classification_split(test_ds, cfg, label_names, "test"),
-                        task=task, label_names=label_names)
-    if task == "causal_lm":
-        return TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task)
-    raise DataspexError(f"model.task={task!r} is not one of: classification, causal_lm")
+        labels_by = _label_names(cfg, train_ds)
+        return TaskData(train=_classification_split(train_ds, cfg, labels_by, "train"),
+                        test=_classification_split(test_ds, cfg, labels_by, "test"),
+                        task=task, label_names=labels_by[0])
+    return TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task)
 
 
-def _read_file(datasets, path, split: str):
-    """One split from a local .csv/.tsv/.json/.jsonl/.parquet file."""
+def _where(cfg, split: str) -> str:
+    """The split's origin, as messages name it."""
+    if cfg.source == "files":
+        return f"{split} file {os.path.expanduser(str(cfg.get(f'{split}_file')))}"
+    return f"{split} split {cfg.get(f'{split}_split')!r} of data set {cfg.get('path')!r}"
+
+
+def _missing(value) -> bool:
+    """None (an empty csv field, a JSON null), NaN, or a string of nothing but white space."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _complete_rows(ds, columns, cfg, split: str, limit):
+    """The split's first ``limit`` rows (all when unset), none missing a text or label.
+
+    A missing value would otherwise train as the text "None" or become a label "None" of its own; it is an
+    error naming the row, unless ``data.drop_missing=true``, which drops such rows (counted in a warning) and
+    still takes ``limit`` complete rows."""
+    drop = bool(cfg.get("drop_missing"))
+    n = len(ds) if drop or not limit else min(int(limit), len(ds))
+    missing = {}  # row -> the first of its columns that is missing
+    for column, key in columns:
+        for row, value in enumerate(_column(ds, column, key, split)[:n]):
+            if _missing(value):
+                missing.setdefault(row, column)
+    if missing and not drop:
+        row = min(missing)
+        raise DataspexError(f"{_where(cfg, split)}, row {row}, column {missing[row]!r}: the value is missing or "
+                            f"empty ({len(missing)} of its {n} rows miss a value; rows count from 0). Fill them "
+                            "in, or set data.drop_missing=true to drop such rows")
+    if missing:
+        rows = sorted(missing)
+        shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+        log.warning("data: dropped %d of %d rows of the %s with a missing or empty %s (data.drop_missing=true): "
+                    "rows %s", len(rows), n, _where(cfg, split), " or ".join(c for c, _ in columns), shown)
+        ds = ds.select([row for row in range(n) if row not in missing])
+    if limit:
+        ds = ds.select(range(min(int(limit), len(ds))))
+    return ds
+
+
+def _read_file(datasets, path, split: str, encoding: str):
+    """One split from a local .csv/.tsv/.json/.jsonl/.parquet file (text files decoded as ``encoding``)."""
     path = _existing(path, f"data.{split}_file")
     builder = _FILE_BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None:
@@ -129,11 +282,53 @@ def _read_file(datasets, path, split: str):
     kwargs = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
     if os.path.getsize(path) == 0:
         raise DataspexError(f"the {split} split is empty: {path} has no rows")
+    if builder != "parquet":
+        _check_decodes(path, encoding, split)
+        kwargs["encoding"] = encoding
     try:
         return datasets.load_dataset(builder, data_files={split: path}, split=split, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable files
+        cause = _root_cause(exc)
+        detail = f"{exc}" if cause is exc else f"{exc}: {type(cause).__name__}: {cause}"
         raise DataspexError(f"could not read the {split} split from {path} (is it empty or malformed?): "
-                            f"{exc}") from exc
+                            f"{detail}") from exc
+
+
+def _check_decodes(path: str, encoding: str, split: str) -> None:
+    """Refuse a text file that is not in ``encoding``, naming the line and the setting (datasets would report
+    only "An error occurred while generating the dataset", with the cause in a log line above)."""
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)()
+    except LookupError as exc:
+        raise DataspexError(f"data.encoding={encoding!r} is not an encoding Python knows: use e.g. utf-8, "
+                            "utf-8-sig, latin-1 or cp1252") from exc
+    line, offset, newline = 1, 0, b"\n"
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                at = max(exc.start, 0)
+                where = f"byte {offset + at} (line {line + chunk.count(newline, 0, at)}) is {chunk[at:at + 1]!r}"
+                raise DataspexError(
+                    f"the {split} file {path} is not {encoding} text: {where} ({exc.reason}). Set data.encoding "
+                    "to the file's encoding (e.g. data.encoding=latin-1 or cp1252), or re-save it as UTF-8") from exc
+            line += chunk.count(newline)
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise DataspexError(f"the {split} file {path} is not {encoding} text: it ends inside a character "
+                            f"({exc.reason}). Set data.encoding to the file's encoding, or re-save it as UTF-8") from exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (datasets wraps the real error in DatasetGenerationError)."""
+    seen = {id(exc)}
+    while (exc.__cause__ or exc.__context__) is not None and id(exc.__cause__ or exc.__context__) not in seen:
+        exc = exc.__cause__ or exc.__context__
+        seen.add(id(exc))
+    return exc
 
 
 def _existing(path, key: str) -> str:
@@ -148,32 +343,49 @@ def _existing(path, key: str) -> str:
 
 def _column(ds, column: str, key: str, split: str) -> list:
     if column not in ds.column_names:
+        bom = any(str(c).startswith("\ufeff") for c in ds.column_names)
         raise DataspexError(f"the {split} split has no column {column!r} (set by {key}); "
-                            f"its columns are {ds.column_names}")
+                            f"its columns are {ds.column_names}"
+                            + ("; the file starts with a byte-order mark: set data.encoding=utf-8-sig" if bom else ""))
     return list(ds[column])
 
 
-def _label_names(cfg, train_ds) -> list[str]:
+def _plain_labels(values: list) -> list:
+    """Labels as the file wrote them: pandas reads an integer column with a gap as floats, so whole-number
+    floats (all of them) are the integers they were (1.0 -> 1, named "1", not "1.0")."""
+    if values and all(isinstance(v, (float, np.floating)) and float(v).is_integer() for v in values):
+        return [int(v) for v in values]
+    return values
+
+
+def _label_names(cfg, train_ds) -> tuple[list[str], bool]:
+    """The label set, and whether integer labels are indices into it (a ClassLabel feature) rather than labels
+    of their own (matched by their string form first)."""
     if cfg.get("label_names"):
-        return [str(x) for x in cfg.label_names]
+        return [str(x) for x in cfg.label_names], False
     feature = train_ds.features.get(cfg.label_column)
     if feature is not None and hasattr(feature, "names"):
-        return list(feature.names)
-    values = _column(train_ds, cfg.label_column, "data.label_column", "train")
-    return [str(v) for v in sorted(set(values), key=str)]
+        return list(feature.names), True
+    values = _plain_labels(_column(train_ds, cfg.label_column, "data.label_column", "train"))
+    return [str(v) for v in sorted(set(values), key=str)], False
 
 
-def _classification_split(ds, cfg, label_names: list[str], split: str) -> Split:
+def _classification_split(ds, cfg, labels_by: tuple[list[str], bool], split: str) -> Split:
+    label_names, class_label = labels_by
     texts = [str(t) for t in _column(ds, cfg.text_column, "data.text_column", split)]
-    raw = _column(ds, cfg.label_column, "data.label_column", split)
+    raw = _plain_labels(_column(ds, cfg.label_column, "data.label_column", split))
     index = {name: k for k, name in enumerate(label_names)}
     labels = []
     for row, value in enumerate(raw):
-        # integer labels index label_names directly; anything else is matched by its string form
-        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(label_names):
+        # A ClassLabel's integers index its names. Otherwise a label is matched by its string form, and an
+        # integer that matches no name indexes label_names (integer labels with data.label_names=[neg, pos]).
+        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if class_label and is_int and 0 <= value < len(label_names):
             labels.append(int(value))
         elif str(value) in index:
             labels.append(index[str(value)])
+        elif is_int and 0 <= value < len(label_names):
+            labels.append(int(value))
         else:
             raise DataspexError(f"{split} row {row}: label {value!r} is not in the label set {label_names}; "
                                 "fix the row or set data.label_names")

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from dataspex.core.data import hub_offline, hub_unreachable
 from dataspex.core.errors import DataspexError
 
 BUNDLED_MINILM = "bundled:all-minilm-l6-v2"
@@ -85,15 +86,34 @@ def load_base_model(model_cfg, num_labels: int | None, seed: int):
 def _from_pretrained(cls, path: str, what: str, **kwargs):
     import transformers
 
+    # A hub name with the hub out of reach: only the local cache can serve it. Say so up front rather than
+    # let huggingface_hub retry for about a minute per job before failing.
+    offline = unreachable = None
+    if not os.path.isdir(path):
+        offline = hub_offline()
+        unreachable = None if offline else hub_unreachable()
+        if offline or unreachable:
+            kwargs["local_files_only"] = True
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the "newly initialised head" notice is expected here
     transformers.logging.disable_progress_bar()
     try:
         return cls.from_pretrained(path, **kwargs)
     except OSError as exc:
-        raise DataspexError(f"could not load the {what} from {path!r}: not a local folder with a model, and not "
-                            "available from the Hugging Face hub (is the network off?). Point model.name_or_path "
-                            f"at a local folder or {BUNDLED_MINILM!r}") from exc
+        fix = (f"Point model.name_or_path at a local model folder or {BUNDLED_MINILM!r}, or download it first "
+               f"with the network on (`hf download {path}`)")
+        if offline:
+            raise DataspexError(f"could not load the {what} {path!r}: not a local folder, and not in the local "
+                                f"Hugging Face cache, the only place looked in while {offline} is set. {fix}, or "
+                                f"unset {offline.split('=')[0]} where the network is on") from exc
+        if unreachable:
+            raise DataspexError(f"could not load the {what} {path!r}: not a local folder, not in the local "
+                                f"Hugging Face cache, and the hub is out of reach: {unreachable}. {fix}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataspexError(f"could not load the {what} from {path!r}: not a local folder with a model, nor one "
+                            f"the Hugging Face hub serves ({reason}). Check the name (a private or gated model "
+                            f"needs `hf auth login`), or point model.name_or_path at a local folder or "
+                            f"{BUNDLED_MINILM!r}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
 

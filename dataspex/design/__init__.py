@@ -17,7 +17,7 @@ from dataspex.design.random import random_design, random_masks
 from dataspex.design.spex import SpexDesign, spex_design
 
 __all__ = ["DESIGNS", "EXTENSION_ROLES", "Design", "SpexDesign", "exhaustive_pair_masks", "extend_pairwise",
-           "make_design", "random_masks", "screen_candidates"]
+           "make_design", "random_masks", "screen_candidates", "settings_differences"]
 
 # design.kind -> builder(cfg, n_train, rng, screen) -> Design. A new design kind is one entry here.
 DESIGNS = {"random": random_design, "spex": spex_design, "pairwise": pairwise_design}
@@ -35,3 +35,27 @@ def make_design(cfg, n_train: int, screen=None) -> Design:
     if builder is None:
         raise DataspexError(f"design.kind={cfg.kind!r} is not one of: {', '.join(DESIGNS)}")
     return builder(cfg, n_train, rng, screen)
+
+
+# Settings a design records in its metadata as given (design.<key> == meta[key] for the design that used it).
+_RECORDED = ("m", "heldout", "p", "seed")
+
+
+def settings_differences(cfg, stored: Design) -> list[str]:
+    """How the design ``cfg`` describes differs from ``stored`` (its base rows, without the rows later stages
+    appended): one ``"design.<key>: stored X, now Y"`` per setting; empty when they agree."""
+    meta = stored.without_extensions().meta
+    if meta.get("kind") != cfg.kind:
+        return [f"design.kind: stored {meta.get('kind')!r}, now {cfg.kind!r}"]
+    out = [f"design.{key}: stored {meta[key]!r}, now {cfg[key]!r}" for key in _RECORDED
+           if key in meta and key in cfg and meta[key] != cfg[key]]
+    if cfg.kind == "spex" and not out:  # the budget is not recorded: compare the design it makes
+        spex = meta["spex"]
+        if cfg.max_degree != spex["max_degree"]:
+            out.append(f"design.max_degree: stored {spex['max_degree']!r}, now {cfg.max_degree!r}")
+        else:
+            now = SpexDesign(stored.n_train, budget=cfg.m, max_degree=cfg.max_degree, random_state=cfg.seed)
+            if now.n_masks != spex["n_masks"]:
+                out.append(f"design.m: the stored SPEX design has {spex['n_masks']} masks, design.m={cfg.m} makes "
+                           f"{now.n_masks}")
+    return out

@@ -120,22 +120,35 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
         triples = describe_pairs(triples, data, columns=("i", "j", "l"))
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     actions = curation_actions(tables, result, data, validation)
-    harmful_examples = examples_to_review(actions, validated=validation is not None)
-    drop_effect = drop_all_effect(result, data.n_train, harmful_examples)
+    # Two lists, never one in place of the other: what the ranking model predicts, and (after `dataspex
+    # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
+    predicted = examples_to_review(actions, validated=False)
+    validated = examples_to_review(actions, validated=True) if validation is not None else None
+    drop_effect = {"predicted": drop_all_effect(result, data.n_train, predicted),
+                   "validated": None if validated is None else drop_all_effect(result, data.n_train, validated)}
     return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k,
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
-            "actions": actions, "harmful_examples": harmful_examples, "drop_effect": drop_effect,
+            "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
+            "drop_effect": drop_effect,
             "result": result, "fitted": fitted, "stack": stack}
 
 
 def summary(ctx) -> dict:
-    """summary.json: the headline numbers."""
+    """summary.json: the headline numbers. The training examples to review come as two lists:
+    ``examples_to_review_predicted`` (both examples of each of the summary's top harmful pairs, as the ranking
+    model predicts them) and ``examples_to_review_validated`` (those of pairs whose removal lowered the test loss
+    in the retrains of ``dataspex validate``; null before it has run, [] when none did), each with the ranking
+    model's predicted change in the mean test loss if all of that list are removed
+    (``predicted_mean_loss_change_if_predicted_removed`` / ``..._if_validated_removed``; null for an empty or
+    missing list). The measured change is ``validation.curated``."""
     validation, vmeta, faithfulness, triples = ctx["validation"], ctx["vmeta"], ctx["faithfulness"], ctx["triples"]
     return {"estimator": ctx["name"], "estimand": ctx["estimand"], "top_k": ctx["k"], "recall_at_k": ctx["recall"],
             "faithfulness": {n: f["r2_mean_over_outputs"] for n, f in faithfulness.items()},
-            "examples_to_review": ctx["harmful_examples"],
-            "predicted_mean_loss_change_if_removed": ctx["drop_effect"],
+            "examples_to_review_predicted": ctx["examples_predicted"],
+            "examples_to_review_validated": ctx["examples_validated"],
+            "predicted_mean_loss_change_if_predicted_removed": ctx["drop_effect"]["predicted"],
+            "predicted_mean_loss_change_if_validated_removed": ctx["drop_effect"]["validated"],
             "validation": None if validation is None else {
                 "level": vmeta.get("level"), "seeds": vmeta.get("seeds"), "stale": vmeta.get("stale"),
                 "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),

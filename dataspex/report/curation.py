@@ -49,8 +49,9 @@ def _similar(a: str, b: str) -> float:
 
 
 def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
-    """The training examples of the summary's harmful pairs (once validated: those whose removal lowered the
-    test loss in the retrains)."""
+    """The training examples of the summary's harmful pairs: with ``validated=False`` all of them (what the
+    ranking model predicts), with ``validated=True`` only those of pairs whose removal lowered the test loss in
+    the retrains of ``dataspex validate`` (possibly none)."""
     if actions.empty:
         return []
     harmful = actions[actions["kind"] == "harmful"]

@@ -58,6 +58,10 @@ def _intro(ctx) -> list[tuple[str, str]]:
     ]
 
 
+def _ids(examples) -> str:
+    return ", ".join(f"#{x}" for x in examples)
+
+
 def _headline(ctx) -> list[str]:
     """The summary's bullet points (plain text, shared by HTML and Markdown)."""
     out = []
@@ -74,19 +78,26 @@ def _headline(ctx) -> list[str]:
                        "re-run `dataspex validate`.")
     else:
         out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the top pairs directly.")
-    ex = ctx["harmful_examples"]
-    if ex:
-        which = ("harmful pairs whose removal lowered the test loss in the retrains" if validation is not None
-                 else "top harmful pairs")
-        out.append(f"Examples to drop or relabel ({which}): {', '.join(f'#{x}' for x in ex)}. The ranking model "
-                   f"predicts a change of {_fmt(ctx['drop_effect'])} nats in the mean test loss if all are "
-                   "removed (an extrapolation to the full training set from half-size retrains).")
-    elif validation is not None:
-        out.append("No validated harmful pair lowered the test loss when removed: nothing to drop on this evidence.")
+    predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
+    if predicted:
+        out.append(f"Examples to drop or relabel, predicted (top harmful pairs): {_ids(predicted)}. The ranking "
+                   f"model predicts a change of {_fmt(ctx['drop_effect']['predicted'])} nats in the mean test loss "
+                   "if all are removed (an extrapolation to the full training set from half-size retrains).")
+    else:
+        out.append("Examples to drop or relabel, predicted: none (the ranking model lists no harmful pair).")
+    if confirmed is None:
+        out.append("Examples to drop or relabel, validated: none yet (not validated).")
+    elif confirmed:
+        out.append(f"Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in "
+                   f"the retrains): {_ids(confirmed)}. The ranking model predicts a change of "
+                   f"{_fmt(ctx['drop_effect']['validated'])} nats in the mean test loss if all are removed.")
+    else:
+        out.append("Examples to drop or relabel, validated: none. No validated harmful pair lowered the test loss "
+                   "when removed: nothing to drop on this evidence.")
     cur = (vmeta or {}).get("curated") or {}
     if cur.get("status") == "done":
         out.append(f"Measured: retraining without all {len(cur['dropped'])} examples of the validated harmful pairs "
-                   f"({', '.join(f'#{x}' for x in cur['dropped'])}) changed the mean test loss by "
+                   f"({_ids(cur['dropped'])}) changed the mean test loss by "
                    f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
                    f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
     return out
@@ -195,7 +206,9 @@ FILES = [("pairs.csv / pairs.parquet", "the ranked pair tables, with texts, TRAK
          ("triples.csv / triples.parquet", "degree-3 interactions (when the estimator has any)"),
          ("interactions.parquet", "every Fourier coefficient of every estimator (long form: output, key, order)"),
          ("faithfulness_curve.csv", "held-out R^2 by number of retrains"),
-         ("summary.json", "the headline numbers"),
+         ("summary.json", ("the headline numbers; the examples to review as two lists: "
+                           "examples_to_review_predicted (the ranking model) and examples_to_review_validated "
+                           "(confirmed by the retrains; null before `dataspex validate`)")),
          ("../fit/*.npz", ("the fitted models: `dataspex.estimators.InteractionResult.load`; "
                            "`dataspex.load_run(run_dir)` loads everything, `.to_shapiq()` exports shapiq "
                            "InteractionValues"))]

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from dataspex.core.errors import DataspexError
-from dataspex.design import extend_pairwise, make_design
+from dataspex.design import extend_pairwise, make_design, settings_differences
 from dataspex.fit.estimators import LinearDatamodel
 from dataspex.fit.trak import load_trak_scores
 from dataspex.stages.rundir import open_run
@@ -75,7 +75,8 @@ def stage_design(cfg) -> None:
         # Compare without the rows later stages appended (pairwise designs, validation retrains).
         existing = store.load_design().without_extensions()
         if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
-            raise DataspexError(f"{store.run_dir} already has a different design ({existing.meta}); "
+            differing = "; ".join(settings_differences(cfg.design, existing)) or f"stored {existing.meta}"
+            raise DataspexError(f"{store.run_dir} already has a different design ({differing}); "
                                 "use a new run_dir for a new design")
         log.info("design: %s already has this design (%d masks)", store.run_dir, len(existing))
         return

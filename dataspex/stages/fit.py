@@ -1,4 +1,7 @@
-"""``dataspex fit``: fit every configured estimator to the stored results and score it on held-out masks."""
+"""``dataspex fit``: fit every configured estimator to the stored results and score it on held-out masks.
+
+The whole set is fitted in memory, then written and swapped in for ``fit/`` at once
+(:func:`dataspex.fit.artifacts.write_fit_set`): a fit killed halfway leaves the previous set whole."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from dataspex.core.errors import DataspexError
-from dataspex.fit.artifacts import save_faithfulness, save_fitted
+from dataspex.fit.artifacts import clean_stale_fit_dirs, write_fit_set
 from dataspex.fit.faithfulness import fit_outputs, heldout_r2
 from dataspex.stages.rundir import open_run
 
@@ -18,6 +21,7 @@ log = logging.getLogger("dataspex")
 
 def stage_fit(cfg) -> dict:
     store, data = open_run(cfg)
+    clean_stale_fit_dirs(store)  # what a killed fit left: the old set back in place, unfinished sets removed
     design = store.load_design()
     results = store.load_results(design)
     # Validation retrains are not fitted on: an unfinished `validate` must not block `fit`.
@@ -35,7 +39,7 @@ def stage_fit(cfg) -> dict:
     rows = {name: results.keep(design, est.design_role) for name, est in estimators.items()}
     if not any(keep.any() for keep in rows.values()):
         raise DataspexError("no finished fit masks to fit on: run `dataspex train` first")
-    faithfulness = {}
+    faithfulness, fitted = {}, {}
     for name, estimator in estimators.items():
         keep = rows[name]
         if not keep.any():
@@ -46,7 +50,7 @@ def stage_fit(cfg) -> dict:
         seconds = time.perf_counter() - started
         result = estimator.result_
         result.output_names = names
-        save_fitted(store, name, result)
+        fitted[name] = result
         if estimator.heldout_scored:
             r2, pooled = heldout_r2(estimator, results.masks[ho_keep], Y[ho_keep])
             n_heldout = int(ho_keep.sum())
@@ -59,5 +63,7 @@ def stage_fit(cfg) -> dict:
                               "n_heldout_masks": n_heldout, "output": cfg.fit.output, **estimator.fit_summary()}
         log.info("fit: %-10s heldout R^2 %s  (%.1f s, %d %s masks)", name,
                  "n/a" if r2 is None else f"{np.mean(r2):.3f}", seconds, int(keep.sum()), estimator.design_role)
-    save_faithfulness(store, faithfulness)
+    faithfulness = write_fit_set(store, fitted, faithfulness, str(cfg.fit.output), design)
+    log.info("fit: wrote the set of %d estimators (fit %s, on %s) -> %s", len(fitted),
+             next(iter(faithfulness.values()))["fit_stamp"], cfg.fit.output, store.path("fit"))
     return faithfulness

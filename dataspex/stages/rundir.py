@@ -9,32 +9,50 @@ from omegaconf import OmegaConf
 
 from dataspex.core.data import load_data
 from dataspex.core.errors import DataspexError
+from dataspex.core.settings import check_settings
+from dataspex.design import settings_differences
 from dataspex.store import RunStore
 
-__all__ = ["TRAIN_RESULT_KEYS", "fingerprint", "open_run", "shard_rows"]
+__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "shard_rows"]
 
 # Training settings that change results (the rest - engine, chunking, threads - only change speed).
 TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
 
 
 def fingerprint(cfg, data) -> dict:
-    """What a run's results depend on; stored at design time and checked by every later stage."""
+    """What a run's results depend on; stored at design time and checked by every later stage.
+
+    ``data_summary`` (the data settings, row counts, label names, a hash per part) is recorded, not compared
+    (``store.RECORDED_ONLY``): the content hash decides, the summary says what differs when it does."""
     return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": data.content_hash(),
+        "data_summary": data.summary(OmegaConf.to_container(cfg.data, resolve=True)),
         "lora": OmegaConf.to_container(cfg.lora, resolve=True),
         "train": {k: OmegaConf.to_container(cfg.train, resolve=True)[k] for k in TRAIN_RESULT_KEYS},
     }
 
 
 def open_run(cfg, create: bool = False):
-    """Load the data and open the run directory, checking the fingerprint. Returns (store, data)."""
+    """Check the settings, load the data and open the run directory, checking the fingerprint and (for the
+    stages after ``design``) that the design settings are the stored design's. Returns (store, data)."""
+    check_settings(cfg)
     store = RunStore(cfg.run_dir)
     if not create and not os.path.isdir(store.run_dir):
         raise DataspexError(f"run_dir={cfg.run_dir!r} does not exist: run `dataspex run` or `dataspex design` first")
     data = load_data(cfg.data, cfg.model.task)
     store.check_fingerprint(fingerprint(cfg, data), create=create)
+    if not create and store.has_design():
+        check_design(cfg, store)
     return store, data
+
+
+def check_design(cfg, store) -> None:
+    """Refuse design settings that differ from the stored design's: a stage would silently keep the stored one."""
+    differing = settings_differences(cfg.design, store.load_design())
+    if differing:
+        raise DataspexError(f"{store.run_dir} has a design made with other settings ({'; '.join(differing)}): "
+                            "drop those overrides to use the stored design, or use a new run_dir for a new one")
 
 
 def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:

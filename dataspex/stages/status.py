@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from dataspex.core.errors import DataspexError
-from dataspex.store import RunStore, StoreScan
+from dataspex.store import RunStore, StoreScan, health
 
 log = logging.getLogger("dataspex")
 
@@ -63,7 +63,8 @@ def _shard_count(cfg, store: RunStore) -> int:
 
 
 def run_status(run_dir: str, shard_count: int = 1) -> dict:
-    """Done/total per shard and per role, plus the files that cannot be used; changes nothing on disk."""
+    """Done/total per shard and per role, the files that cannot be used, and the masks whose training diverged
+    (``health``: :func:`dataspex.store.health.flag_results` of the usable results); changes nothing on disk."""
     store = RunStore(run_dir)
     if not os.path.isdir(store.run_dir):
         raise DataspexError(f"run_dir={run_dir!r} does not exist")
@@ -82,7 +83,8 @@ def run_status(run_dir: str, shard_count: int = 1) -> dict:
             "done": int(done.sum()), "total": len(design), "missing_ids": design.mask_ids[~done].tolist(),
             "files": len(scan.good), "results": scan.n_results, "duplicates": scan.duplicates,
             "rejected": {os.path.basename(p): why for p, why in scan.rejected.items()},
-            "temp_files": [os.path.basename(p) for p in scan.temp_files]}
+            "temp_files": [os.path.basename(p) for p in scan.temp_files],
+            "health": health.flag_results(store.load_results(design, quarantine=False))}
 
 
 def format_status(status: dict) -> str:
@@ -111,6 +113,10 @@ def format_status(status: dict) -> str:
         lines.append(f"REJECTED {len(status['rejected'])} result files (never used; quarantined to "
                      "results/quarantine/ when results are next loaded, their masks retrained by `train`):")
         lines += [f"         {name}: {why}" for name, why in sorted(status["rejected"].items())]
+    flags = status.get("health")
+    if flags and flags["n_flagged"]:
+        lines.append(f"DIVERGED {health.summary(flags)}: training diverged or did not converge; their "
+                     "results are likely useless (lower train.lr, retrain in a new run_dir)")
     if status["temp_files"]:
         lines.append(f"partial  {len(status['temp_files'])} unfinished writes (.tmp-*) from killed or running "
                      "workers: ignored; safe to delete once no job runs")
@@ -120,8 +126,15 @@ def format_status(status: dict) -> str:
 
 
 def stage_status(cfg) -> dict:
-    """``dataspex status``: done/total masks per shard and per role, duplicates, damaged files."""
+    """``dataspex status``: done/total masks per shard and per role, duplicates, damaged files, diverged masks.
+
+    Any rejected result file makes it fail (exit 2, after printing the status), so scripts notice."""
     store = RunStore(cfg.run_dir)
     status = run_status(store.run_dir, _shard_count(cfg, store))
     print(format_status(status), flush=True)
+    if status["rejected"]:
+        n = len(status["rejected"])
+        raise DataspexError(f"{n} result file{'s are' if n > 1 else ' is'} rejected (damaged, or not this run's: "
+                            "see REJECTED above): `dataspex train` retrains their masks; loading results (fit, "
+                            "collect) quarantines them")
     return status

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from dataspex.core.models import load_base_model, load_tokenizer
 from dataspex.stages.rundir import open_run, shard_rows
+from dataspex.store import health
 from dataspex.train import get_engine
 from dataspex.train.common import encode
 
@@ -44,22 +45,33 @@ def train_rows(cfg, store, data, design, todo: np.ndarray) -> None:
 
 def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
     """Train every row in ``todo`` in one engine call (so a batched engine can fill its passes), writing a
-    result file each ``train.chunk_size`` finished masks: a crash loses at most the chunk in progress."""
+    result file each ``train.chunk_size`` finished masks. The engine yields each mask as soon as its pass is
+    done, so a crash loses the pass in progress and fewer than ``chunk_size`` finished masks. Masks whose
+    training diverged (:mod:`dataspex.store.health`) are logged as a warning: the first at once, all at the end."""
     chunk = max(1, int(cfg.train.chunk_size))
     started = time.perf_counter()
-    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     row_of = {int(design.mask_ids[r]): r for r in todo}
+    flags = health.flag_masks([], np.zeros((0, 0)))
 
     def flush():
-        rows = [row_of[mask_id] for mask_id, _, _ in pending]
-        store.write_results([p[0] for p in pending], design.masks[rows], np.array([p[1] for p in pending]),
-                            np.array([p[2] for p in pending]), {"engine": cfg.train.engine})
+        nonlocal flags
+        ids = [p[0] for p in pending]
+        losses, curves = np.array([p[1] for p in pending]), np.array([p[3] for p in pending])
+        store.write_results(ids, design.masks[[row_of[i] for i in ids]], losses, np.array([p[2] for p in pending]),
+                            {"engine": cfg.train.engine}, train_losses=curves)
         pending.clear()
+        found = health.flag_masks(ids, losses, curves)
+        if found["n_flagged"] and not flags["n_flagged"]:
+            first = found["ids"][0]
+            log.warning("train: mask %d diverged or did not converge (%s); lower train.lr? (all such masks are "
+                        "listed when training ends)", first, "; ".join(found["reasons"][first]))
+        flags = health.merge(flags, found)
 
     with tqdm(total=len(todo), desc="retraining", unit="mask", disable=not cfg.progress) as bar:
-        for mask_id, loss, margin in engine(base, cfg.lora, cfg.train, train, test, design.masks[todo],
-                                            design.mask_ids[todo]):
-            pending.append((mask_id, loss, margin))
+        for mask_id, loss, margin, curve in engine(base, cfg.lora, cfg.train, train, test, design.masks[todo],
+                                                   design.mask_ids[todo]):
+            pending.append((mask_id, loss, margin, curve))
             bar.update(1)
             if len(pending) >= chunk:
                 flush()
@@ -67,6 +79,9 @@ def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
             flush()
     elapsed = time.perf_counter() - started
     log.info("train: %d masks in %.1f s (%.2f s per mask)", len(todo), elapsed, elapsed / len(todo))
+    if flags["n_flagged"]:
+        log.warning("train: DIVERGED %s: their results are stored but likely useless; lower train.lr (now %s) "
+                    "and retrain in a new run_dir", health.summary(flags), cfg.train.lr)
 
 
 def train_role(cfg, store, design, data, role: str) -> int:

@@ -17,7 +17,9 @@ ENGINES = tuple(_TRAIN_MASKS)
 
 def get_engine(name: str):
     """The ``train_masks(base, lora_cfg, train_cfg, train, test, masks, mask_ids)`` generator of an engine;
-    each yields ``(mask_id, losses, margins)`` per mask."""
+    each yields ``(mask_id, losses, margins, train_losses)`` per mask as soon as that mask is trained (the
+    batched engine: in pass order, not input order), ``train_losses`` being its training-loss record
+    (``common.loss_record``)."""
     if name not in ENGINES:
         raise DataspexError(f"train.engine={name!r} is not one of: {', '.join(ENGINES)}")
     return _TRAIN_MASKS[name]

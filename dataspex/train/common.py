@@ -6,6 +6,10 @@ so every mask starts from the same head. Each mask then gets its own seed derive
 ``seed_policy=shared`` (common random numbers). That seed draws the LoRA A matrices and the epoch shuffles,
 so a mask's result depends only on the mask, its id and the config - never on which worker ran it or when.
 Dropout is off during training (the model stays in eval mode), so a run is deterministic on a given machine.
+
+Training losses: every engine also reports each mask's training-loss record (1 + epochs,) float64 (see
+``loss_record``): where training started and how each epoch went. A last epoch's loss that is not below the
+start means training diverged or did not converge (:mod:`dataspex.store.health` flags it).
 """
 
 from __future__ import annotations
@@ -123,6 +127,20 @@ def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int) -> 
         order = kept[torch.randperm(len(kept), generator=gen).numpy()]
         steps += [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
     return steps
+
+
+def loss_record(steps: list[np.ndarray], epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    """How a mask's training-loss record is summed from its optimiser steps (``epoch_batches``).
+
+    The record (1 + epochs,) holds the mean per-example loss of the first batch before any update (column 0:
+    the untrained model, the base with its initial head), then of each epoch's batches, each batch's loss taken
+    as it is trained on, before its update (column 1 + e: epoch e). Returns each step's column (1 + its epoch;
+    step 0 also counts into column 0) and the divisors (examples summed into each column)."""
+    per_epoch = max(1, len(steps) // epochs) if epochs else 1  # every epoch has the same number of batches
+    columns = 1 + np.arange(len(steps)) // per_epoch
+    kept = sum(len(b) for b in steps[:per_epoch])
+    divisors = np.array([len(steps[0]) if steps else 1] + [max(1, kept)] * epochs, dtype=np.float64)
+    return columns, divisors
 
 
 def lora_init(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tensor]:

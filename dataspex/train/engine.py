@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from dataspex.core.errors import DataspexError
-from dataspex.train.common import Encoded, check_finite, check_mask, epoch_batches, mask_seed
+from dataspex.train.common import Encoded, check_finite, check_mask, epoch_batches, loss_record, mask_seed
 from dataspex.train.modules import BatchedLinear, BatchedLoRA, Layout, Unsupported, find_targets, shared_copy
 from dataspex.train.naive import train_masks as naive_train_masks
 from dataspex.train.optimizer import BatchedAdamW, _LossScale
@@ -160,12 +160,16 @@ class Engine:
         self.layout.bind(flat, self.loras, self.heads)
 
     def train_group(self, train: DeviceSplit, steps: list[list[np.ndarray]], seeds: list[int],
-                    train_cfg) -> torch.Tensor:
-        """Train one adapter per entry of ``steps`` (its batches in order); returns their parameters (G, P)."""
+                    train_cfg) -> tuple[torch.Tensor, np.ndarray]:
+        """Train one adapter per entry of ``steps`` (its batches in order); returns their parameters (G, P) and
+        their training-loss records (G, 1 + epochs) float64 (``common.loss_record``)."""
         device = self.opts.device
         flat = self.layout.initial(seeds, device).requires_grad_(True)
         opt = BatchedAdamW(flat, train_cfg.lr, train_cfg.weight_decay)
         scaler = _LossScale(self.opts.autocast == torch.float16)
+        records = [loss_record(s, int(train_cfg.epochs)) for s in steps]  # (column of each step, divisors)
+        width_r = len(records[0][1])
+        sums = torch.zeros(len(steps) * width_r, dtype=torch.float64, device=device)  # (adapter, column) sums
         for t in range(max(len(s) for s in steps)):
             active = [g for g, s in enumerate(steps) if t < len(s)]
             batches = [steps[g][t] for g in active]
@@ -175,6 +179,8 @@ class Engine:
             for j, b in enumerate(batches):
                 rows[j] = np.concatenate([b, np.repeat(b[:1], width - len(b))])  # pad with a zero-weight copy
                 weights[j, : len(b)] = 1.0 / len(b)  # each adapter's own mean loss
+            slots = np.array([g * width_r + records[g][0][t] for g in active])
+            real = torch.from_numpy((weights > 0).astype(np.float32)).to(device)
             rows = torch.from_numpy(rows.reshape(-1)).to(device)
             weights = torch.from_numpy(weights.reshape(-1)).to(device)
             everyone = len(active) == len(steps)
@@ -186,9 +192,16 @@ class Engine:
                 ((loss * weights).sum() * scaler.scale).backward()
                 if scaler.check(flat.grad):
                     break
+            with torch.no_grad():  # each adapter's summed batch loss, kept on the device (no sync per step)
+                summed = (loss.detach().float().view(len(active), width) * real).sum(1).double()
+                if t == 0:  # every adapter's first step: the untrained model (column 0)
+                    slots = np.concatenate([slots, np.array(active) * width_r])
+                    summed = torch.cat([summed, summed])
+                sums.index_add_(0, torch.from_numpy(slots).to(device), summed)
             opt.step(flat, flat.grad, None if everyone else active)
         flat.grad = None
-        return flat.detach()
+        divisors = np.array([d for _, d in records])
+        return flat.detach(), sums.view(len(steps), width_r).cpu().numpy() / divisors
 
     @torch.no_grad()
     def evaluate(self, test: DeviceSplit, flat: torch.Tensor, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -258,8 +271,11 @@ def _engine(base, lora_cfg, task, opts: Settings) -> Engine:
 
 
 def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks: np.ndarray, mask_ids):
-    """Yield ``(mask_id, losses, margins)`` for each mask, in input order, as ``naive.train_masks`` does (losses
-    and margins (n_test,) float64), training ``train.adapters_per_pass`` adapters per pass."""
+    """Yield ``(mask_id, losses, margins, train_losses)`` for each mask as ``naive.train_masks`` does (losses and
+    margins (n_test,) float64, train_losses (1 + epochs,) float64: ``common.loss_record``), training
+    ``train.adapters_per_pass`` adapters per pass. Each pass's masks are yielded as soon as the pass is done, so
+    results come in pass order (masks of similar kept counts together), not input order: callers pair results
+    with masks by id."""
     masks = np.asarray(masks)
     mask_ids = [int(m) for m in mask_ids]
     kept = [check_mask(mask, len(train), mask_id) for mask, mask_id in zip(masks, mask_ids)]
@@ -278,19 +294,15 @@ def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks:
     log.info("batched engine: %d masks, %d adapters per pass on %s; %s", len(kept), per_pass, opts.device,
              engine.runner.describe())
     train_split, test_split = engine.split(train), engine.split(test)
-    done, next_out = {}, 0
     for group in pass_groups([len(k) for k in kept], per_pass):
         seeds = [mask_seed(train_cfg.seed, mask_ids[i], train_cfg.seed_policy) for i in group]
         steps = [epoch_batches(kept[i], epochs, batch_size, s) for i, s in zip(group, seeds)]
         if max(len(s) for s in steps) == 0:
-            flat = engine.layout.initial(seeds, opts.device)
+            flat, curves = engine.layout.initial(seeds, opts.device), np.full((len(group), 1), np.nan)
         else:
-            flat = engine.train_group(train_split, steps, seeds, train_cfg)
+            flat, curves = engine.train_group(train_split, steps, seeds, train_cfg)
         losses, margs = engine.evaluate(test_split, flat, max_rows=per_pass * batch_size)
         for j, i in enumerate(group):
             check_finite(losses[j], mask_ids[i])
-            done[i] = (losses[j], margs[j])
-        while next_out in done:  # yield in input order: callers pair results with their rows
-            loss, marg = done.pop(next_out)
-            yield mask_ids[next_out], loss, marg
-            next_out += 1
+        for j, i in enumerate(group):  # the whole pass at once, as soon as it is done (a crash loses one pass)
+            yield mask_ids[i], losses[j], margs[j], curves[j]

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from dataspex.core.models import lora_config
-from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_batches, lora_init, margins,
-                                   mask_seed, per_example_loss)
+from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_batches, lora_init, loss_record,
+                                   margins, mask_seed, per_example_loss)
 
 
 def lora_modules(peft_model) -> list:
@@ -42,19 +42,34 @@ def build_peft_model(base, lora_cfg, seed: int):
 
 def finetune(base, lora_cfg, train_cfg, train: Encoded, mask: np.ndarray, mask_id: int):
     """Fine-tune one adapter on the examples kept by ``mask``; returns the peft model."""
+    return finetune_with_losses(base, lora_cfg, train_cfg, train, mask, mask_id)[0]
+
+
+def finetune_with_losses(base, lora_cfg, train_cfg, train: Encoded, mask: np.ndarray, mask_id: int):
+    """:func:`finetune`, also returning the training-loss record (1 + epochs,) float64 (``common.loss_record``)."""
     kept = check_mask(mask, len(train), mask_id)
     seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy)
     model = build_peft_model(base, lora_cfg, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    for index in epoch_batches(kept, train_cfg.epochs, train_cfg.batch_size, seed):
+    steps = epoch_batches(kept, train_cfg.epochs, train_cfg.batch_size, seed)
+    columns, divisors = loss_record(steps, int(train_cfg.epochs))
+    sums = np.zeros(len(divisors))
+    for t, index in enumerate(steps):
         batch = train.batch(index)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = per_example_loss(logits, batch["targets"], train.task).mean()
+        per_example = per_example_loss(logits, batch["targets"], train.task)
+        loss = per_example.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model
+        summed = float(per_example.detach().double().sum())
+        sums[columns[t]] += summed
+        if t == 0:
+            sums[0] = summed
+    if not steps:
+        sums[0] = np.nan  # never trained: no start
+    return model, sums / divisors
 
 
 @torch.no_grad()
@@ -70,9 +85,10 @@ def evaluate(model, test: Encoded, batch_size: int = 64) -> tuple[np.ndarray, np
 
 
 def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks: np.ndarray, mask_ids):
-    """Yield ``(mask_id, losses, margins)`` for each mask, one peft model at a time."""
+    """Yield ``(mask_id, losses, margins, train_losses)`` for each mask, one peft model at a time, in input
+    order (losses and margins (n_test,) float64; train_losses (1 + epochs,) float64, see ``common.loss_record``)."""
     for mask, mask_id in zip(masks, mask_ids):
-        model = finetune(base, lora_cfg, train_cfg, train, mask, int(mask_id))
+        model, train_losses = finetune_with_losses(base, lora_cfg, train_cfg, train, mask, int(mask_id))
         losses, margs = evaluate(model, test)
         check_finite(losses, mask_id)
-        yield int(mask_id), losses, margs
+        yield int(mask_id), losses, margs, train_losses
