@@ -279,3 +279,28 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])
     assert ("Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in the "
             f"retrains): {validated}.") in md
+
+
+def test_report_warns_about_diverged_masks(tmp_path):
+    """A mask whose retrain diverged (an absurd test loss) is named at the top of the summary."""
+    from omegaconf import OmegaConf
+
+    from dataspex.report import write_report
+    from dataspex.store import RunStore
+
+    run_dir = copy_run(tmp_path)
+    store = RunStore(run_dir)
+    results = store.load_results()
+    losses = results.losses.copy()
+    losses[3, 0] = 6.7e7  # as train.lr=1e6 gives
+    for path in store.result_files():
+        os.unlink(path)
+    store.write_results(results.mask_ids, results.masks, losses, results.margins)
+    run = __import__("dataspex").load_run(run_dir)
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    cfg.run_dir = run_dir
+    cfg.report.curve_fractions = [0.5]  # as cached: no refits
+    write_report(cfg, run.store, run.data)
+    text = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert (f"training diverged or did not converge on 1 of {len(results)} masks: {int(results.mask_ids[3])} "
+            "(test loss above 1000 nats: 1)") in text, text[:2000]

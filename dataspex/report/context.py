@@ -18,6 +18,7 @@ from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
+from dataspex.store import health
 
 log = logging.getLogger("dataspex")
 
@@ -119,6 +120,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     if triples is not None:
         triples = describe_pairs(triples, data, columns=("i", "j", "l"))
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
+    diverged = health.flag_results(store.load_results(store.load_design()))  # masks whose training diverged
     actions = curation_actions(tables, result, data, validation)
     # Two lists, never one in place of the other: what the ranking model predicts, and (after `dataspex
     # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
@@ -130,7 +132,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
-            "drop_effect": drop_effect,
+            "drop_effect": drop_effect, "diverged": diverged,
             "result": result, "fitted": fitted, "stack": stack}
 
 

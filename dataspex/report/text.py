@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
+from dataspex.store import health
 
 # The pair lists the report shows, with what each kind means for the test loss.
 KINDS = {kind: PAIR_KINDS[kind] for kind in ("harmful", "redundant")}
@@ -65,6 +66,10 @@ def _ids(examples) -> str:
 def _headline(ctx) -> list[str]:
     """The summary's bullet points (plain text, shared by HTML and Markdown)."""
     out = []
+    diverged = ctx.get("diverged")
+    if diverged and diverged["n_flagged"]:
+        out.append(f"Warning: training diverged or did not converge on {health.summary(diverged)}; their "
+                   "retrains are in every fit above and likely useless: lower train.lr and retrain in a new run_dir.")
     validation, vmeta = ctx["validation"], ctx["vmeta"]
     if validation is not None:
         level = round(100 * vmeta["level"])
