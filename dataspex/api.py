@@ -67,7 +67,7 @@ class Run:
     def data(self):
         """The train and test splits (``dataspex.core.data.TaskData``), checked against the run's fingerprint."""
         data = load_data(self.config.data, self.config.model.task)
-        stored = read_json(self.store.path("fingerprint.json")).get("data")
+        stored = (self.store.stored_fingerprint() or {}).get("data")
         if stored is not None and stored != data.content_hash():
             raise DataspexError(f"the data described in {self.path}/config.yaml no longer matches the run's "
                                 "fingerprint (the files changed since the run)")
