@@ -13,8 +13,10 @@ import pytest
 
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import load_npz
+from dataspex.stages.rundir import shard_rows
 from dataspex.store import RunStore
-from tests.conftest import run_cli
+from dataspex.train.engine import pass_groups
+from tests.conftest import TINY, run_cli
 from tests.test_sweeps import (JOB, assert_same_results, fresh_copy, last_sweep_log, reference_run, start_sweep, stop,
                                sweep)
 
@@ -42,38 +44,63 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def test_kill_9_worker_mid_shard_then_rerun(tmp_path_factory, tmp_path):
-    """A sweep of 2 shards as local jobs (submitit, one process per shard, one file per mask); the first worker
-    to write a result is SIGKILLed mid-shard. The sweep fails; running it again finishes the run exactly.
+# TINY with design.seed=3, trained 100 epochs, one adapter per pass: in shard 0 of 2 the first mask keeps the
+# most examples, so the batched engine (passes in order of kept count) trains it last; each pass takes long
+# enough (~0.3 s) to kill a worker between two of them.
+KILL_RUN = [*(a for a in TINY if not a.startswith("train.epochs=")), "design.seed=3", "train.epochs=100",
+            "train.adapters_per_pass=1"]
 
-    On the default (batched) engine with one adapter per pass: passes run in order of kept count, not in the
-    masks' input order, and each pass's result is written as soon as the pass is done, so a kill loses only the
-    pass in progress (at least one result of the killed shard is on disk). Its reference is an uninterrupted run
-    with the same settings."""
-    ref = fresh_copy(reference_run(tmp_path_factory), tmp_path / "batched-reference")
-    run_cli("train", f"run_dir={ref}", *JOB, "train.adapters_per_pass=1")
+
+def _pass_order(design, shard: int, count: int) -> list[int]:
+    """The shard's mask ids in the order the batched engine trains them, one adapter per pass."""
+    rows = shard_rows(len(design), shard, count)
+    return [int(design.mask_ids[rows][g[0]]) for g in pass_groups(design.masks[rows].sum(axis=1).tolist(), 1)]
+
+
+def test_kill_9_worker_mid_shard_then_rerun(tmp_path):
+    """A sweep of 2 shards as local jobs (submitit, one process per shard) on the default batched engine, one
+    adapter per pass and one file per mask; a worker is SIGKILLed as soon as it has written its first result.
+    Its passes finish out of input order (the shard's first mask is its last pass), and each pass's result is
+    written as soon as the pass is done, so what the killed worker leaves on disk is exactly its first passes:
+    only the pass in progress (and those not started) are lost. (An engine that yields in input order writes
+    nothing until the last pass, then everything at once.) The sweep fails; running it again finishes the run
+    exactly as an uninterrupted run."""
+    ref = str(tmp_path / "reference")
+    run_cli("design", f"run_dir={ref}", *KILL_RUN)
+    run_cli("train", f"run_dir={ref}", *JOB)
     run_dir = fresh_copy(ref, tmp_path / "run")
     store = RunStore(run_dir)
+    design = store.load_design()
+    shard = 0
+    order = _pass_order(design, shard, 2)
+    assert order[-1] == int(design.mask_ids[shard_rows(len(design), shard, 2)][0])  # out of input order
+
+    def shard_files():
+        return [p for p in store.result_files() if int(load_npz(p)[0]["mask_ids"][0]) % 2 == shard]
+
     args = [f"run_dir={run_dir}", "hydra/launcher=local_jobs", "shard.count=2", "shard.index=range(0,2)",
-            "train.chunk_size=1", "train.adapters_per_pass=1", *JOB]
+            "train.chunk_size=1", *JOB]
     driver = start_sweep(*args, log_path=tmp_path / "driver.log")
     try:
-        first = _wait_for(store.result_files, 180, "a first result file", driver)[0]
-        arrays, meta = load_npz(first)
-        worker, shard = meta["pid"], int(arrays["mask_ids"][0]) % 2
+        seen = _wait_for(shard_files, 180, f"a first result file of shard {shard}", driver)
+        worker = load_npz(seen[0])[1]["pid"]
         assert _descends_from(worker, driver.pid)  # a job process of our sweep, nothing else
         os.kill(worker, signal.SIGKILL)
+        written = {int(load_npz(p)[0]["mask_ids"][0]) for p in seen}
         assert driver.wait(120) != 0  # the sweep reports the lost job (and does not hang)
     finally:
         stop(driver)
     log = (tmp_path / "driver.log").read_text()
     assert "UncompletedJobError" in log or "has not produced any output" in log, log[-3000:]
-    done = store.scan().done
-    killed_shard = {i for i in range(10) if i % 2 == shard}
-    assert 0 < len(done & killed_shard) < len(killed_shard), "the worker was not killed mid-shard"
+    saved = store.scan().done & set(order)
+    assert 0 < len(saved) < len(order), f"the worker was not killed mid-shard: {sorted(saved)} of {order}"
+    # written in the order the passes finished, each at once: the first passes, nothing finished held back
+    assert written <= saved == set(order[: len(saved)]), (order, sorted(written), sorted(saved))
 
     sweep(*args)
-    assert f"train: shard {shard}/2 has 5 masks, {len(done & killed_shard)} already done" in last_sweep_log(run_dir)
+    rerun = last_sweep_log(run_dir)
+    assert f"train: shard {shard}/2 has 5 masks, {len(saved)} already done" in rerun
+    assert "1 adapters per pass" in rerun  # the batched engine, as the design's run was made
     assert_same_results(run_dir, ref)
     assert not os.path.exists(store.path("results", "quarantine"))
 

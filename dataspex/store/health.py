@@ -110,5 +110,7 @@ def _flags(n_masks: int, reasons: dict, max_loss: float) -> dict:
     for why in reasons.values():
         for reason in why:
             counts[reason] = counts.get(reason, 0) + 1
+    order = [NON_FINITE_TEST, absurd(max_loss), NON_FINITE_TRAIN, NOT_FALLING]  # the order the checks run in
+    counts = dict(sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     return {"n_masks": int(n_masks), "n_flagged": len(reasons), "ids": sorted(reasons),
             "reasons": {i: reasons[i] for i in sorted(reasons)}, "counts": counts, "max_loss": float(max_loss)}
