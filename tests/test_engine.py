@@ -12,7 +12,7 @@ from dataspex.core.data import Split
 from dataspex.core.demo import make_demo
 from dataspex.core.errors import DataspexError
 from dataspex.core.models import load_base_model, load_tokenizer
-from dataspex.train import engine, get_engine, modules, naive, optimizer
+from dataspex.train import engine, get_engine, modules, naive, optimizer, packing
 from dataspex.train.common import encode
 
 TOL = 1e-4
@@ -88,6 +88,9 @@ def assert_same(reference, batched):
     ("top:2", ("query", "value"), 2, True),  # prefix cache; passes of 2 and 1 adapters
     ("top:2", ("key", "value", "dense"), "auto", True),  # every linear but the query, [CLS] keys not folded
     ("top:1", ("query", "value"), "auto", False),  # frozen layers recomputed per batch
+    ("top:1", ("query", "value"), "auto", True),  # the default: cached q/k/v, [CLS] attention token by token
+    ("top:1", ("query",), 2, True),  # the value frozen: its cached output used as it is
+    ("top:1", ("key", "value", "dense"), "auto", True),  # an adapted key on the cached base keys
 ])
 def test_classification_matches_naive(minilm, layers, targets, per_pass, cache):
     base, train, test = minilm
@@ -200,3 +203,38 @@ def test_get_engine_names_the_two_engines():
     assert get_engine("batched") is engine.train_masks
     with pytest.raises(DataspexError, match="train.engine='fast' is not one of: naive, batched"):
         get_engine("fast")
+
+
+@pytest.mark.parametrize("per_row", [[3, 1, 4, 2, 2, 5], [2, 2, 3, 3, 2, 2]])  # adapters' blocks ragged, uniform
+def test_attend_first_packed_matches_padded_attention(per_row):
+    """The [CLS] attention of the last layer, token by token with the value's LoRA applied after the weighted
+    sum, against SDPA on right-padded rows with the LoRA applied to every token: same outputs, same gradients."""
+    torch.manual_seed(0)
+    heads, size, d, r, groups = 2, 3, 5, 2, 2
+    lengths = torch.tensor(per_row)
+    pk = packing.Packing(lengths, groups)
+    t, n = int(lengths.sum()), len(per_row)
+    q, k, v_base, x = (torch.randn(rows, heads * size, dtype=torch.float64) for rows in (n, t, t, t))
+    x = x[:, :d]
+    lora = modules.BatchedLoRA(torch.nn.Linear(d, heads * size))
+    a = torch.randn(groups, r, d, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(groups, heads * size, r, dtype=torch.float64, requires_grad=True)
+    q.requires_grad_(True)
+
+    def reference():
+        owner = torch.repeat_interleave(torch.arange(groups), lengths.view(groups, -1).sum(1))
+        v = v_base + torch.einsum("tor,tr->to", b[owner], torch.einsum("trd,td->tr", a[owner], x))
+        kp, vp = (pk.padded(z).view(n, -1, heads, size).transpose(1, 2) for z in (k, v))
+        ctx = torch.nn.functional.scaled_dot_product_attention(q.view(n, 1, heads, size).transpose(1, 2), kp, vp,
+                                                               attn_mask=pk.key_mask, scale=0.7)
+        return ctx.transpose(1, 2).reshape(n, heads * size)
+
+    lora.A, lora.B = a, b
+    mine = pk.attend_first_packed(q, k, v_base, heads, 0.7, lora, x)
+    expected = reference()
+    torch.testing.assert_close(mine, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(mine)
+    got = torch.autograd.grad((mine * weights).sum(), (q, a, b))
+    want = torch.autograd.grad((expected * weights).sum(), (q, a, b))
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)

@@ -58,6 +58,36 @@ def padding_mask(lengths: torch.Tensor, width: int, causal: bool, eager: bool, d
                                                                                        torch.finfo(dtype).min)
 
 
+class CachedTokens:
+    """Packed tokens (T, d) of a batch's rows held as positions in a prefix cache and gathered only where used:
+    the last layer, run on first tokens only, reads its input at the first tokens and, for a LoRA on the
+    value, in the adapters' blocks (``Packing.gather``), never as one (T, d) copy."""
+
+    def __init__(self, cache: torch.Tensor, tokens: torch.Tensor):
+        self.cache, self.tokens = cache, tokens
+        self._packed = None
+
+    def packed(self) -> torch.Tensor:
+        if self._packed is None:
+            self._packed = self.cache.index_select(0, self.tokens)
+        return self._packed
+
+    def at(self, index: torch.Tensor) -> torch.Tensor:
+        """The tokens at packed positions ``index`` (any shape) -> (*index.shape, d)."""
+        flat = self.cache.index_select(0, self.tokens[index.reshape(-1)])
+        return flat.view(*index.shape, -1)
+
+
+def packed(x) -> torch.Tensor:
+    """Packed tokens (T, d) of a tensor or ``CachedTokens``."""
+    return x.packed() if isinstance(x, CachedTokens) else x
+
+
+def take(x, index: torch.Tensor) -> torch.Tensor:
+    """Tokens at packed positions ``index`` of a tensor or ``CachedTokens``."""
+    return x.at(index) if isinstance(x, CachedTokens) else x[index]
+
+
 class Packing:
     """A batch of N right-padded rows of ``lengths`` (N,), held as T packed tokens (no padding).
 
@@ -76,37 +106,71 @@ class Packing:
         self.first = torch.cumsum(lengths, 0) - lengths
         self.unpad = (torch.arange(n, device=device)[:, None] * width + pos[None, :])[self.valid]
         self.key_mask = self.valid[:, None, None, :]
+        self._row = None
         self.uniform = True
         if groups:
             per = lengths.view(groups, -1).sum(1)
             start = torch.cumsum(per, 0) - per
             tmax = int(per.max())
             self.uniform = bool((per == tmax).all())
+            self.per_adapter = per.tolist()  # tokens per adapter
             if not self.uniform:
                 self.gather = start[:, None] + torch.minimum(torch.arange(tmax, device=device)[None, :],
                                                              per[:, None] - 1)
                 owner = torch.repeat_interleave(torch.arange(groups, device=device), per)
                 self.scatter = owner * tmax + torch.arange(len(owner), device=device) - start[owner]
 
+    @property
+    def row(self) -> torch.Tensor:
+        """(T,) the row of each packed token."""
+        if self._row is None:
+            self._row = torch.repeat_interleave(torch.arange(len(self.lengths), device=self.lengths.device),
+                                                self.lengths)
+        return self._row
+
     def padded(self, t):
         """Packed (T, c) -> right-padded (N, L, c), zeros at padding (masked as keys, discarded as queries)."""
         n, width = self.valid.shape
         return t.new_zeros(n * width, t.shape[-1]).index_copy(0, self.unpad, t).view(n, width, -1)
 
-    def attend(self, q, k, v, heads: int, scale: float, first_only: bool = False):
-        """Self-attention of packed q, k, v (T, H*dh) -> (T, H*dh); ``first_only``: q is (N, H*dh), one query per
-        row, and the result (N, H*dh)."""
+    def attend(self, q, k, v, heads: int, scale: float):
+        """Self-attention of packed q, k, v (T, H*dh) -> (T, H*dh)."""
         n, width = self.valid.shape
         size = k.shape[-1] // heads
-        kp = self.padded(k).view(n, width, heads, size).transpose(1, 2)
-        vp = self.padded(v).view(n, width, heads, size).transpose(1, 2)
-        if first_only:
-            qp = q.view(n, 1, heads, size).transpose(1, 2)
-        else:
-            qp = self.padded(q).view(n, width, heads, size).transpose(1, 2)
+        kp, vp, qp = (self.padded(t).view(n, width, heads, size).transpose(1, 2) for t in (k, v, q))
         ctx = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=self.key_mask, scale=scale)
-        ctx = ctx.transpose(1, 2).reshape(-1, heads * size)
-        return ctx if first_only else ctx.index_select(0, self.unpad)
+        return ctx.transpose(1, 2).reshape(-1, heads * size).index_select(0, self.unpad)
+
+    def attend_first_packed(self, q, k, v, heads: int, scale: float, lora=None, x=None):
+        """Attention context of each row's first token, (N, H*dh), from its query q (N, H*dh) and the packed keys
+        and values k, v (T, H*dh): scores token by token (one dot product per token and head), a softmax per
+        row on the (N, L, H) scores alone, and the weighted values summed into their rows. No (N, L, d) padded
+        copy and no attention kernel for one query.
+
+        ``lora``: a BatchedLoRA on the value whose frozen output ``v`` is; its update is applied after the
+        weighted sum, sum_j p_hj B A x_j = B_h (sum_j p_hj A x_j), so per token only A x_j (r numbers) is formed
+        from the packed inputs ``x`` (T, d) (a tensor or ``CachedTokens``), never a (T, d) update. Exact algebra."""
+        n, width = self.valid.shape
+        t, size = k.shape[0], k.shape[-1] // heads
+        row = self.row
+        qt = q.view(n, heads, size).index_select(0, row)  # (T, H, dh)
+        scores = (qt * k.view(t, heads, size)).sum(-1) * scale  # (T, H)
+        padded = scores.new_full((n * width, heads), float("-inf")).index_copy(0, self.unpad, scores)
+        weights = torch.softmax(padded.view(n, width, heads), dim=1).view(n * width, heads).index_select(0, self.unpad)
+        weighted = weights[..., None] * v.view(t, heads, size)  # (T, H, dh)
+        ctx = v.new_zeros(n, heads, size).index_add(0, row, weighted)
+        if lora is not None:
+            g, r = lora.A.shape[0], lora.A.shape[1]
+            xs = packed(x)
+            if self.uniform:
+                xa = torch.bmm(xs.view(g, t // g, -1), lora.A.transpose(1, 2)).view(t, r)
+            else:  # adapter by adapter on its own block of tokens: no padded (G, Tmax, d) copy
+                xa = torch.cat([blk @ a.T for blk, a in zip(xs.split(self.per_adapter), lora.A)])  # (T, r)
+            summed = v.new_zeros(n, heads, r).index_add(0, row, weights[..., None] * xa[:, None, :])  # (N, H, r)
+            update = torch.einsum("gbhr,gher->gbhe", summed.view(g, -1, heads, r),
+                                  lora.B.view(g, heads, size, r))
+            ctx = ctx + update.reshape(n, heads, size)
+        return ctx.view(n, heads * size)
 
     def attend_first_folded(self, q, x, key: nn.Linear, value, heads: int, scale: float):
         """Attention context of each row's first token, (N, H*dh), from q (N, H*dh) and the layer input x

@@ -17,7 +17,7 @@ from torch import nn
 
 from dataspex.train.common import IGNORE, Encoded, margins, per_example_loss
 from dataspex.train.modules import BatchedLoRA, linear_forward
-from dataspex.train.packing import DeviceSplit, Packing, padding_mask, to_device_split
+from dataspex.train.packing import CachedTokens, DeviceSplit, Packing, packed, padding_mask, take, to_device_split
 
 
 def split_layer(names: list[str], prefix: str, n_layers: int, after: tuple[str, ...]) -> int | None:
@@ -49,6 +49,11 @@ def _cache_budget(device) -> int:
 
 
 # -------------------------------------------------------------------------------- BERT, packed
+
+def _known(module, base_out) -> bool:
+    """A frozen plain linear whose output is already known (cached): its input is not needed."""
+    return base_out is not None and not isinstance(module, BatchedLoRA)
+
 
 class BertRunner:
     """BertForSequenceClassification, run on packed tokens: no linear layer ever sees a padding token.
@@ -92,21 +97,33 @@ class BertRunner:
 
     def layer(self, i: int, x, pk: Packing, qkv=None, first_only: bool = False):
         """BertLayer ``i`` on packed x (T, d) -> (T, d), or (N, d) for each row's first token (``first_only``).
-        ``qkv``: the base query/key/value outputs when already known (cached)."""
+        ``qkv``: the base query/key/value outputs when already known (cached): (T, d) each, but the query (N, d)
+        at the first tokens only when ``first_only``.
+
+        With ``first_only``, keys and values known (cached) cost one dot product per token, so they are used
+        as they are (``attend_first_packed``); otherwise, when they can be, they are folded into per-row sums
+        (``attend_first_folded``), which saves projecting every token by two d x d matrices."""
         layer = self.layers[i]
         sa = layer.attention.self
         base_q, base_k, base_v = qkv if qkv is not None else (None, None, None)
-        residual = x
-        if first_only:
-            residual = x[pk.first]
-            base_q = None if base_q is None else base_q[pk.first]
+        if not first_only:
+            x = packed(x)
+        residual = take(x, pk.first) if first_only else x
         q = linear_forward(sa.query, residual, None if first_only else pk, base_q)  # (N, d) rows are adapter-major too
         if first_only and base_k is None and self._foldable(sa):
-            ctx = pk.attend_first_folded(q, x, sa.key, sa.value, sa.num_attention_heads, sa.scaling)
+            ctx = pk.attend_first_folded(q, packed(x), sa.key, sa.value, sa.num_attention_heads, sa.scaling)
         else:
-            k = linear_forward(sa.key, x, pk, base_k)
-            v = linear_forward(sa.value, x, pk, base_v)
-            ctx = pk.attend(q, k, v, sa.num_attention_heads, sa.scaling, first_only)
+            k = base_k if _known(sa.key, base_k) else linear_forward(sa.key, packed(x), pk, base_k)
+            if first_only:
+                lora = sa.value if isinstance(sa.value, BatchedLoRA) else None
+                if lora is not None:
+                    v = sa.value.base(packed(x)) if base_v is None else base_v
+                else:
+                    v = base_v if _known(sa.value, base_v) else linear_forward(sa.value, packed(x), pk, base_v)
+                ctx = pk.attend_first_packed(q, k, v, sa.num_attention_heads, sa.scaling, lora, x)
+            else:
+                v = linear_forward(sa.value, x, pk, base_v)
+                ctx = pk.attend(q, k, v, sa.num_attention_heads, sa.scaling)
         block = pk if not first_only else None
         out = layer.attention.output
         a = out.LayerNorm(linear_forward(out.dense, ctx, block) + residual)
@@ -160,17 +177,20 @@ class BertRunner:
         lengths = split.lengths[rows]
         pk = Packing(lengths, groups)
         qkv = None
+        n = len(self.layers)
         if self.cache:
             tokens = (split.offsets[rows][:, None] + torch.arange(pk.valid.shape[1], device=rows.device))[pk.valid]
-            x = split.hidden[tokens]
+            x = CachedTokens(split.hidden, tokens)
             if split.qkv is not None:
-                qkv = tuple(t[tokens] for t in split.qkv)
+                qkv = tuple(t.index_select(0, tokens) for t in split.qkv[1:])
+                # the last layer, run on first tokens only, needs its query there alone
+                at = split.offsets[rows] if self.first_trained == n - 1 else tokens
+                qkv = (split.qkv[0].index_select(0, at), *qkv)
         else:
             with torch.no_grad():
                 x = self._bottom(split, rows)
-        n = len(self.layers)
         if self.first_trained == n:
-            cls = x[pk.first]
+            cls = take(x, pk.first)
         else:
             for i in range(self.first_trained, n - 1):
                 x = self.layer(i, x, pk, qkv if i == self.first_trained else None)
