@@ -9,6 +9,13 @@ here, and checks that the engine's test losses match naive's on the masks both r
     python benchmarks/train_throughput.py                 # the table in benchmarks/README.md
     python benchmarks/train_throughput.py --quick         # a smoke run (~1 minute)
     python benchmarks/train_throughput.py --masks 128 --layers top:2 --ks 16,auto
+    python benchmarks/train_throughput.py --real fortunes --n-train 256 --masks 32 --naive-masks 2 --against 0733297
+
+With ``--real``, the default engine trains on real texts (``benchmarks/realdata.py``: Debian's fortunes or
+WordNet glosses) at ``--n-train`` examples and ``--max-length`` tokens, beside the naive loop and, with
+``--against REV``, the engine of an earlier commit run from ``git archive REV`` in a child process on the same
+data and masks, so that the speed-up is a ratio measured in one run. Seconds per retrain include building the
+engine and its prefix cache, spread over the run's masks.
 """
 
 from __future__ import annotations
@@ -150,7 +157,145 @@ def bench_layers(layers: str, opts, peak: float) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
+# --------------------------------------------------------------------------- real-size data (issue 15)
+
+def real_layers(opts) -> str:
+    """--real runs one layer setting: the default (top:1) unless --layers names one."""
+    return "top:1" if opts.layers == "null,top:2,top:1" else opts.layers.split(",")[0]
+
+
+def real_config(opts, folder: str):
+    overrides = ["data=files", f"data.train_file={folder}/train.csv", f"data.test_file={folder}/test.csv",
+                 f"model.max_length={opts.max_length}", *opts.set]
+    return load_config(real_layers(opts), overrides)
+
+
+def _against_child(argv) -> int:
+    """``--child REV_DIR FOLDER MASKS.npy``: time the engine of an older checkout (``REV_DIR`` on sys.path
+    first) on the same data and masks; prints one JSON line {seconds, losses, package}."""
+    import json
+
+    rev_dir, folder, masks_path, rest = argv[0], argv[1], argv[2], argv[3:]
+    sys.path.insert(0, rev_dir)
+    opts = _parser().parse_args(rest)
+    torch.set_num_threads(opts.threads)
+    import dataspex
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = real_config(opts, folder)
+    base, train, test = setup(cfg)
+    masks = np.load(masks_path)
+    seconds, out = run(engine_with("auto"), (base, cfg.lora, cfg.train, train, test, masks), np.arange(len(masks)))
+    print(json.dumps({"seconds": seconds, "losses": {str(k): v.tolist() for k, v in out.items()},
+                      "package": os.path.dirname(dataspex.__file__)}))
+    return 0
+
+
+def _run_against(rev_dir: str, folder: str, masks_path: str, argv_rest) -> tuple[float, dict]:
+    import json
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=rev_dir)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", rev_dir, folder, masks_path,
+                           *argv_rest], capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the --against child failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not result["package"].startswith(rev_dir):
+        raise RuntimeError(f"the --against child imported dataspex from {result['package']}, not {rev_dir}")
+    return result["seconds"], {int(k): np.array(v) for k, v in result["losses"].items()}
+
+
+def bench_real(opts, argv_rest, peak: float) -> list[dict]:
+    """The default engine on real texts (benchmarks/realdata.py) at ``--n-train``, beside the naive loop and,
+    with ``--against REV``, the engine of commit REV, interleaved round by round."""
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import realdata
+    from dataspex.train.naive import train_masks as naive
+
+    work = tempfile.mkdtemp(prefix="dataspex-throughput-")
+    folder = os.path.join(work, "data")
+    realdata.write(realdata.build(opts.real, opts.n_train, n_test=opts.n_test, n_eval=0, seed=0), folder)
+    cfg = real_config(opts, folder)
+    base, train, test = setup(cfg)
+    lengths = [len(ids) for ids in train.input_ids]
+    print(f"  {opts.real}: n_train={len(train)}, n_test={len(test)}, tokens per text mean {np.mean(lengths):.1f}, "
+          f"max {max(lengths)} (model.max_length={opts.max_length})", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    masks = (rng.random((opts.masks, len(train))) < cfg.design.p).astype(np.uint8)
+    masks[masks.sum(axis=1) == 0, 0] = 1
+    masks_path = os.path.join(work, "masks.npy")
+    np.save(masks_path, masks)
+    rev_dir = None
+    if opts.against:
+        rev_dir = os.path.join(work, "rev")
+        os.makedirs(rev_dir)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", opts.against, "dataspex"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", rev_dir], input=archive, check=True)
+    args = (base, cfg.lora, cfg.train, train, test, masks)
+    all_ids = np.arange(opts.masks)
+    seconds = {"naive": [], "engine": [], "against": []}
+    losses = {"naive": {}, "engine": {}, "against": {}}
+    for r in range(opts.rounds):
+        ids = all_ids[(r * opts.naive_masks + np.arange(opts.naive_masks)) % opts.masks]
+        t, out = run(naive, args, ids)
+        seconds["naive"].append(t / len(ids))
+        losses["naive"].update(out)
+        t, out = run(engine_with("auto"), args, all_ids)
+        seconds["engine"].append(t / len(all_ids))
+        losses["engine"].update(out)
+        if rev_dir:
+            t, out = _run_against(rev_dir, folder, masks_path, argv_rest)
+            seconds["against"].append(t / len(all_ids))
+            losses["against"].update(out)
+        print(f"  round {r + 1}/{opts.rounds}: " + ", ".join(
+            f"{k} {statistics.median(v):.3f} s/retrain" for k, v in seconds.items() if v), file=sys.stderr)
+    flops = {"naive": count_flops(naive, args, all_ids[:1]),
+             "engine": count_flops(engine_with("auto"), args, all_ids[: min(opts.masks, 16)])}
+    rows = []
+    for name in ("naive", "engine", "against"):
+        if not seconds[name]:
+            continue
+        per = statistics.median(seconds[name])
+        ratios = [n / e for n, e in zip(seconds["naive"], seconds[name])]
+        row = {"engine": {"naive": "naive", "engine": "batched (this checkout)",
+                          "against": f"batched at {opts.against}"}[name],
+               "s_per": per, "x_naive": statistics.median(ratios), "gflop": flops.get(name, float("nan")) / 1e9,
+               "diff": max((float(np.abs(losses[name][m] - losses["naive"][m]).max()) for m in losses["naive"]),
+                           default=0.0)}
+        if name == "engine" and seconds["against"]:
+            row["x_against"] = statistics.median([a / e for a, e in zip(seconds["against"], seconds["engine"])])
+        rows.append(row)
+    for row in rows:
+        row["gflops"] = row["gflop"] / row["s_per"]
+        row["peak"] = row["gflops"] * 1e9 / peak
+    return rows
+
+
+def print_real(rows, opts, peak):
+    print(f"\ntorch {torch.__version__}, {opts.threads} thread(s), dense fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
+          f"{opts.real} at n_train={opts.n_train}, model.max_length={opts.max_length}, lora.layers="
+          f"{real_layers(opts)}{''.join(' ' + o for o in opts.set)}; {opts.masks} masks per engine run, "
+          f"{opts.naive_masks} per naive run, {opts.rounds} interleaved round(s)\n")
+    print("| engine | s / retrain | x naive | x --against | GFLOP / retrain | GFLOP/s | % of peak "
+          "| max abs diff vs naive |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['s_per']:.3f} | {r['x_naive']:.1f} | {_num(r.get('x_against', math.nan), '.2f')} "
+              f"| {_num(r['gflop'], '.1f')} | {_num(r['gflops'], '.1f')} | {_num(100 * r['peak'], '.0f', '%')} "
+              f"| {r['diff']:.1e} |")
+    worst = max(r["diff"] for r in rows)
+    print(f"\n{'OK' if worst <= opts.tolerance else 'FAIL'}: test losses within {worst:.1e} of naive's "
+          f"(bound {opts.tolerance:g} nats)")
+    return int(worst > opts.tolerance)
+
+
+def _parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--masks", type=int, default=None, help="masks per engine run (default 64; quick 16)")
     parser.add_argument("--naive-masks", type=int, default=None, help="masks per naive run (default 6; quick 2)")
@@ -161,7 +306,23 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: fewer masks, one round")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override, e.g. --set train.epochs=4 (repeatable)")
-    opts = parser.parse_args(argv)
+    parser.add_argument("--real", choices=("fortunes", "wordnet"), default=None,
+                        help="real texts (benchmarks/realdata.py) instead of the demo; the default engine only")
+    parser.add_argument("--n-train", type=int, default=256, help="with --real")
+    parser.add_argument("--n-test", type=int, default=64, help="with --real")
+    parser.add_argument("--max-length", type=int, default=64, help="with --real: model.max_length (tokens)")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="with --real: also time the engine of git commit REV, in a child process")
+    parser.add_argument("--tolerance", type=float, default=1e-3,
+                        help="with --real: max abs test-loss difference from naive (12 epochs amplify rounding)")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--child"]:
+        return _against_child(argv[1:])
+    opts = _parser().parse_args(argv)
     opts.masks = opts.masks or (16 if opts.quick else 64)
     opts.naive_masks = opts.naive_masks or (2 if opts.quick else 6)
     opts.rounds = opts.rounds or (1 if opts.quick else 2)
@@ -172,6 +333,13 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     peak = matmul_peak(opts.threads)
+    if opts.real:
+        rest = [a for a in argv if a != "--quick"]
+        rows = bench_real(opts, rest, peak)
+        peak = max(peak, matmul_peak(opts.threads))
+        for r in rows:
+            r["peak"] = r["gflops"] * 1e9 / peak
+        return print_real(rows, opts, peak)
     rows = []
     for layers in opts.layers.split(","):
         rows += bench_layers(layers, opts, peak)

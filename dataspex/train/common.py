@@ -5,6 +5,9 @@ so every mask starts from the same head. Each mask then gets its own seed derive
 ``(train.seed, mask_id)`` with ``train.seed_policy=per_mask`` (the default), or ``train.seed`` itself with
 ``seed_policy=shared`` (common random numbers). That seed draws the LoRA A matrices and the epoch shuffles,
 so a mask's result depends only on the mask, its id and the config - never on which worker ran it or when.
+Under ``shared`` each epoch's order is also one permutation of the whole training set restricted to the
+mask's examples (``epoch_batches`` with ``n_train``), so two masks that differ in a few examples see the rest
+in the same order and train alike: their difference is the examples', not the shuffle's.
 Dropout is off during training (the model stays in eval mode), so a run is deterministic on a given machine.
 
 Training losses: every engine also reports each mask's training-loss record (1 + epochs,) float64 (see
@@ -119,14 +122,33 @@ def mask_seed(seed: int, mask_id: int, policy: str) -> int:
     raise DataspexError(f"train.seed_policy={policy!r} is not one of: per_mask, shared")
 
 
-def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """Every optimiser step's example indices: each epoch a fresh shuffle of ``kept`` cut into batches."""
+def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int,
+                  n_train: int | None = None) -> list[np.ndarray]:
+    """Every optimiser step's example indices: each epoch a fresh shuffle of ``kept`` cut into batches. With
+    ``n_train``, each epoch's shuffle is a permutation of all ``n_train`` examples restricted to ``kept`` (the
+    same permutations for every mask under one seed: common random numbers)."""
     gen = torch.Generator().manual_seed(seed)
     steps = []
+    if n_train is not None:
+        keep = np.zeros(n_train, dtype=bool)
+        keep[kept] = True
     for _ in range(epochs):
-        order = kept[torch.randperm(len(kept), generator=gen).numpy()]
+        if n_train is None:
+            order = kept[torch.randperm(len(kept), generator=gen).numpy()]
+        else:
+            perm = torch.randperm(n_train, generator=gen).numpy()
+            order = perm[keep[perm]]
         steps += [order[s: s + batch_size] for s in range(0, len(order), batch_size)]
     return steps
+
+
+def mask_schedule(kept: np.ndarray, train_cfg, mask_id: int, n_train: int) -> tuple[int, list[np.ndarray]]:
+    """A mask's seed (``mask_seed``) and its optimiser steps (``epoch_batches``) under ``train.seed_policy``;
+    every engine trains by these."""
+    seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy)
+    shared = str(train_cfg.seed_policy) == "shared"
+    return seed, epoch_batches(kept, int(train_cfg.epochs), int(train_cfg.batch_size), seed,
+                               n_train if shared else None)
 
 
 def loss_record(steps: list[np.ndarray], epochs: int) -> tuple[np.ndarray, np.ndarray]:

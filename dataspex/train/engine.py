@@ -1,7 +1,7 @@
 """The batched retraining engine: many masks' LoRA adapters train in one pass, with the naive loop's results.
 
 What each adapter gets is exactly what ``naive.finetune`` gives its peft model: its own kept examples in the
-order ``epoch_batches`` draws, LoRA A from ``lora_init`` and B = 0, the base model's head, the mean loss over
+order ``mask_schedule`` draws, LoRA A from ``lora_init`` and B = 0, the base model's head, the mean loss over
 its own batch, and AdamW (torch's defaults) with its own step count. What is shared, and why that is exact:
 
 * **Adapters side by side.** The G adapters of a pass share the frozen base. Rows are laid out adapter-major
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from dataspex.core.errors import DataspexError
-from dataspex.train.common import Encoded, check_finite, check_mask, epoch_batches, loss_record, mask_seed
+from dataspex.train.common import Encoded, check_finite, check_mask, loss_record, mask_schedule
 from dataspex.train.modules import BatchedLinear, BatchedLoRA, Layout, Unsupported, find_targets, shared_copy
 from dataspex.train.naive import train_masks as naive_train_masks
 from dataspex.train.optimizer import BatchedAdamW, _LossScale
@@ -288,15 +288,15 @@ def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks:
         log.warning("batched engine: %s; running the naive loop instead (same results, slower)", exc)
         yield from naive_train_masks(base, lora_cfg, train_cfg, train, test, masks, mask_ids)
         return
-    batch_size, epochs = int(train_cfg.batch_size), int(train_cfg.epochs)
+    batch_size = int(train_cfg.batch_size)
     mean_len = float(np.mean([len(s) for s in train.input_ids]))
     per_pass = opts.adapters_per_pass or auto_adapters(opts, engine, batch_size, mean_len)
     log.info("batched engine: %d masks, %d adapters per pass on %s; %s", len(kept), per_pass, opts.device,
              engine.runner.describe())
     train_split, test_split = engine.split(train), engine.split(test)
     for group in pass_groups([len(k) for k in kept], per_pass):
-        seeds = [mask_seed(train_cfg.seed, mask_ids[i], train_cfg.seed_policy) for i in group]
-        steps = [epoch_batches(kept[i], epochs, batch_size, s) for i, s in zip(group, seeds)]
+        seeds, steps = zip(*(mask_schedule(kept[i], train_cfg, mask_ids[i], len(train)) for i in group))
+        seeds, steps = list(seeds), list(steps)
         if max(len(s) for s in steps) == 0:
             flat, curves = engine.layout.initial(seeds, opts.device), np.full((len(group), 1), np.nan)
         else:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from dataspex.core.models import lora_config
-from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_batches, lora_init, loss_record,
-                                   margins, mask_seed, per_example_loss)
+from dataspex.train.common import (Encoded, check_finite, check_mask, lora_init, loss_record, margins,
+                                   mask_schedule, per_example_loss)
 
 
 def lora_modules(peft_model) -> list:
@@ -48,11 +48,10 @@ def finetune(base, lora_cfg, train_cfg, train: Encoded, mask: np.ndarray, mask_i
 def finetune_with_losses(base, lora_cfg, train_cfg, train: Encoded, mask: np.ndarray, mask_id: int):
     """:func:`finetune`, also returning the training-loss record (1 + epochs,) float64 (``common.loss_record``)."""
     kept = check_mask(mask, len(train), mask_id)
-    seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy)
+    seed, steps = mask_schedule(kept, train_cfg, mask_id, len(train))
     model = build_peft_model(base, lora_cfg, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    steps = epoch_batches(kept, train_cfg.epochs, train_cfg.batch_size, seed)
     columns, divisors = loss_record(steps, int(train_cfg.epochs))
     sums = np.zeros(len(divisors))
     for t, index in enumerate(steps):
