@@ -219,7 +219,8 @@ def bench_real(opts, argv_rest, peak: float) -> list[dict]:
 
     work = tempfile.mkdtemp(prefix="dataspex-throughput-")
     folder = os.path.join(work, "data")
-    realdata.write(realdata.build(opts.real, opts.n_train, n_test=opts.n_test, n_eval=0, seed=0), folder)
+    realdata.write(realdata.build(opts.real, opts.n_train, n_test=opts.n_test, n_eval=0, seed=0,
+                                  min_chars=opts.min_chars, max_chars=opts.max_chars), folder)
     cfg = real_config(opts, folder)
     base, train, test = setup(cfg)
     lengths = [len(ids) for ids in train.input_ids]
@@ -279,7 +280,8 @@ def bench_real(opts, argv_rest, peak: float) -> list[dict]:
 
 def print_real(rows, opts, peak):
     print(f"\ntorch {torch.__version__}, {opts.threads} thread(s), dense fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
-          f"{opts.real} at n_train={opts.n_train}, model.max_length={opts.max_length}, lora.layers="
+          f"{opts.real} at n_train={opts.n_train} ({opts.min_chars}-{opts.max_chars} characters), "
+          f"model.max_length={opts.max_length}, lora.layers="
           f"{real_layers(opts)}{''.join(' ' + o for o in opts.set)}; {opts.masks} masks per engine run, "
           f"{opts.naive_masks} per naive run, {opts.rounds} interleaved round(s)\n")
     print("| engine | s / retrain | x naive | x --against | GFLOP / retrain | GFLOP/s | % of peak "
@@ -311,6 +313,8 @@ def _parser():
     parser.add_argument("--n-train", type=int, default=256, help="with --real")
     parser.add_argument("--n-test", type=int, default=64, help="with --real")
     parser.add_argument("--max-length", type=int, default=64, help="with --real: model.max_length (tokens)")
+    parser.add_argument("--min-chars", type=int, default=40, help="with --real: shortest text (characters)")
+    parser.add_argument("--max-chars", type=int, default=400, help="with --real: longest text (characters)")
     parser.add_argument("--against", default=None, metavar="REV",
                         help="with --real: also time the engine of git commit REV, in a child process")
     parser.add_argument("--tolerance", type=float, default=1e-3,

@@ -64,7 +64,8 @@ def test_splits_are_fixed_disjoint_and_planted_as_stated(source):
     assert splits["train"] != other["train"]
     assert [len(splits[s]) for s in ("train", "test", "eval")] == [40, 12, 20]
     texts = {s: {t for t, _ in splits[s]} for s in ("train", "test", "eval")}
-    assert not texts["train"] & texts["eval"] and not texts["test"] & texts["eval"] and not texts["train"] & texts["test"]
+    assert not texts["train"] & texts["eval"] and not texts["test"] & texts["eval"]
+    assert not texts["train"] & texts["test"]
 
     rare = realdata.DEFAULT_RARE[source]
     planted = splits["planted"]
