@@ -17,8 +17,10 @@ its own batch, and AdamW (torch's defaults) with its own step count. What is sha
   only; attention alone re-pads (padded keys masked, as in a padded batch). The lowest adapted layer's frozen
   query/key/value outputs are cached with its input.
 * **Only the rows the loss reads.** BERT's classifier reads the pooled [CLS] row, so the last layer works on
-  the [CLS] query alone, with its keys and values folded into per-row sums (``Packing.attend_first_folded``).
-  Causal LMs compute logits only at completion positions.
+  the [CLS] query alone: with its keys and values cached (the default, top layer only) one dot product per token
+  and head, and the value's LoRA applied after the weighted sum (``Packing.attend_first_packed``); otherwise
+  with its keys and values folded into per-row sums (``Packing.attend_first_folded``). Causal LMs compute
+  logits only at completion positions.
 
 All of it is exact algebra; float32 sums run in another order than in the naive loop, so losses agree to
 rounding, amplified by training (``benchmarks/train_throughput.py`` measures both against naive, and naive
