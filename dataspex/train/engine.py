@@ -297,8 +297,8 @@ def train_masks(base, lora_cfg, train_cfg, train: Encoded, test: Encoded, masks:
              engine.runner.describe())
     train_split, test_split = engine.split(train), engine.split(test)
     for group in pass_groups([len(k) for k in kept], per_pass):
-        seeds, steps = zip(*(mask_schedule(kept[i], train_cfg, mask_ids[i], len(train)) for i in group))
-        seeds, steps = list(seeds), list(steps)
+        schedules = [mask_schedule(kept[i], train_cfg, mask_ids[i], len(train)) for i in group]
+        seeds, steps = [seed for seed, _ in schedules], [batches for _, batches in schedules]
         if max(len(s) for s in steps) == 0:
             flat, curves = engine.layout.initial(seeds, opts.device), np.full((len(group), 1), np.nan)
         else:

@@ -123,6 +123,15 @@ class BatchedLoRA(nn.Module):
         delta = torch.bmm(xa, self.B.transpose(1, 2)).reshape(-1, y.shape[-1])[packing.scatter]
         return y + delta
 
+    def down(self, x, packing):
+        """x A^T, each adapter's A on its own rows: packed tokens x (T, d_in) of a ``Packing`` -> (T, r). Ragged
+        blocks go adapter by adapter, with no padded (G, Tmax, d_in) copy of the inputs."""
+        g, r = self.A.shape[0], self.A.shape[1]
+        if packing.uniform:
+            return torch.bmm(x.reshape(g, -1, x.shape[-1]), self.A.transpose(1, 2)).reshape(-1, r)
+        blocks = x.split(packing.lengths.view(g, -1).sum(1).tolist())
+        return torch.cat([block @ a.T for block, a in zip(blocks, self.A)])
+
 
 class BatchedLinear(nn.Module):
     """A trained head linear, one per adapter: ``W`` (G, d_out, d_in), ``b`` (G, d_out) or None, bound per pass.

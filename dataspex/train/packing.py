@@ -113,7 +113,6 @@ class Packing:
             start = torch.cumsum(per, 0) - per
             tmax = int(per.max())
             self.uniform = bool((per == tmax).all())
-            self.per_adapter = per.tolist()  # tokens per adapter
             if not self.uniform:
                 self.gather = start[:, None] + torch.minimum(torch.arange(tmax, device=device)[None, :],
                                                              per[:, None] - 1)
@@ -161,11 +160,7 @@ class Packing:
         ctx = v.new_zeros(n, heads, size).index_add(0, row, weighted)
         if lora is not None:
             g, r = lora.A.shape[0], lora.A.shape[1]
-            xs = packed(x)
-            if self.uniform:
-                xa = torch.bmm(xs.view(g, t // g, -1), lora.A.transpose(1, 2)).view(t, r)
-            else:  # adapter by adapter on its own block of tokens: no padded (G, Tmax, d) copy
-                xa = torch.cat([blk @ a.T for blk, a in zip(xs.split(self.per_adapter), lora.A)])  # (T, r)
+            xa = lora.down(packed(x), self)  # (T, r)
             summed = v.new_zeros(n, heads, r).index_add(0, row, weights[..., None] * xa[:, None, :])  # (N, H, r)
             update = torch.einsum("gbhr,gher->gbhe", summed.view(g, -1, heads, r),
                                   lora.B.view(g, heads, size, r))

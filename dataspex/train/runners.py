@@ -115,11 +115,9 @@ class BertRunner:
         else:
             k = base_k if _known(sa.key, base_k) else linear_forward(sa.key, packed(x), pk, base_k)
             if first_only:
-                lora = sa.value if isinstance(sa.value, BatchedLoRA) else None
-                if lora is not None:
-                    v = sa.value.base(packed(x)) if base_v is None else base_v
-                else:
-                    v = base_v if _known(sa.value, base_v) else linear_forward(sa.value, packed(x), pk, base_v)
+                lora = sa.value if isinstance(sa.value, BatchedLoRA) else None  # applied after the weighted sum
+                frozen = sa.value.base if lora is not None else sa.value
+                v = base_v if base_v is not None else frozen(packed(x))
                 ctx = pk.attend_first_packed(q, k, v, sa.num_attention_heads, sa.scaling, lora, x)
             else:
                 v = linear_forward(sa.value, x, pk, base_v)
