@@ -304,3 +304,43 @@ def test_report_warns_about_diverged_masks(tmp_path):
     text = open(os.path.join(run_dir, "report", "report.md")).read()
     assert (f"training diverged or did not converge on 1 of {len(results)} masks: {int(results.mask_ids[3])} "
             "(test loss above 1000 nats: 1)") in text, text[:2000]
+
+
+# ----------------------------------------------------------------------------------------------- findings
+
+def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_path):
+    """Planted pairs: each is a finding (held-out q <= report.q_max) and gets an action. Pure noise in place of the
+    retrains (the same run, rows shuffled against the masks): the estimator still ranks pairs, but none is a finding,
+    there is nothing to act on, and the summary says so."""
+    from dataspex.store import RunStore
+
+    out = os.path.join(synthetic_run(), "report")
+    pairs = pd.read_parquet(os.path.join(out, "pairs.parquet"))
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    planted = {(p["i"], p["j"]) for p in __import__("dataspex").load_run(synthetic_run()).data.planted}
+    found = pairs[pairs["finding"]]
+    assert planted <= {(int(i), int(j)) for i, j in zip(found["i"], found["j"])}
+    assert (found["q_value"] <= 0.1).all() and (pairs.loc[~pairs["finding"], "q_value"].fillna(1) > 0.1).all()
+    assert summary["pair_tests"]["tested"] and summary["pair_tests"]["baseline"] == "linear"
+    assert summary["pair_tests"]["n_heldout"] == 16 and summary["pair_tests"]["n_findings"] == len(found)
+    from dataspex.report import SUMMARY_ROWS
+
+    harmful = found[found["kind"] == "harmful"].head(SUMMARY_ROWS)  # the summary's harmful findings
+    assert summary["examples_to_review_predicted"] == sorted({int(x) for x in np.r_[harmful["i"], harmful["j"]]})
+
+    run_dir = copy_run(tmp_path)
+    store = RunStore(run_dir)
+    results = store.load_results()
+    order = np.random.default_rng(0).permutation(len(results.mask_ids))
+    for path in store.result_files():
+        os.unlink(path)
+    store.write_results(results.mask_ids, results.masks, results.losses[order], results.margins[order])
+    run_cli("fit", f"run_dir={run_dir}")
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    assert len(pairs) > 0 and not pairs["finding"].any()
+    assert summary["pair_tests"]["n_findings"] == 0 and summary["examples_to_review_predicted"] == []
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert "none is a finding at q <= 0.1: the held-out retrains do not support any listed pair" in md
+    assert "Examples to drop or relabel, predicted: none (no harmful pair is a finding" in md

@@ -15,6 +15,7 @@ from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.faithfulness import load_curve
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
+from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
@@ -108,6 +109,20 @@ def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_sco
     return tables, recall
 
 
+def pair_evidence(store, fitted: dict, name: str, output: str, tables: dict, q_max: float) -> tuple[dict, dict]:
+    """Each listed pair's held-out test (:mod:`dataspex.fit.significance`): the tables gain ``p_value``, ``q_value``
+    (Benjamini-Hochberg over the pairs of every kind together) and ``finding`` (q <= ``q_max``); untested pairs are
+    never findings."""
+    kinds = list(tables)
+    both = pd.concat([tables[k].assign(_kind=k) for k in kinds], ignore_index=True)
+    tested, meta = heldout_evidence(store, fitted, name, output, both)
+    tested["finding"] = tested["q_value"].to_numpy() <= q_max  # NaN (untested) compares False
+    meta["q_max"] = q_max
+    meta["n_findings"] = int(tested["finding"].sum())
+    out = {k: tested[tested["_kind"] == k].drop(columns="_kind").reset_index(drop=True) for k in kinds}
+    return out, meta
+
+
 def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dict:
     """Everything the report shows, as the ``ctx`` dict the writers and renderers read (the images are added by
     :func:`dataspex.report.write_report` once written). ``name`` is the estimator that ranks the pairs."""
@@ -116,6 +131,8 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     trak_scores = load_trak(store, data.n_train, data.n_test)
     stack = score_stack(result, estimand)
     tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores)
+    tables, evidence = pair_evidence(store, fitted, name, faithfulness[name].get("output", "loss"), tables,
+                                     float(cfg.report.q_max))
     triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
     if triples is not None:
         triples = describe_pairs(triples, data, columns=("i", "j", "l"))
@@ -132,7 +149,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
-            "drop_effect": drop_effect, "diverged": diverged,
+            "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence,
             "result": result, "fitted": fitted, "stack": stack}
 
 
@@ -155,4 +172,5 @@ def summary(ctx) -> dict:
                 "level": vmeta.get("level"), "seeds": vmeta.get("seeds"), "stale": vmeta.get("stale"),
                 "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),
                 "curated": vmeta.get("curated")},
+            "pair_tests": ctx["evidence"],
             "degree3": 0 if triples is None else len(triples)}

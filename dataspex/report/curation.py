@@ -12,11 +12,14 @@ SUMMARY_ROWS = 5  # pairs per kind in the curation summary
 
 
 def curation_actions(tables: dict, result, data, validation) -> pd.DataFrame:
-    """What to do about each of the top pairs, with the test-loss change to expect if both are removed."""
+    """What to do about each of the top pairs that are findings (held-out q-value at most ``report.q_max``; see
+    :mod:`dataspex.fit.significance`), with the test-loss change to expect if both are removed. A pair the held-out
+    retrains do not support gets no action: it stays a candidate in the pair tables."""
     rows = []
     vkey = {} if validation is None else {(r.i, r.j): r for r in validation.itertuples()}
     for kind in KINDS:
-        for row in tables[kind].head(SUMMARY_ROWS).itertuples():
+        table = tables[kind]
+        for row in table[table["finding"].astype(bool)].head(SUMMARY_ROWS).itertuples():
             if kind == "harmful":
                 action = "drop both" if row.pattern == "masking" else "drop either"
                 if data.task == "classification" and all(

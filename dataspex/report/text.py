@@ -83,13 +83,15 @@ def _headline(ctx) -> list[str]:
                        "re-run `dataspex validate`.")
     else:
         out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the top pairs directly.")
+    out.append(_evidence_line(ctx))
     predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
     if predicted:
         out.append(f"Examples to drop or relabel, predicted (top harmful pairs): {_ids(predicted)}. The ranking "
                    f"model predicts a change of {_fmt(ctx['drop_effect']['predicted'])} nats in the mean test loss "
                    "if all are removed (an extrapolation to the full training set from half-size retrains).")
     else:
-        out.append("Examples to drop or relabel, predicted: none (the ranking model lists no harmful pair).")
+        out.append("Examples to drop or relabel, predicted: none (no harmful pair is a finding: the pair tables "
+                   "list candidates only).")
     if confirmed is None:
         out.append("Examples to drop or relabel, validated: none yet (not validated).")
     elif confirmed:
@@ -106,6 +108,20 @@ def _headline(ctx) -> list[str]:
                    f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
                    f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
     return out
+
+
+def _evidence_line(ctx) -> str:
+    """One sentence: were the listed pairs tested on held-out retrains, and how many are findings."""
+    ev = ctx["evidence"]
+    if not ev["tested"]:
+        return f"Pairs not tested on held-out retrains ({ev['why']}): every listed pair is a candidate, none a finding."
+    against = f"against {ev['baseline']}'s main effects" if ev["baseline"] else "against the raw outputs"
+    found = ev["n_findings"]
+    verdict = (f"{found} {'is a finding' if found == 1 else 'are findings'} (Benjamini-Hochberg q <= {ev['q_max']:g})"
+               if found else f"none is a finding at q <= {ev['q_max']:g}: the held-out retrains do not support any "
+               "listed pair, so there is nothing to act on; the tables list candidates")
+    return (f"Each listed pair was tested on the {ev['n_heldout']} held-out retrains that no estimator saw "
+            f"({against}, one-sided on the predicted sign): {verdict}.")
 
 
 def _action_rows(ctx) -> list[list[str]]:
@@ -152,7 +168,7 @@ def _validation_text(ctx) -> str:
 
 
 def _pair_head(trak: bool, validated: bool) -> list[str]:
-    head = ["rank", "pair", "pattern", "score", "joint effect"]
+    head = ["rank", "pair", "pattern", "score", "joint effect", "held-out score", "q-value"]
     head += ["TRAK i / j"] if trak else []
     head += ["training example i", "training example j", "test example", "also moves"]
     head += ["validation"] if validated else []
@@ -162,7 +178,9 @@ def _pair_head(trak: bool, validated: bool) -> list[str]:
 def _pair_rows(table, trak: bool, validated: bool) -> list[list[str]]:
     rows = []
     for r in table.itertuples():
-        row = [str(r.rank), f"({r.i}, {r.j})", r.pattern, _fmt(r.score), _fmt(r.joint_effect)]
+        q = "n/a" if _fmt(r.q_value) == "n/a" else f"{r.q_value:.3g}" + (" (finding)" if r.finding else "")
+        row = [str(r.rank), f"({r.i}, {r.j})", r.pattern, _fmt(r.score), _fmt(r.joint_effect),
+               f"{_fmt(r.heldout_score)} +- {_fmt(r.heldout_se, '.3f')}", q]
         if trak:
             row.append(f"{_fmt(r.trak_i, '+.2g')} / {_fmt(r.trak_j, '+.2g')}")
         row += [f"#{r.i}: {r.text_i} [{r.label_i}]", f"#{r.j}: {r.text_j} [{r.label_j}]",
@@ -198,8 +216,10 @@ def _faith_rows(ctx) -> list[list[str]]:
 FAITH_HEAD = ["estimator", "held-out R^2", "pooled R^2", "fit masks", "held-out masks", "fit seconds",
               "R^2 by retrains (masks: R^2)"]
 PAIR_NOTE = ("Joint effect: change in the test loss from keeping both examples versus neither (positive = the pair "
-             "raises the loss). Also moves: other test examples where the pair's score is at least half its "
-             "strongest.")
+             "raises the loss). Held-out score: the same pair's uniform score (average second difference) measured "
+             "on the held-out retrains alone, beyond the linear model's main effects, +- its standard error; "
+             "q-value: Benjamini-Hochberg over every listed pair of its one-sided test; a finding when at most "
+             "report.q_max. Also moves: other test examples where the pair's score is at least half its strongest.")
 TRAK_NOTE = ("TRAK i / j: each example's TRAK score on the pair's test example (positive = keeping it lowers that "
              "test loss); a first-order score, blind to what the pair does together.")
 FAITH_NOTE = ("Faithfulness R^2 of each estimator on held-out random masks it never saw (1 = predicts every retrain's "

@@ -1,0 +1,223 @@
+"""Budget curves on real data (issue 15, item 3): faithfulness and planted-pair recall against the number of retrains.
+
+Reads a finished ``dataspex run`` on a split of ``benchmarks/realdata.py`` with planted pairs (its manifest.json),
+refits every estimator of the run's config on the first m fit masks for each budget m, and prints per estimator:
+
+* pooled held-out R^2 over the test examples (1 - total SSE / total SST on the run's held-out masks) and the R^2
+  of the mean test loss, beside their noise ceilings: the held-out masks retrained once more under another
+  training seed (``--replicate-seed``; cached in the output folder), ceiling = sum_t cov(y_a, y_b) / sum_t var(y_a)
+  (pooled) and corr(mean_a, mean_b) (mean loss): the R^2 a perfect model of the mask's effect would get;
+* planted-pair recall@k (k = ``report.top_k``): the planted harmful pairs among the top k harmful pairs, the
+  planted redundant ones among the top k redundant; first-order methods (the linear datamodel and TRAK, when the
+  run has TRAK scores) rank pairs by the sum of the two examples' single effects at a test example;
+* findings: listed pairs whose held-out test (``dataspex.fit.significance``) has a BH q-value <= ``report.q_max``,
+  and how many of them are planted.
+
+    python benchmarks/realdata.py fortunes --n-train 256 --harmful 4 --redundant 4 --out /tmp/real/f256p
+    dataspex run data=files data.train_file=/tmp/real/f256p/train.csv data.test_file=/tmp/real/f256p/test.csv \\
+        design.m=1024 design.heldout=256 run_dir=/tmp/runs/f256p '+estimator@estimators.quadratic=quadratic'
+    python benchmarks/budget.py --run /tmp/runs/f256p --manifest /tmp/real/f256p/manifest.json --out /tmp/budget/f256p
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats to 3 decimals; None/NaN as n/a), without extra dependencies."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "n/a"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def pooled_ceiling(a: np.ndarray, b: np.ndarray) -> float:
+    """sum_t cov(a_t, b_t) / sum_t var(a_t) over the columns of two replicates (M, T): the pooled R^2 that the
+    mask's own effect (the part both replicates share) explains of one replicate."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float((a * b).sum() / (a * a).sum())
+
+
+def first_order_pairs(effects: np.ndarray, kind: str, k: int) -> list[tuple[int, int]]:
+    """The top ``k`` distinct pairs a first-order method predicts, from ``effects`` (n, T): the change in each test
+    loss from keeping each example. harmful: the pairs whose two kept examples raise a test loss most (the two
+    largest effects at each test example, ranked by their sum); redundant: the two most helpful (most negative)."""
+    sign = 1.0 if kind == "harmful" else -1.0
+    scored = []
+    for t in range(effects.shape[1]):
+        col = sign * effects[:, t]
+        top = np.argsort(-col, kind="stable")[:2]
+        scored.append((float(col[top].sum()), tuple(sorted(int(x) for x in top))))
+    out = []
+    for _, pair in sorted(scored, key=lambda s: -s[0]):
+        if pair not in out:
+            out.append(pair)
+    return out[:k]
+
+
+def recall(pairs, planted: list[dict], kind: str) -> float | None:
+    truth = {(p["i"], p["j"]) for p in planted if p["kind"] == kind}
+    if not truth:
+        return None
+    return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
+
+
+def replicate(run_dir: str, cfg, ids: np.ndarray, masks: np.ndarray, seed: int, cache: str, log) -> np.ndarray:
+    """Test losses (M, T) of the held-out masks retrained under training seed ``seed`` (cached in ``cache``)."""
+    if os.path.exists(cache):
+        with np.load(cache, allow_pickle=False) as z:
+            if np.array_equal(z["mask_ids"], ids) and int(z["seed"]) == seed:
+                return z["losses"]
+    from dataspex.core.data import load_data
+    from dataspex.core.models import load_base_model, load_tokenizer
+    from dataspex.train import engine
+    from dataspex.train.common import encode
+
+    data = load_data(cfg.data, cfg.model.task)
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_base_model(cfg.model, len(data.label_names) if data.label_names else None, seed)
+    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
+    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
+    train_cfg = cfg.train.copy()
+    train_cfg.seed = seed
+    start = time.perf_counter()
+    out = {int(m): loss for m, loss, *_ in engine.train_masks(base, cfg.lora, train_cfg, train, test, masks, ids)}
+    log(f"replicate: {len(ids)} held-out masks under seed {seed} in {time.perf_counter() - start:.0f} s")
+    losses = np.stack([out[int(m)] for m in ids])
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, mask_ids=ids, seed=seed, losses=losses)
+    os.replace(tmp, cache)
+    return losses
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a finished dataspex run directory")
+    parser.add_argument("--manifest", required=True, help="the split's manifest.json (planted pairs)")
+    parser.add_argument("--budgets", default="", help="comma-separated numbers of fit masks (default: n/2, n, 2n, 4n)")
+    parser.add_argument("--replicate-seed", type=int, default=1, help="training seed of the ceiling's replicate")
+    parser.add_argument("--no-replicate", action="store_true", help="skip the noise ceiling (no retraining)")
+    parser.add_argument("--estimators", default="", help="comma-separated keys of the run's estimators (default all)")
+    parser.add_argument("--out", default=None, help="folder for budget.json and the replicate's cache")
+    opts = parser.parse_args(argv)
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dataspex.core.errors import DataspexError
+    from dataspex.core.metrics import pooled_r2
+    from dataspex.fit import trak
+    from dataspex.fit.faithfulness import fit_outputs
+    from dataspex.fit.ranking import ranked_pairs
+    from dataspex.fit.significance import bh_qvalues, heldout_pair_tests
+    from dataspex.store import RunStore
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    planted = json.load(open(opts.manifest))["planted"]
+    cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
+    store = RunStore(opts.run)
+    design = store.load_design()
+    results = store.load_results(design)
+    fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
+    Y = fit_outputs(results, "loss")
+    X_fit, Y_fit = results.masks[fit_keep], Y[fit_keep]
+    X_ho, Y_ho = results.masks[ho_keep], Y[ho_keep]
+    n, T = X_fit.shape[1], Y.shape[1] - 1
+    k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
+    budgets = [int(b) for b in opts.budgets.split(",") if b] or [b for b in (n // 2, n, 2 * n, 4 * n)
+                                                                  if b <= len(X_fit)]
+    out_dir = opts.out or os.path.join(opts.run, "budget")
+    os.makedirs(out_dir, exist_ok=True)
+
+    ceiling = {"pooled": None, "mean_loss": None}
+    if not opts.no_replicate:
+        ids = results.mask_ids[ho_keep]
+        rep = replicate(opts.run, cfg, ids, X_ho, opts.replicate_seed, os.path.join(out_dir, "replicate.npz"), log)
+        ceiling = {"pooled": pooled_ceiling(Y_ho[:, :T], rep),
+                   "mean_loss": float(np.corrcoef(Y_ho[:, T], rep.mean(1))[0, 1])}
+    trak_scores = None
+    try:
+        trak_scores = trak.load_trak_scores(store)
+    except Exception as exc:  # a run without `dataspex trak`: the TRAK column is left out, and said so
+        log(f"no TRAK scores ({exc})")
+
+    rows = []
+    for m in budgets:
+        fitted = {}
+        for name, est_cfg in cfg.estimators.items():
+            if opts.estimators and name not in opts.estimators.split(","):
+                continue
+            start = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fitted[name] = instantiate(est_cfg).fit(X_fit[:m], Y_fit[:m])
+            except DataspexError as exc:  # e.g. the pairwise estimator on a random design: said, and left out
+                log(f"m={m} {name}: not fitted ({str(exc).splitlines()[0]})")
+                continue
+            log(f"m={m} {name}: fitted in {time.perf_counter() - start:.0f} s")
+        linear = next((r for r in fitted.values() if r.result_.estimator == "LinearDatamodel"), None)
+        baseline = None if linear is None else linear.predict(X_ho)
+        for name, est in fitted.items():
+            res = est.result_
+            pred = est.predict(X_ho)
+            row = {"m": m, "estimator": name, "r2_pooled": pooled_r2(Y_ho[:, :T], pred[:, :T]),
+                   "r2_mean_loss": pooled_r2(Y_ho[:, T:], pred[:, T:])}
+            if res.degree >= 2:
+                tables = {kind: ranked_pairs(res, kind, k, "uniform", T) for kind in ("harmful", "redundant")}
+            else:  # first order: the sum of two single effects (main_effects: keeping i, -2 F[i])
+                effects = np.stack([res.main_effects("uniform", output=t) for t in range(T)], axis=1)
+                tables = {kind: pd.DataFrame(first_order_pairs(effects, kind, k), columns=["i", "j"])
+                          for kind in ("harmful", "redundant")}
+            for kind, table in tables.items():
+                row[f"recall_{kind}"] = recall(zip(table["i"], table["j"]), planted, kind)
+            if res.degree >= 2:
+                both = pd.concat(tables.values(), ignore_index=True)
+                direction = [res.pair_scores("uniform", output=int(t))[i, j]
+                             for i, j, t in zip(both["i"], both["j"], both["test"])]
+                tested = heldout_pair_tests(both[["i", "j", "test"]], X_ho, Y_ho, baseline, direction)
+                found = bh_qvalues(tested["p_value"].to_numpy()) <= q_max
+                truth = {(p["i"], p["j"]) for p in planted}
+                row["findings"] = int(found.sum())
+                row["findings_planted"] = int(sum((int(i), int(j)) in truth
+                                                  for i, j in zip(both["i"][found], both["j"][found])))
+            rows.append(row)
+            log(f"m={m} {name}: {row}")
+        if trak_scores is not None:
+            # TRAK: positive = keeping the example lowers the test loss, so -score is the effect of keeping it
+            tables = {kind: first_order_pairs(-np.asarray(trak_scores, dtype=float), kind, k)
+                      for kind in ("harmful", "redundant")}
+            rows.append({"m": m, "estimator": "trak (first order)", "r2_pooled": None, "r2_mean_loss": None,
+                         **{f"recall_{kind}": recall(p, planted, kind) for kind, p in tables.items()}})
+    table = pd.DataFrame(rows)
+    with open(os.path.join(out_dir, "budget.json"), "w") as fh:
+        json.dump({"run": opts.run, "manifest": opts.manifest, "n_train": n, "n_test": T,
+                   "n_heldout": int(ho_keep.sum()), "ceiling": ceiling, "top_k": k, "q_max": q_max,
+                   "rows": rows}, fh, indent=1, default=float)
+    print(f"\n{opts.run}: n_train={n}, {T} test examples, {int(ho_keep.sum())} held-out masks; noise ceiling "
+          f"(seed {cfg.train.seed} vs {opts.replicate_seed}): pooled {ceiling['pooled']}, mean loss "
+          f"{ceiling['mean_loss']}\n")
+    print(markdown_table(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

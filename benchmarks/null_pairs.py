@@ -1,0 +1,151 @@
+"""False findings on null data (issue 15, item 4): how often does the report list a pair when no pair interacts?
+
+Null outputs are built from a finished real ``dataspex run`` so that the noise is the real retraining noise, not
+a Gaussian stand-in; each null study then goes through what the report does: fit the linear datamodel and the
+ranking estimator on the fit masks, rank the top ``report.top_k`` pairs of each kind, test each on the held-out
+masks against the linear model (``dataspex.fit.significance``), and count the pairs with a Benjamini-Hochberg
+q-value <= ``report.q_max`` (findings). Variants:
+
+* ``permuted``: the run's outputs with their rows shuffled against the masks (pure noise with the real outputs'
+  distribution and their correlation across test examples; nothing depends on the mask);
+* ``additive``: the linear datamodel's fit to the real outputs plus its residuals shuffled across masks (a purely
+  additive function of the mask, real main effects, real noise shape);
+* ``seed``: the difference of two retrains of the same masks under training seeds 0 and 1, over sqrt(2) (pure
+  seed noise: every effect of the mask cancels); needs the replicate cache of ``benchmarks/budget.py``
+  (``--replicate``), and uses the held-out masks only (3/4 to fit, 1/4 to test, shuffled per study).
+
+    python benchmarks/null_pairs.py --run /tmp/runs/f256p --replicate /tmp/budget/f256p/replicate.npz --studies 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats to 3 decimals; None/NaN as n/a), without extra dependencies."""
+    def cell(v):
+        if v is None or (isinstance(v, float) and not np.isfinite(v)):
+            return "n/a"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=None) -> np.ndarray:
+    """One null data set (m, T) from real outputs ``Y`` (m, T): see the module docstring. ``linear`` is a fitted
+    linear datamodel (``additive`` only)."""
+    order = rng.permutation(len(Y))
+    if variant == "permuted":
+        return Y[order]
+    if variant == "additive":
+        fitted = linear.predict(masks)
+        return fitted + (Y - fitted)[order]
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max: float) -> dict:
+    """Fit, rank, test: the number of findings of one null study (outputs without the mean column)."""
+    from hydra.utils import instantiate
+
+    from dataspex.fit.ranking import ranked_pairs
+    from dataspex.fit.significance import bh_qvalues, heldout_pair_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        linear = instantiate(lin_cfg).fit(masks_fit, Y_fit)
+        est = instantiate(est_cfg).fit(masks_fit, Y_fit)
+    res, T = est.result_, Y_fit.shape[1]
+    both = pd.concat([ranked_pairs(res, kind, k, "uniform", T) for kind in ("harmful", "redundant")],
+                     ignore_index=True)
+    if both.empty:
+        return {"listed": 0, "findings": 0, "min_q": None}
+    direction = [res.pair_scores("uniform", output=int(t))[i, j] for i, j, t in zip(both["i"], both["j"], both["test"])]
+    tested = heldout_pair_tests(both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), direction)
+    q = bh_qvalues(tested["p_value"].to_numpy())
+    return {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--replicate", default=None, help="replicate.npz of benchmarks/budget.py (variant seed)")
+    parser.add_argument("--variants", default="permuted,additive,seed")
+    parser.add_argument("--studies", type=int, default=30, help="null studies per variant")
+    parser.add_argument("--estimator", default="quadratic", help="the ranking estimator (a key of the run's config)")
+    parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
+    opts = parser.parse_args(argv)
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dataspex.store import RunStore
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
+    est_cfg = cfg.estimators[opts.estimator]
+    lin_cfg = OmegaConf.create({"_target_": "dataspex.estimators.LinearDatamodel"})
+    k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
+    store = RunStore(opts.run)
+    design = store.load_design()
+    results = store.load_results(design)
+    fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
+    Y = results.outputs("loss")
+    rows = []
+    for variant in opts.variants.split(","):
+        rng = np.random.default_rng(0)
+        if variant == "seed":
+            if not opts.replicate:
+                log("variant seed skipped: no --replicate")
+                continue
+            with np.load(opts.replicate, allow_pickle=False) as z:
+                ids, rep = z["mask_ids"], z["losses"]
+            at = {int(m): r for r, m in enumerate(results.mask_ids)}
+            rows_of = np.array([at[int(m)] for m in ids])
+            masks, null = results.masks[rows_of], (Y[rows_of] - rep) / np.sqrt(2.0)
+        else:
+            masks = results.masks
+            linear = instantiate(lin_cfg).fit(results.masks[fit_keep], Y[fit_keep]) if variant == "additive" else None
+        for s in range(opts.studies):
+            start = time.perf_counter()
+            if variant == "seed":
+                order = rng.permutation(len(masks))
+                cut = 3 * len(order) // 4
+                fit_rows, ho_rows = order[:cut], order[cut:]
+                out = one_study(masks[fit_rows], null[fit_rows], masks[ho_rows], null[ho_rows], est_cfg, lin_cfg,
+                                k, q_max)
+            else:
+                Yn = null_outputs(variant, Y, masks, rng, linear)
+                out = one_study(masks[fit_keep], Yn[fit_keep], masks[ho_keep], Yn[ho_keep], est_cfg, lin_cfg,
+                                k, q_max)
+            rows.append({"variant": variant, "study": s, **out})
+            log(f"{variant} {s}: {out} ({time.perf_counter() - start:.0f} s)")
+    table = pd.DataFrame(rows)
+    summary = table.groupby("variant").agg(studies=("study", "size"),
+                                           with_findings=("findings", lambda f: int((f > 0).sum())),
+                                           mean_findings=("findings", "mean"),
+                                           median_min_q=("min_q", "median")).reset_index()
+    summary["no_pairs_share"] = 1 - summary["with_findings"] / summary["studies"]
+    out_dir = opts.out or os.path.join(opts.run, "budget")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "null_pairs.json"), "w") as fh:
+        json.dump({"run": opts.run, "estimator": opts.estimator, "q_max": q_max, "top_k": k, "rows": rows}, fh,
+                  indent=1)
+    print(f"\n{opts.run}: null studies, ranking by {opts.estimator}, top {k} pairs per kind tested, q <= {q_max}\n")
+    print(markdown_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""benchmarks/budget.py and benchmarks/null_pairs.py: the pieces that turn a run into budget curves and null studies."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+budget, null_pairs = _load("budget"), _load("null_pairs")
+
+
+def test_pooled_ceiling_is_the_shared_share_of_variance():
+    """Two replicates = a signal (variance 3 per column) plus independent noise (variance 1): the ceiling is 3/4."""
+    rng = np.random.default_rng(0)
+    signal = np.sqrt(3.0) * rng.standard_normal((20000, 3))
+    a = signal + rng.standard_normal(signal.shape)
+    b = signal + rng.standard_normal(signal.shape)
+    assert abs(budget.pooled_ceiling(a, b) - 0.75) < 0.01
+    assert budget.pooled_ceiling(a, a) == 1.0
+
+
+def test_first_order_pairs_take_the_two_strongest_at_each_test_example():
+    effects = np.array([[0.9, -0.1], [0.8, -0.9], [0.1, -0.8], [-0.5, 0.2]])  # (n=4, T=2)
+    assert budget.first_order_pairs(effects, "harmful", 5) == [(0, 1), (0, 3)]  # sums 1.7, then -0.1 + 0.2
+    assert budget.first_order_pairs(effects, "redundant", 5) == [(1, 2), (2, 3)]
+    assert budget.first_order_pairs(effects, "harmful", 1) == [(0, 1)]
+    planted = [{"kind": "harmful", "i": 0, "j": 1}, {"kind": "harmful", "i": 2, "j": 3},
+               {"kind": "redundant", "i": 1, "j": 2}]
+    assert budget.recall([(1, 0)], planted, "harmful") == 0.5  # order within a pair does not matter
+    assert budget.recall([(1, 2)], planted, "redundant") == 1.0
+    assert budget.recall([(1, 2)], planted, "other") is None
+
+
+def test_null_outputs_keep_the_values_and_break_the_link_to_the_mask():
+    class Additive:
+        def predict(self, masks):
+            return masks[:, :2].astype(float) @ np.array([[1.0], [2.0]])
+
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 2, size=(50, 4)).astype(np.uint8)
+    Y = rng.normal(size=(50, 1))
+    permuted = null_pairs.null_outputs("permuted", Y, masks, np.random.default_rng(1))
+    assert sorted(permuted[:, 0]) == sorted(Y[:, 0]) and not np.array_equal(permuted, Y)
+    additive = null_pairs.null_outputs("additive", Y, masks, np.random.default_rng(1), Additive())
+    residual = additive - Additive().predict(masks)
+    assert np.allclose(sorted(residual[:, 0]), sorted((Y - Additive().predict(masks))[:, 0]))
