@@ -22,6 +22,7 @@ refits every estimator of the run's config on the first m fit masks for each bud
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -35,15 +36,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (floats to 3 decimals; None/NaN as n/a), without extra dependencies."""
+def markdown_table(table: pd.DataFrame) -> list[str]:
+    """A DataFrame as Markdown table lines (floats to 3 decimals; None/NaN as n/a), through the report's writer."""
+    from dataspex.report.markdown import _md_table
+
     def cell(v):
         if v is None or (isinstance(v, float) and not np.isfinite(v)):
             return "n/a"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    return _md_table([str(c) for c in table.columns], [[cell(v) for v in row] for row in table.itertuples(index=False)])
 
 
 def pooled_ceiling(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,26 +78,20 @@ def recall(pairs, planted: list[dict], kind: str) -> float | None:
     return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
 
 
-def replicate(run_dir: str, cfg, ids: np.ndarray, masks: np.ndarray, seed: int, cache: str, log) -> np.ndarray:
+def replicate(cfg, ids: np.ndarray, masks: np.ndarray, seed: int, cache: str, log) -> np.ndarray:
     """Test losses (M, T) of the held-out masks retrained under training seed ``seed`` (cached in ``cache``)."""
     if os.path.exists(cache):
         with np.load(cache, allow_pickle=False) as z:
             if np.array_equal(z["mask_ids"], ids) and int(z["seed"]) == seed:
                 return z["losses"]
-    from dataspex.core.data import load_data
-    from dataspex.core.models import load_base_model, load_tokenizer
     from dataspex.train import engine
-    from dataspex.train.common import encode
+    from train_throughput import setup
 
-    data = load_data(cfg.data, cfg.model.task)
-    tokenizer = load_tokenizer(cfg.model)
-    base = load_base_model(cfg.model, len(data.label_names) if data.label_names else None, seed)
-    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
-    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
-    train_cfg = cfg.train.copy()
-    train_cfg.seed = seed
+    cfg = copy.deepcopy(cfg)  # the caller's config keeps its seed
+    cfg.train.seed = seed  # the base model's head and every mask's schedule
+    base, train, test = setup(cfg)
     start = time.perf_counter()
-    out = {int(m): loss for m, loss, *_ in engine.train_masks(base, cfg.lora, train_cfg, train, test, masks, ids)}
+    out = {int(m): loss for m, loss, *_ in engine.train_masks(base, cfg.lora, cfg.train, train, test, masks, ids)}
     log(f"replicate: {len(ids)} held-out masks under seed {seed} in {time.perf_counter() - start:.0f} s")
     losses = np.stack([out[int(m)] for m in ids])
     os.makedirs(os.path.dirname(cache), exist_ok=True)
@@ -125,13 +120,14 @@ def main(argv=None) -> int:
     from dataspex.fit import trak
     from dataspex.fit.faithfulness import fit_outputs
     from dataspex.fit.ranking import ranked_pairs
-    from dataspex.fit.significance import bh_qvalues, heldout_pair_tests
+    from dataspex.fit.significance import ranked_pair_tests
     from dataspex.store import RunStore
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
     planted = json.load(open(opts.manifest))["planted"]
+    truth = {(p["i"], p["j"]) for p in planted}
     cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
     store = RunStore(opts.run)
     design = store.load_design()
@@ -150,7 +146,7 @@ def main(argv=None) -> int:
     ceiling = {"pooled": None, "mean_loss": None}
     if not opts.no_replicate:
         ids = results.mask_ids[ho_keep]
-        rep = replicate(opts.run, cfg, ids, X_ho, opts.replicate_seed, os.path.join(out_dir, "replicate.npz"), log)
+        rep = replicate(cfg, ids, X_ho, opts.replicate_seed, os.path.join(out_dir, "replicate.npz"), log)
         ceiling = {"pooled": pooled_ceiling(Y_ho[:, :T], rep),
                    "mean_loss": float(np.corrcoef(Y_ho[:, T], rep.mean(1))[0, 1])}
     trak_scores = None
@@ -191,11 +187,8 @@ def main(argv=None) -> int:
                 row[f"recall_{kind}"] = recall(zip(table["i"], table["j"]), planted, kind)
             if res.degree >= 2:
                 both = pd.concat(tables.values(), ignore_index=True)
-                direction = [res.pair_scores("uniform", output=int(t))[i, j]
-                             for i, j, t in zip(both["i"], both["j"], both["test"])]
-                tested = heldout_pair_tests(both[["i", "j", "test"]], X_ho, Y_ho, baseline, direction)
-                found = bh_qvalues(tested["p_value"].to_numpy()) <= q_max
-                truth = {(p["i"], p["j"]) for p in planted}
+                tested = ranked_pair_tests(res, both[["i", "j", "test"]], X_ho, Y_ho, baseline)
+                found = tested["q_value"].to_numpy() <= q_max
                 row["findings"] = int(found.sum())
                 row["findings_planted"] = int(sum((int(i), int(j)) in truth
                                                   for i, j in zip(both["i"][found], both["j"][found])))
@@ -215,7 +208,7 @@ def main(argv=None) -> int:
     print(f"\n{opts.run}: n_train={n}, {T} test examples, {int(ho_keep.sum())} held-out masks; noise ceiling "
           f"(seed {cfg.train.seed} vs {opts.replicate_seed}): pooled {ceiling['pooled']}, mean loss "
           f"{ceiling['mean_loss']}\n")
-    print(markdown_table(table))
+    print("\n".join(markdown_table(table)))
     return 0
 
 

@@ -29,16 +29,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A DataFrame as a Markdown table (floats to 3 decimals; None/NaN as n/a), without extra dependencies."""
-    def cell(v):
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            return "n/a"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from budget import markdown_table  # noqa: E402
 
 
 def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=None) -> np.ndarray:
@@ -58,7 +50,7 @@ def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max:
     from hydra.utils import instantiate
 
     from dataspex.fit.ranking import ranked_pairs
-    from dataspex.fit.significance import bh_qvalues, heldout_pair_tests
+    from dataspex.fit.significance import ranked_pair_tests
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,9 +61,8 @@ def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max:
                      ignore_index=True)
     if both.empty:
         return {"listed": 0, "findings": 0, "min_q": None}
-    direction = [res.pair_scores("uniform", output=int(t))[i, j] for i, j, t in zip(both["i"], both["j"], both["test"])]
-    tested = heldout_pair_tests(both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), direction)
-    q = bh_qvalues(tested["p_value"].to_numpy())
+    tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho))
+    q = tested["q_value"].to_numpy()
     return {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q))}
 
 
@@ -143,7 +134,7 @@ def main(argv=None) -> int:
         json.dump({"run": opts.run, "estimator": opts.estimator, "q_max": q_max, "top_k": k, "rows": rows}, fh,
                   indent=1)
     print(f"\n{opts.run}: null studies, ranking by {opts.estimator}, top {k} pairs per kind tested, q <= {q_max}\n")
-    print(markdown_table(summary))
+    print("\n".join(markdown_table(summary)))
     return 0
 
 

@@ -27,7 +27,7 @@ from scipy import stats
 from dataspex.core.errors import DataspexError
 from dataspex.fit.faithfulness import fit_outputs
 
-__all__ = ["bh_qvalues", "heldout_pair_tests", "heldout_evidence"]
+__all__ = ["bh_qvalues", "heldout_evidence", "heldout_pair_tests", "ranked_pair_tests"]
 
 TEST_COLUMNS = ["heldout_score", "heldout_se", "heldout_t", "p_value"]
 
@@ -104,12 +104,24 @@ def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=N
     return out
 
 
-def heldout_evidence(store, fitted: dict, name: str, output: str, pairs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Test the ranking model ``fitted[name]``'s listed ``pairs`` (columns i, j, test) on the run's held-out masks,
-    against the linear datamodel's predictions when one was fitted. Returns ``pairs`` with the columns of
-    :func:`heldout_pair_tests` and ``q_value`` (Benjamini-Hochberg over all of them; NaN when untested), and a
-    dict saying what was done: ``tested`` (bool), ``n_heldout``, ``baseline`` (estimator name or None), ``why``
-    (why not tested, else None)."""
+def ranked_pair_tests(ranking, pairs: pd.DataFrame, masks, Y, baseline=None) -> pd.DataFrame:
+    """:func:`heldout_pair_tests` of the pairs a fitted ``ranking`` model (an ``InteractionResult``) listed, each
+    one-sided on the sign of that model's uniform score at the pair's test example, plus ``q_value``
+    (Benjamini-Hochberg over all of them; NaN when untested)."""
+    direction = [ranking.pair_scores("uniform", output=int(t))[int(i), int(j)]
+                 for i, j, t in zip(pairs["i"], pairs["j"], pairs["test"])]
+    tested = heldout_pair_tests(pairs, masks, Y, baseline, direction)
+    tested["q_value"] = bh_qvalues(tested["p_value"].to_numpy())
+    return tested
+
+
+def heldout_evidence(design, results, fitted: dict, name: str, output: str,
+                     pairs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Test the ranking model ``fitted[name]``'s listed ``pairs`` (columns i, j, test) on the held-out masks of
+    ``results`` (the run's stored results for ``design``), against the linear datamodel's predictions when one was
+    fitted. Returns ``pairs`` with the columns of :func:`ranked_pair_tests` (NaN when untested), and a dict saying
+    what was done: ``tested`` (bool), ``n_heldout``, ``baseline`` (estimator name or None), ``why`` (why not
+    tested, else None)."""
     meta = {"tested": False, "n_heldout": 0, "baseline": None, "why": None}
     out = pairs.copy()
     for c in [*TEST_COLUMNS, "q_value"]:
@@ -117,8 +129,6 @@ def heldout_evidence(store, fitted: dict, name: str, output: str, pairs: pd.Data
     if pairs.empty:
         meta["why"] = "no pairs listed"
         return out, meta
-    design = store.load_design()
-    results = store.load_results(design)
     heldout = results.keep(design, "heldout")
     meta["n_heldout"] = int(heldout.sum())
     if meta["n_heldout"] < 8:
@@ -131,12 +141,8 @@ def heldout_evidence(store, fitted: dict, name: str, output: str, pairs: pd.Data
     if linear:
         meta["baseline"] = linear[0]
         baseline = fitted[linear[0]].predict(masks)
-    ranking = fitted[name]
-    direction = [ranking.pair_scores("uniform", output=int(t))[i, j]
-                 for i, j, t in zip(pairs["i"], pairs["j"], pairs["test"])]
-    tested = heldout_pair_tests(pairs[["i", "j", "test"]], masks, Y, baseline, direction)
-    for c in TEST_COLUMNS:
+    tested = ranked_pair_tests(fitted[name], pairs[["i", "j", "test"]], masks, Y, baseline)
+    for c in [*TEST_COLUMNS, "q_value"]:
         out[c] = tested[c].to_numpy()
-    out["q_value"] = bh_qvalues(out["p_value"].to_numpy())
     meta["tested"] = True
     return out, meta

@@ -109,13 +109,14 @@ def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_sco
     return tables, recall
 
 
-def pair_evidence(store, fitted: dict, name: str, output: str, tables: dict, q_max: float) -> tuple[dict, dict]:
+def pair_evidence(design, results, fitted: dict, name: str, output: str, tables: dict,
+                  q_max: float) -> tuple[dict, dict]:
     """Each listed pair's held-out test (:mod:`dataspex.fit.significance`): the tables gain ``p_value``, ``q_value``
     (Benjamini-Hochberg over the pairs of every kind together) and ``finding`` (q <= ``q_max``); untested pairs are
     never findings."""
     kinds = list(tables)
     both = pd.concat([tables[k].assign(_kind=k) for k in kinds], ignore_index=True)
-    tested, meta = heldout_evidence(store, fitted, name, output, both)
+    tested, meta = heldout_evidence(design, results, fitted, name, output, both)
     tested["finding"] = tested["q_value"].to_numpy() <= q_max  # NaN (untested) compares False
     meta["q_max"] = q_max
     meta["n_findings"] = int(tested["finding"].sum())
@@ -131,13 +132,15 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     trak_scores = load_trak(store, data.n_train, data.n_test)
     stack = score_stack(result, estimand)
     tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores)
-    tables, evidence = pair_evidence(store, fitted, name, faithfulness[name].get("output", "loss"), tables,
+    design = store.load_design()
+    results = store.load_results(design)
+    tables, evidence = pair_evidence(design, results, fitted, name, faithfulness[name].get("output", "loss"), tables,
                                      float(cfg.report.q_max))
     triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
     if triples is not None:
         triples = describe_pairs(triples, data, columns=("i", "j", "l"))
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
-    diverged = health.flag_results(store.load_results(store.load_design()))  # masks whose training diverged
+    diverged = health.flag_results(results)  # masks whose training diverged
     actions = curation_actions(tables, result, data, validation)
     # Two lists, never one in place of the other: what the ranking model predicts, and (after `dataspex
     # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
