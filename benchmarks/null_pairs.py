@@ -12,7 +12,10 @@ q-value <= ``report.q_max`` (findings). Variants:
   additive function of the mask, real main effects, real noise shape);
 * ``seed``: the difference of two retrains of the same masks under training seeds 0 and 1, over sqrt(2) (pure
   seed noise: every effect of the mask cancels); needs the replicate cache of ``benchmarks/budget.py``
-  (``--replicate``), and uses the held-out masks only (3/4 to fit, 1/4 to test, shuffled per study).
+  (``--replicate``), and uses the held-out masks only (3/4 to fit, 1/4 to test, shuffled per study). Both
+  retrains must start from the run's base model: a replicate with its own classification head differs from the
+  run by a function of the mask, and that difference has real pairs in it (38 of 100 studies listed some on
+  fortunes with such a replicate, 5 of 100 with the run's head).
 
     python benchmarks/null_pairs.py --run /tmp/runs/f256p --replicate /tmp/budget/f256p/replicate.npz --studies 30
 """

@@ -57,3 +57,39 @@ def test_null_outputs_keep_the_values_and_break_the_link_to_the_mask():
     additive = null_pairs.null_outputs("additive", Y, masks, np.random.default_rng(1), Additive())
     residual = additive - Additive().predict(masks)
     assert np.allclose(sorted(residual[:, 0]), sorted((Y - Additive().predict(masks))[:, 0]))
+
+
+def test_replicate_keeps_the_runs_head_and_varies_only_the_mask_seeds(tmp_path):
+    """The ceiling's replicate must differ from the run only in each mask's seed: the base model (its new
+    classification head included) comes from the run's seed, as every mask of the run does. Real training of the
+    bundled model on the tiny demo set, against the engine called directly."""
+    import copy
+
+    from hydra import compose, initialize_config_dir
+
+    from dataspex.cli import config_dir
+    from dataspex.train import engine
+    from tests.conftest import TINY
+    from train_throughput import setup
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=list(TINY))
+    base, train, test = setup(cfg)
+    masks = (np.random.default_rng(0).random((3, len(train))) < 0.5).astype(np.uint8)
+    ids = np.array([3, 4, 5])
+    rep = budget.replicate(cfg, ids, masks, 1, str(tmp_path / "replicate.npz"), lambda msg: None)
+    assert int(cfg.train.seed) == 0  # the caller's config is left alone
+
+    def losses(base, train_cfg):
+        out = {int(m): loss for m, loss, *_ in engine.train_masks(base, cfg.lora, train_cfg, train, test, masks, ids)}
+        return np.stack([out[int(m)] for m in ids])
+
+    other_seeds = copy.deepcopy(cfg)
+    other_seeds.train.seed = 1
+    np.testing.assert_allclose(rep, losses(base, other_seeds.train), rtol=1e-5, atol=1e-6)
+    other_head, _, _ = setup(other_seeds)
+    assert not np.allclose(rep, losses(other_head, other_seeds.train), atol=1e-4)
+    # the cache answers the same question without training; it records the head's seed
+    with np.load(tmp_path / "replicate.npz", allow_pickle=False) as z:
+        assert int(z["head_seed"]) == 0 and int(z["seed"]) == 1
+    np.testing.assert_array_equal(budget.replicate(cfg, ids, masks, 1, str(tmp_path / "replicate.npz"), None), rep)
