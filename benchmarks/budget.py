@@ -78,13 +78,22 @@ def recall(pairs, planted: list[dict], kind: str) -> float | None:
     return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
 
 
+def read_replicate(cache: str, head_seed: int):
+    """(mask_ids, seed, losses) of a replicate cache whose base model came from ``head_seed`` (the run's
+    ``train.seed``), else None (missing, or an older cache that drew the head from the replicate's seed)."""
+    if not os.path.exists(cache):
+        return None
+    with np.load(cache, allow_pickle=False) as z:
+        if "head_seed" not in z.files or int(z["head_seed"]) != int(head_seed):
+            return None
+        return z["mask_ids"], int(z["seed"]), z["losses"]
+
+
 def replicate(cfg, ids: np.ndarray, masks: np.ndarray, seed: int, cache: str, log) -> np.ndarray:
     """Test losses (M, T) of the held-out masks retrained under training seed ``seed`` (cached in ``cache``)."""
-    if os.path.exists(cache):
-        with np.load(cache, allow_pickle=False) as z:
-            head_seed = int(z["head_seed"]) if "head_seed" in z.files else None  # older caches: head from seed
-            if np.array_equal(z["mask_ids"], ids) and int(z["seed"]) == seed and head_seed == int(cfg.train.seed):
-                return z["losses"]
+    cached = read_replicate(cache, cfg.train.seed)
+    if cached is not None and np.array_equal(cached[0], ids) and cached[1] == seed:
+        return cached[2]
     from dataspex.train import engine
     from train_throughput import setup
 

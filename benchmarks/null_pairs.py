@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget import markdown_table  # noqa: E402
+from budget import markdown_table, read_replicate  # noqa: E402
 
 
 def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=None) -> np.ndarray:
@@ -103,8 +103,11 @@ def main(argv=None) -> int:
             if not opts.replicate:
                 log("variant seed skipped: no --replicate")
                 continue
-            with np.load(opts.replicate, allow_pickle=False) as z:
-                ids, rep = z["mask_ids"], z["losses"]
+            cached = read_replicate(opts.replicate, cfg.train.seed)
+            if cached is None:
+                parser.error(f"--replicate {opts.replicate} is missing or was not trained from the run's base model "
+                             f"(train.seed={cfg.train.seed}; older caches drew a new head): rerun benchmarks/budget.py")
+            ids, _, rep = cached
             at = {int(m): r for r, m in enumerate(results.mask_ids)}
             rows_of = np.array([at[int(m)] for m in ids])
             masks, null = results.masks[rows_of], (Y[rows_of] - rep) / np.sqrt(2.0)
