@@ -212,3 +212,56 @@ def test_hub_data_set_with_the_hub_unreachable_fails_fast(monkeypatch, tmp_path)
     with pytest.raises(DataspexError, match="unreachable.*set HF_HUB_OFFLINE=1"):
         load_data(cfg, "classification")
     assert time.monotonic() - start < 10  # huggingface_hub alone retries for about 30 s
+
+
+# ------------------------------------------------------------------------------------------- the eval split
+
+def test_demo_eval_split_leaves_train_and_test_as_they_were():
+    plain, with_eval = make_demo(seed=2), make_demo(seed=2, n_eval=20)
+    assert with_eval.train_texts == plain.train_texts and with_eval.test_texts == plain.test_texts
+    assert np.array_equal(with_eval.train_labels, plain.train_labels) and plain.eval_texts == []
+    assert len(with_eval.eval_texts) == 20 == len(with_eval.eval_labels)
+    assert not set(with_eval.eval_texts) & set(plain.train_texts + plain.test_texts)
+    # the first eval rows restate the planted test sentences, with the test sentence's label
+    for p in with_eval.planted:
+        t = p["test"]
+        assert with_eval.eval_texts[t] == f"i found that {plain.test_texts[t]}"
+        assert with_eval.eval_labels[t] == plain.test_labels[t]
+
+
+def test_eval_file_loads_and_enters_the_hash_only_when_set(tmp_path):
+    tr = _write_csv(tmp_path / "tr.csv", ["good film,pos", "bad film,neg"])
+    te = _write_csv(tmp_path / "te.csv", ["fine film,pos"])
+    ev = _write_csv(tmp_path / "ev.csv", ["awful film,neg", "lovely film,pos", "dull film,neg"])
+    without = load_data(OmegaConf.create(dict(FILES, train_file=tr, test_file=te)), "classification")
+    with_eval = load_data(OmegaConf.create(dict(FILES, train_file=tr, test_file=te, eval_file=ev)), "classification")
+    assert without.eval is None and without.n_eval == 0
+    assert with_eval.eval.texts == ["awful film", "lovely film", "dull film"]
+    assert with_eval.eval.labels.tolist() == [0, 1, 0] and with_eval.n_eval == 3
+    assert without.content_hash() != with_eval.content_hash()
+    assert "n_eval" not in without.summary() and with_eval.summary()["n_eval"] == 3
+    assert summary_differences(without.summary(), with_eval.summary()) == ["eval rows: stored None, now 3",
+                                                                          "eval labels, eval texts differ"]
+    other = _write_csv(tmp_path / "ev2.csv", ["awful film,neg", "lovely film,pos", "dull film,pos"])
+    changed = load_data(OmegaConf.create(dict(FILES, train_file=tr, test_file=te, eval_file=other)), "classification")
+    assert changed.content_hash() != with_eval.content_hash()
+
+
+def test_eval_file_refusals_name_the_eval_setting(tmp_path):
+    tr = _write_csv(tmp_path / "tr.csv", ["good film,pos", "bad film,neg"])
+    te = _write_csv(tmp_path / "te.csv", ["fine film,pos"])
+    cfg = OmegaConf.create(dict(FILES, train_file=tr, test_file=te, eval_file=str(tmp_path / "nope.csv")))
+    with pytest.raises(DataspexError, match=r"data.eval_file=.*nope.csv' does not exist"):
+        load_data(cfg, "classification")
+    cfg.eval_file = _write_csv(tmp_path / "ev.csv", ["odd film,meh"])
+    with pytest.raises(DataspexError, match=r"eval row 0: label 'meh' is not in the label set \['neg', 'pos'\]"):
+        load_data(cfg, "classification")
+
+
+def test_eval_rows_seen_in_training_are_counted_in_a_warning(tmp_path, caplog):
+    tr = _write_csv(tmp_path / "tr.csv", ["good film,pos", "bad film,neg"])
+    te = _write_csv(tmp_path / "te.csv", ["fine film,pos"])
+    ev = _write_csv(tmp_path / "ev.csv", ["good film,pos", "fine film,pos", "new film,neg"])
+    with caplog.at_level(logging.WARNING, logger="dataspex"):
+        load_data(OmegaConf.create(dict(FILES, train_file=tr, test_file=te, eval_file=ev)), "classification")
+    assert "2 of the 3 eval rows have a text that is also in the train or test split" in caplog.text

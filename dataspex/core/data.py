@@ -1,4 +1,7 @@
-"""Loading the train and test splits: the built-in demo, a hub data set, or local csv/json/parquet files.
+"""Loading the train, test and (optional) eval splits: the built-in demo, a hub data set, or local csv/json/parquet
+files. The eval split (``data.eval_file``, ``data.eval_split``, the demo's ``data.n_eval``) is never used for
+attribution: only ``dataspex curate`` scores retrained models on it, so that a curated set is judged on data the
+ranking never saw.
 
 A split is held as plain Python lists and a NumPy label array, so every later stage (tokenising, training,
 reporting) works the same whatever the source. Two task shapes:
@@ -46,13 +49,14 @@ class Split:
 
 @dataclass
 class TaskData:
-    """Train and test splits plus what the report needs to describe them."""
+    """Train, test and (optional) eval splits plus what the report needs to describe them."""
 
     train: Split
     test: Split
     task: str  # "classification" or "causal_lm"
     label_names: list[str] | None = None
     planted: list[dict] = field(default_factory=list)  # ground truth, demo data only
+    eval: Split | None = None  # independent evaluation split for `dataspex curate`; None when not configured
 
     @property
     def n_train(self) -> int:
@@ -62,11 +66,20 @@ class TaskData:
     def n_test(self) -> int:
         return len(self.test)
 
+    @property
+    def n_eval(self) -> int:
+        return 0 if self.eval is None else len(self.eval)
+
+    def splits(self) -> list[tuple[str, Split]]:
+        """(name, split) for train, test and, when configured, eval."""
+        return [("train", self.train), ("test", self.test)] + ([("eval", self.eval)] if self.eval is not None else [])
+
     def content_hash(self) -> str:
-        """SHA-256 over every text, label and completion: the data part of a run's fingerprint."""
+        """SHA-256 over every text, label and completion: the data part of a run's fingerprint. The eval split
+        counts only when there is one (a run without it keeps the hash it had before eval splits existed)."""
         h = hashlib.sha256()
         payload = {"task": self.task, "label_names": self.label_names}
-        for name, split in (("train", self.train), ("test", self.test)):
+        for name, split in self.splits():
             payload[name] = {
                 "texts": split.texts,
                 "labels": None if split.labels is None else split.labels.tolist(),
@@ -79,14 +92,17 @@ class TaskData:
         """What the content hash covers, part by part, and the data config that made it: stored beside the hash
         in a run's fingerprint so that a mismatch can say what differs (see :func:`summary_differences`)."""
         parts = {}
-        for name, split in (("train", self.train), ("test", self.test)):
+        for name, split in self.splits():
             parts[f"{name} texts"] = _digest(split.texts)
             if split.labels is not None:
                 parts[f"{name} labels"] = _digest(split.labels.tolist())
             if split.completions is not None:
                 parts[f"{name} completions"] = _digest(split.completions)
-        return {"config": config, "task": self.task, "n_train": self.n_train, "n_test": self.n_test,
-                "label_names": self.label_names, "hashes": parts}
+        out = {"config": config, "task": self.task, "n_train": self.n_train, "n_test": self.n_test,
+               "label_names": self.label_names, "hashes": parts}
+        if self.eval is not None:
+            out["n_eval"] = self.n_eval
+        return out
 
 
 def _digest(values) -> str:
@@ -98,7 +114,8 @@ def summary_text(summary: dict) -> str:
     config = summary.get("config") or {}
     settings = ", ".join(f"data.{k}={v}" for k, v in sorted(config.items()) if v is not None)
     labels = f", labels {summary['label_names']}" if summary.get("label_names") else ""
-    return f"{summary.get('n_train')} train and {summary.get('n_test')} test rows{labels} ({settings})"
+    evals = f", {summary['n_eval']} eval" if summary.get("n_eval") else ""
+    return f"{summary.get('n_train')} train and {summary.get('n_test')} test rows{evals}{labels} ({settings})"
 
 
 def summary_differences(stored: dict, now: dict) -> list[str]:
@@ -109,7 +126,7 @@ def summary_differences(stored: dict, now: dict) -> list[str]:
         if old_cfg.get(key) != new_cfg.get(key):
             out.append(f"data.{key}: stored {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
     for key, what in (("task", "task"), ("n_train", "train rows"), ("n_test", "test rows"),
-                      ("label_names", "label names")):
+                      ("n_eval", "eval rows"), ("label_names", "label names")):
         if stored.get(key) != now.get(key):
             out.append(f"{what}: stored {stored.get(key)!r}, now {now.get(key)!r}")
     old_hashes, new_hashes = stored.get("hashes") or {}, now.get("hashes") or {}
@@ -180,11 +197,15 @@ def load_data(cfg, task: str) -> TaskData:
 
 
 def _load_demo(cfg) -> TaskData:
+    n_eval = int(cfg.get("n_eval") or 0)
+    if n_eval < 0:
+        raise DataspexError(f"data.n_eval={n_eval} must be 0 (no eval split) or more")
     demo = make_demo(n_train=cfg.n_train, n_harmful=cfg.n_harmful, n_redundant=cfg.n_redundant,
-                     n_test_bulk=cfg.n_test_bulk, seed=cfg.seed)
+                     n_test_bulk=cfg.n_test_bulk, seed=cfg.seed, n_eval=n_eval)
     return TaskData(
         train=Split(demo.train_texts, demo.train_labels), test=Split(demo.test_texts, demo.test_labels),
         task="classification", label_names=demo.label_names, planted=demo.planted,
+        eval=Split(demo.eval_texts, demo.eval_labels) if n_eval else None,
     )
 
 
@@ -196,6 +217,7 @@ def _load_with_datasets(cfg, task: str) -> TaskData:
         encoding = cfg.get("encoding") or "utf-8"
         train_ds = _read_file(datasets, cfg.train_file, "train", encoding)
         test_ds = _read_file(datasets, cfg.test_file, "test", encoding)
+        eval_ds = _read_file(datasets, cfg.eval_file, "eval", encoding) if cfg.get("eval_file") else None
     else:
         what = f"could not load data set {cfg.path!r} (splits {cfg.train_split!r}/{cfg.test_split!r})"
         offline = hub_offline(for_datasets=True)
@@ -207,6 +229,8 @@ def _load_with_datasets(cfg, task: str) -> TaskData:
         try:
             train_ds = datasets.load_dataset(cfg.path, cfg.get("name"), split=cfg.train_split)
             test_ds = datasets.load_dataset(cfg.path, cfg.get("name"), split=cfg.test_split)
+            eval_ds = (datasets.load_dataset(cfg.path, cfg.get("name"), split=cfg.eval_split)
+                       if cfg.get("eval_split") else None)
         except Exception as exc:
             where = (f"; {offline} is set, so only the local cache is used and it has no copy" if offline else "")
             raise DataspexError(
@@ -219,13 +243,17 @@ def _load_with_datasets(cfg, task: str) -> TaskData:
                [(cfg.prompt_column, "data.prompt_column"), (cfg.completion_column, "data.completion_column")])
     train_ds = _complete_rows(train_ds, columns, cfg, "train", cfg.get("max_train"))
     test_ds = _complete_rows(test_ds, columns, cfg, "test", cfg.get("max_test"))
+    if eval_ds is not None:
+        eval_ds = _complete_rows(eval_ds, columns, cfg, "eval", cfg.get("max_eval"))
 
     if task == "classification":
         labels_by = _label_names(cfg, train_ds)
         return TaskData(train=_classification_split(train_ds, cfg, labels_by, "train"),
                         test=_classification_split(test_ds, cfg, labels_by, "test"),
-                        task=task, label_names=labels_by[0])
-    return TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task)
+                        task=task, label_names=labels_by[0],
+                        eval=None if eval_ds is None else _classification_split(eval_ds, cfg, labels_by, "eval"))
+    return TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task,
+                    eval=None if eval_ds is None else _lm_split(eval_ds, cfg, "eval"))
 
 
 def _where(cfg, split: str) -> str:
@@ -399,15 +427,22 @@ def _lm_split(ds, cfg, split: str) -> Split:
 
 
 def validate(data: TaskData) -> None:
-    """Refuse data no run can use, with a message that names the fix."""
-    for name, split in (("train", data.train), ("test", data.test)):
+    """Refuse data no run can use, with a message that names the fix; warn when the eval split shares texts with
+    the train or test split (an eval row seen in training is not independent evidence)."""
+    for name, split in data.splits():
         if len(split) == 0:
             raise DataspexError(f"the {name} split is empty: check data.{name}_split / data.{name}_file")
+    if data.eval is not None:
+        seen = set(data.train.texts) | set(data.test.texts)
+        shared = sum(text in seen for text in data.eval.texts)
+        if shared:
+            log.warning("data: %d of the %d eval rows have a text that is also in the train or test split; "
+                        "curation results on the eval split are then not independent of them", shared, data.n_eval)
     if data.task == "classification":
         n_labels = len(data.label_names or [])
         if n_labels < 2:
             raise DataspexError(f"classification needs at least 2 labels, found {data.label_names}")
-        for name, split in (("train", data.train), ("test", data.test)):
+        for name, split in data.splits():
             bad = np.flatnonzero((split.labels < 0) | (split.labels >= n_labels))
             if bad.size:
                 raise DataspexError(f"{name} row {bad[0]}: label {split.labels[bad[0]]} is outside the label set "

@@ -15,7 +15,7 @@ The remaining "bulk" examples are plain sentences whose sentiment the pre-traine
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,19 +63,26 @@ class DemoData:
     test_labels: np.ndarray  # (n_test,) int64
     planted: list[dict]
     label_names: list[str]
+    eval_texts: list[str] = field(default_factory=list)  # the eval split (empty unless n_eval > 0)
+    eval_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def make_demo(n_train: int = 64, n_harmful: int = 4, n_redundant: int = 4, n_test_bulk: int = 8,
-              seed: int = 0) -> DemoData:
-    """Build the demo set: ``n_train`` training sentences (2 per planted pair, the rest bulk) and
-    ``n_harmful + n_redundant + n_test_bulk`` test sentences. Same arguments, same data, on any machine."""
+              seed: int = 0, n_eval: int = 0) -> DemoData:
+    """Build the demo set: ``n_train`` training sentences (2 per planted pair, the rest bulk),
+    ``n_harmful + n_redundant + n_test_bulk`` test sentences and ``n_eval`` eval sentences. Same arguments, same
+    data, on any machine; ``n_eval`` changes nothing else.
+
+    The eval split restates each planted pair's test sentence in other words ("i found that ...": the planted
+    copies act on it as on the test sentence, without the test set's own text) and fills the rest with bulk
+    sentences used nowhere else; with fewer than that many eval rows, the restated ones come first."""
     if not 0 <= n_harmful <= len(_HARMFUL) or not 0 <= n_redundant <= len(_REDUNDANT):
         raise ValueError(f"at most {len(_HARMFUL)} harmful and {len(_REDUNDANT)} redundant pairs can be planted")
     n_bulk = n_train - 2 * (n_harmful + n_redundant)
     if n_bulk < 2:
         raise ValueError(f"n_train={n_train} leaves no room for bulk examples beside the planted pairs")
     rng = np.random.default_rng(seed)
-    bulk_train, bulk_test = _bulk_sentences(n_bulk, n_test_bulk, rng)
+    bulk_train, bulk_test, bulk_eval = _bulk_sentences(n_bulk, n_test_bulk, rng, n_eval)
 
     train: list[tuple[str, int]] = list(bulk_train)
     test: list[tuple[str, int]] = []
@@ -87,6 +94,8 @@ def make_demo(n_train: int = 64, n_harmful: int = 4, n_redundant: int = 4, n_tes
             planted_rows.append({"kind": kind, "pair": (len(train), len(train) + 1), "test": len(test)})
             train += [(first, copy_label), (second, copy_label)]
             test.append((target, label))
+    restated = [(f"i found that {text}", label) for text, label in test]
+    evals = (restated + bulk_eval)[:n_eval]
     test += bulk_test
 
     # Shuffle the training set so planted pairs are not adjacent; remap the planted indices.
@@ -102,16 +111,22 @@ def make_demo(n_train: int = 64, n_harmful: int = 4, n_redundant: int = 4, n_tes
         train_texts=[t for t, _ in train], train_labels=np.array([y for _, y in train], dtype=np.int64),
         test_texts=[t for t, _ in test], test_labels=np.array([y for _, y in test], dtype=np.int64),
         planted=planted, label_names=list(LABEL_NAMES),
+        eval_texts=[t for t, _ in evals], eval_labels=np.array([y for _, y in evals], dtype=np.int64),
     )
 
 
-def _bulk_sentences(n_train: int, n_test: int, rng: np.random.Generator):
-    """Distinct "the <subject> was <adjective>" sentences, balanced across labels, split train/test."""
+def _bulk_sentences(n_train: int, n_test: int, rng: np.random.Generator, n_eval: int = 0):
+    """Distinct "the <subject> was <adjective>" sentences, balanced across labels, split train/test, and up to
+    ``n_eval`` more for the eval split. Those come from the same permutation after the train and test picks, so
+    asking for them changes neither the other splits nor the random stream that later shuffles the train set."""
     combos = [(s, a, 1) for s in _SUBJECTS for a in _POSITIVE] + [(s, a, 0) for s in _SUBJECTS for a in _NEGATIVE]
-    picks = rng.permutation(len(combos))[: n_train + n_test]
+    order = rng.permutation(len(combos))
+    picks = order[: n_train + n_test]
+    extra = [combos[k] for k in order[n_train + n_test: n_train + n_test + n_eval]]
     # Alternate labels so both classes are represented whatever the sizes.
     pos = [combos[k] for k in picks if combos[k][2] == 1]
     neg = [combos[k] for k in picks if combos[k][2] == 0]
     interleaved = [x for pair in zip(pos, neg) for x in pair] + pos[len(neg):] + neg[len(pos):]
     sentences = [(f"the {s} was {a}", y) for s, a, y in interleaved]
-    return sentences[:n_train], sentences[n_train:n_train + n_test]
+    return (sentences[:n_train], sentences[n_train:n_train + n_test],
+            [(f"the {s} was {a}", y) for s, a, y in extra])
