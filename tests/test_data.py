@@ -229,7 +229,7 @@ def test_demo_eval_split_leaves_train_and_test_as_they_were():
         assert with_eval.eval_labels[t] == plain.test_labels[t]
 
 
-def test_eval_file_loads_and_enters_the_hash_only_when_set(tmp_path):
+def test_eval_file_loads_and_stays_out_of_the_runs_content_hash(tmp_path):
     tr = _write_csv(tmp_path / "tr.csv", ["good film,pos", "bad film,neg"])
     te = _write_csv(tmp_path / "te.csv", ["fine film,pos"])
     ev = _write_csv(tmp_path / "ev.csv", ["awful film,neg", "lovely film,pos", "dull film,neg"])
@@ -238,13 +238,14 @@ def test_eval_file_loads_and_enters_the_hash_only_when_set(tmp_path):
     assert without.eval is None and without.n_eval == 0
     assert with_eval.eval.texts == ["awful film", "lovely film", "dull film"]
     assert with_eval.eval.labels.tolist() == [0, 1, 0] and with_eval.n_eval == 3
-    assert without.content_hash() != with_eval.content_hash()
+    # no attribution result depends on the eval split: a finished study can gain one
+    assert without.content_hash() == with_eval.content_hash() and without.eval_hash() is None
     assert "n_eval" not in without.summary() and with_eval.summary()["n_eval"] == 3
     assert summary_differences(without.summary(), with_eval.summary()) == ["eval rows: stored None, now 3",
                                                                           "eval labels, eval texts differ"]
     other = _write_csv(tmp_path / "ev2.csv", ["awful film,neg", "lovely film,pos", "dull film,pos"])
     changed = load_data(OmegaConf.create(dict(FILES, train_file=tr, test_file=te, eval_file=other)), "classification")
-    assert changed.content_hash() != with_eval.content_hash()
+    assert changed.eval_hash() != with_eval.eval_hash() and changed.content_hash() == with_eval.content_hash()
 
 
 def test_eval_file_refusals_name_the_eval_setting(tmp_path):

@@ -75,11 +75,14 @@ class TaskData:
         return [("train", self.train), ("test", self.test)] + ([("eval", self.eval)] if self.eval is not None else [])
 
     def content_hash(self) -> str:
-        """SHA-256 over every text, label and completion: the data part of a run's fingerprint. The eval split
-        counts only when there is one (a run without it keeps the hash it had before eval splits existed)."""
+        """SHA-256 over every train and test text, label and completion: the data part of a run's fingerprint.
+
+        The eval split is not in it: no attribution result depends on it, so an eval split can be added to (or
+        changed on) a finished study. It is part of the fingerprint of each ``dataspex curate`` study, whose
+        targets it is (:meth:`eval_hash`), and of the recorded :meth:`summary`."""
         h = hashlib.sha256()
         payload = {"task": self.task, "label_names": self.label_names}
-        for name, split in self.splits():
+        for name, split in (("train", self.train), ("test", self.test)):
             payload[name] = {
                 "texts": split.texts,
                 "labels": None if split.labels is None else split.labels.tolist(),
@@ -87,6 +90,14 @@ class TaskData:
             }
         h.update(json.dumps(payload, sort_keys=True).encode())
         return h.hexdigest()
+
+    def eval_hash(self) -> str | None:
+        """SHA-256 over the eval split's texts, labels and completions (None without an eval split)."""
+        if self.eval is None:
+            return None
+        payload = {"texts": self.eval.texts, "completions": self.eval.completions,
+                   "labels": None if self.eval.labels is None else self.eval.labels.tolist()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def summary(self, config: dict | None = None) -> dict:
         """What the content hash covers, part by part, and the data config that made it: stored beside the hash

@@ -40,10 +40,10 @@ def train_rows(cfg, store, data, design, todo: np.ndarray) -> None:
     base = load_base_model(cfg.model, n_labels, cfg.train.seed)
     train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
     test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
-    _train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, test)
+    train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, test)
 
 
-def _train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
+def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
     """Train every row in ``todo`` in one engine call (so a batched engine can fill its passes), writing a
     result file each ``train.chunk_size`` finished masks. The engine yields each mask as soon as its pass is
     done, so a crash loses the pass in progress and fewer than ``chunk_size`` finished masks. Masks whose

@@ -1,0 +1,224 @@
+"""``dataspex curate``: act on the report, and measure whether acting helped, on data the ranking never saw.
+
+1. The changes: the report's harmful findings (``curate.actions=validated``: only the pairs whose removal
+   ``dataspex validate`` confirmed; ``predicted``: every harmful finding), each pair dropped, or relabelled where
+   the report suggests it and ``curate.relabel=true``.
+2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
+   (``<run_dir>/curate/``).
+3. A paired retraining study (:mod:`dataspex.design.curation`): the full set, the curated set, ``random_draws``
+   random removals of as many examples and each first-order baseline's removals (:mod:`dataspex.fit.baselines`),
+   ``curate.seeds`` replicates each, every model scored on the **eval split**. It lives in its own store under
+   ``curate/study-<digest>/`` (the digest covers the curated data and the arms), so it resumes and never mixes two
+   different curated sets.
+4. The verdict (:mod:`dataspex.validate.curation`): helped / no measurable effect / hurt, with t-intervals.
+
+Nothing to act on (no finding, or none confirmed) is a result, not an error: it is written and said.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+from dataspex.core.data import TaskData
+from dataspex.core.errors import DataspexError
+from dataspex.core.export import format_for, split_frame, write_split
+from dataspex.core.files import write_json, write_table
+from dataspex.core.models import load_base_model, load_tokenizer
+from dataspex.design.curation import CurationPlan, arm_masks, augmented_split, curation_design, random_removals
+from dataspex.fit.baselines import BASELINES, harm_scores, top_harmful
+from dataspex.report.context import gather, load_models, load_trak
+from dataspex.stages.rundir import fingerprint, open_run
+from dataspex.stages.train import train_chunks
+from dataspex.store import RunStore
+from dataspex.train import get_engine
+from dataspex.train.common import encode, mask_seed
+from dataspex.validate.curation import analyse_curation
+
+__all__ = ["plan_changes", "settings", "stage_curate"]
+
+log = logging.getLogger("dataspex")
+
+ACTION_SOURCES = ("validated", "predicted")
+
+
+def settings(cfg) -> dict:
+    """The ``curate:`` block, checked (the numbers are checked by :mod:`dataspex.core.settings`)."""
+    block = cfg.curate
+    source = str(block.actions)
+    if source not in ACTION_SOURCES:
+        raise DataspexError(f"curate.actions={source!r} is not one of: {', '.join(ACTION_SOURCES)}")
+    baselines = [str(b) for b in block.baselines]
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise DataspexError(f"curate.baselines has {bad}: use {', '.join(BASELINES)}")
+    return {"actions": source, "relabel": bool(block.relabel), "seeds": int(block.seeds),
+            "random_draws": int(block.random_draws), "baselines": baselines, "level": float(block.level),
+            "format": str(block.format)}
+
+
+def plan_changes(actions, data, source: str, relabel: bool, validated: bool) -> tuple[CurationPlan, list[dict]]:
+    """The curated set's changes from the report's actions table, and one manifest entry per changed example."""
+    if source == "validated" and not validated:
+        raise DataspexError("curate.actions=validated acts on the pairs `dataspex validate` confirmed, and this run "
+                            "has not been validated: run `dataspex validate run_dir=...` first, or set "
+                            "curate.actions=predicted to act on the ranking model's findings unconfirmed")
+    harmful = actions[actions["kind"] == "harmful"] if len(actions) else actions
+    if source == "validated" and len(harmful):
+        harmful = harmful[harmful["removal"] == "lowered"]
+    dropped, relabelled, entries = {}, {}, []
+    for row in harmful.itertuples():
+        suggest = relabel and str(row.action).startswith("relabel") and data.task == "classification"
+        for x in (int(row.i), int(row.j)):
+            if x in dropped or x in relabelled:
+                continue
+            evidence = {"pair": [int(row.i), int(row.j)], "test": int(row.test), "pattern": row.pattern,
+                        "report_action": row.action, "verdict": row.verdict, "removal": row.removal,
+                        **{key: _number(getattr(row, key)) for key in (
+                            "predicted_change_if_both_removed", "realised_change_if_both_removed",
+                            "realised_low", "realised_high")}}
+            entry = {"row": x, "text": data.train.texts[x]}
+            if suggest:
+                new = int(data.test.labels[int(row.test)])
+                relabelled[x] = new
+                entry.update(change="relabel", label=data.label_names[int(data.train.labels[x])],
+                             new_label=data.label_names[new])
+            else:
+                dropped[x] = True
+                if data.train.labels is not None:
+                    entry["label"] = data.label_names[int(data.train.labels[x])]
+                entry["change"] = "drop"
+            entries.append(dict(entry, evidence=evidence))
+    return CurationPlan(data.n_train, list(dropped), relabelled), entries
+
+
+def _number(x) -> float | None:
+    """A float for JSON, None for a value that is missing (NaN: not validated)."""
+    return float(x) if x is not None and np.isfinite(float(x)) else None
+
+
+def _write_curated(cfg, data, plan: CurationPlan, out_dir: str, fmt: str) -> str:
+    """The curated training set (dropped rows left out, relabelled rows with their new label) in ``fmt``."""
+    keep = [i for i in range(data.n_train) if i not in set(plan.dropped)]
+    texts = [data.train.texts[i] for i in keep]
+    if data.train.labels is not None:
+        labels = np.array([plan.relabelled.get(i, int(data.train.labels[i])) for i in keep], dtype=np.int64)
+        split = type(data.train)(texts, labels)
+    else:
+        split = type(data.train)(texts, completions=[data.train.completions[i] for i in keep])
+    return write_split(split_frame(split, keep, cfg.data, data.label_names), os.path.join(out_dir, "train_curated"),
+                       fmt)
+
+
+def _study_digest(aug_train, arms: dict, eval_hash: str) -> str:
+    """What a curation study's results depend on beyond the run: the augmented train split, the arms, the eval
+    split (a change in any gives a new study directory, never a mix)."""
+    h = hashlib.sha256(eval_hash.encode())
+    h.update(repr(aug_train.texts).encode())
+    h.update(b"" if aug_train.labels is None else aug_train.labels.tobytes())
+    for name, mask in arms.items():
+        h.update(name.encode() + b"|" + mask.tobytes())
+    return h.hexdigest()[:12]
+
+
+def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int) -> int:
+    """Retrain the study's missing rows, replicate by replicate, under paired seeds; returns how many."""
+    done = sub.done_ids()
+    replicate = np.asarray(design.meta["replicate"])
+    todo = {s: np.array([r for r in np.flatnonzero(replicate == s) if int(design.mask_ids[r]) not in done],
+                        dtype=np.int64) for s in range(seeds)}
+    total = sum(len(v) for v in todo.values())
+    if not total:
+        return 0
+    tokenizer = load_tokenizer(cfg.model)
+    n_labels = len(aug.label_names) if aug.label_names else None
+    base = load_base_model(cfg.model, n_labels, cfg.train.seed)  # the run's head: every arm, every replicate
+    train = encode(aug.train, tokenizer, aug.task, cfg.model.max_length)
+    evals = encode(aug.test, tokenizer, aug.task, cfg.model.max_length)
+    engine = get_engine(cfg.train.engine)
+    for s, rows in todo.items():
+        if not len(rows):
+            continue
+        rcfg = copy.deepcopy(cfg)
+        rcfg.train.seed = mask_seed(int(cfg.train.seed), s, "per_mask")
+        rcfg.train.seed_policy = "shared"  # one seed for every arm of replicate s: the arms are paired
+        train_chunks(rcfg, sub, design, rows, engine, base, train, evals)
+    return total
+
+
+def stage_curate(cfg) -> dict:
+    opts = settings(cfg)
+    store, data = open_run(cfg)
+    if data.eval is None:
+        raise DataspexError("dataspex curate scores the curated set on an eval split, and this run's data has none: "
+                            "set data.eval_file=<file> (data=files), data.eval_split=<split> (data=hub) or "
+                            "data.n_eval=<rows> (the demo). It is not part of the run's fingerprint: it can be added "
+                            "to a finished run")
+    fitted, faithfulness, name = load_models(cfg, store)
+    ctx = gather(cfg, store, data, fitted, faithfulness, name)
+    plan, entries = plan_changes(ctx["actions"], data, opts["actions"], opts["relabel"],
+                                 ctx["validation"] is not None)
+    out_dir = store.path("curate")
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"actions": opts["actions"], "relabel": opts["relabel"], "ranking_estimator": name,
+            "n_train": data.n_train, "n_eval": data.n_eval, "changes": entries}
+    if not plan.n_changed:
+        why = ("no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
+               else "`dataspex validate` confirmed no harmful pair's removal")
+        summary = dict(meta, verdict="nothing to act on", why=why)
+        write_json(os.path.join(out_dir, "curation.json"), summary)
+        log.info("curate: nothing to act on (%s); no curated set written", why)
+        return summary
+    fmt = format_for(cfg.data, opts["format"])
+    curated_path = _write_curated(cfg, data, plan, out_dir, fmt)
+    write_json(os.path.join(out_dir, "manifest.json"), meta)
+
+    k = plan.n_changed
+    removals = {f"random:{d}": draw for d, draw in
+                enumerate(random_removals(data.n_train, k, opts["random_draws"], int(cfg.train.seed)))}
+    harms = harm_scores(fitted, load_trak(store, data.n_train, data.n_test) if "trak" in opts["baselines"] else None)
+    skipped = [b for b in opts["baselines"] if b not in harms]
+    if skipped:
+        log.warning("curate: baseline(s) %s skipped: %s", skipped,
+                    "; ".join({"linear": "no linear datamodel in this run's fit (add estimator@estimators.linear)",
+                               "trak": "no TRAK scores (run `dataspex trak run_dir=...` first)"}[b] for b in skipped))
+    baselines = {b: top_harmful(harms[b], k) for b in opts["baselines"] if b in harms}
+    removals.update(baselines)
+    arms = arm_masks(plan, removals)
+    aug = TaskData(train=augmented_split(data.train, plan), test=data.eval, task=data.task,
+                   label_names=data.label_names)
+    sub = RunStore(os.path.join(out_dir, f"study-{_study_digest(aug.train, arms, data.eval_hash())}"))
+    os.makedirs(sub.run_dir, exist_ok=True)
+    study_fp = fingerprint(cfg, aug)
+    study_fp["train"]["seed_policy"] = "curate: replicate s trains every arm under mask_seed(train.seed, s)"
+    sub.check_fingerprint(study_fp, create=True)
+    design = curation_design(arms, opts["seeds"])
+    if sub.has_design() and len(sub.load_design()) >= len(design):
+        design = sub.load_design()
+    else:
+        sub.save_design(design)  # more seeds than before: the same ids for the rows it had, new ones after
+    log.info("curate: %d examples changed (%d dropped, %d relabelled); %d arms x %d seeds = %d retrains, scored "
+             "on %d eval rows", k, len(plan.dropped), len(plan.relabelled), len(arms), opts["seeds"],
+             len(arms) * opts["seeds"], data.n_eval)
+    trained = _train_study(cfg, sub, design, aug, opts["seeds"])
+    log.info("curate: trained %d, reused %d", trained, len(arms) * opts["seeds"] - trained)
+    results = sub.load_results(design)
+    removed = {a: int((arms["full"][:data.n_train] != m[:data.n_train]).sum()) for a, m in arms.items()}
+    table, verdict = analyse_curation(design, results, opts["seeds"], opts["level"], data.task, removed)
+    write_table(table, out_dir, "curation")
+    summary = dict(meta, **verdict, curated_file=curated_path, format=fmt, study=sub.run_dir,
+                   arms={a: sorted(int(i) for i in np.flatnonzero(arms["full"][:data.n_train]
+                                                                  != m[:data.n_train])) for a, m in arms.items()},
+                   skipped_baselines=skipped, settings=opts)
+    write_json(os.path.join(out_dir, "curation.json"), summary)
+    for row in table.itertuples():
+        log.info("curate: %-16s removes %3d: eval loss %.4f, change %+.4f [%+.4f, %+.4f]", row.arm, row.removed,
+                 row.eval_loss, row.loss_change, row.loss_change_low, row.loss_change_high)
+    log.info("curate: verdict on the curated set: %s (curated file %s)", verdict["verdict"], curated_path)
+    return summary
+
+

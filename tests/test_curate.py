@@ -1,0 +1,279 @@
+"""`dataspex curate`: the curation design, the paired statistics, the curated file, and the stage end to end
+(the fit is synthetic; the curation study's retrains are real fine-tunes scored on the demo's eval split)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from dataspex.core.data import Split, load_data
+from dataspex.core.errors import DataspexError
+from dataspex.core.export import format_for, split_frame, write_split
+from dataspex.design.curation import CurationPlan, arm_masks, augmented_split, curation_design, random_removals
+from dataspex.fit.baselines import top_harmful
+from dataspex.stages.curate import plan_changes
+from dataspex.store import Results
+from dataspex.validate import t_interval
+from dataspex.validate.curation import analyse_curation, curation_verdict
+from tests.conftest import TINY, run_cli
+
+
+# ------------------------------------------------------------------------------------------- the design
+
+def test_arm_masks_over_the_augmented_split_are_exact():
+    train = Split(["a", "b", "c", "d", "e", "f"], np.array([1, 1, 1, 1, 0, 0]))
+    plan = CurationPlan(6, dropped=[1], relabelled={3: 0})
+    aug = augmented_split(train, plan)
+    assert aug.texts == ["a", "b", "c", "d", "e", "f", "d"] and aug.labels.tolist() == [1, 1, 1, 1, 0, 0, 0]
+    arms = arm_masks(plan, {"random:0": [0, 5], "linear": [2, 4]})
+    assert list(arms) == ["full", "curated", "random:0", "linear"]
+    assert arms["full"].tolist() == [1, 1, 1, 1, 1, 1, 0]
+    assert arms["curated"].tolist() == [1, 0, 1, 0, 1, 1, 1]  # 1 dropped, 3 swapped for its relabelled copy
+    assert arms["random:0"].tolist() == [0, 1, 1, 1, 1, 0, 0]
+    assert arms["linear"].tolist() == [1, 1, 0, 1, 0, 1, 0]
+    assert plan.changed == [1, 3] and plan.n_changed == 2
+    assert augmented_split(train, CurationPlan(6, dropped=[2])) is train  # nothing relabelled: no copies
+
+
+def test_curation_plan_refuses_impossible_changes():
+    with pytest.raises(ValueError, match=r"example indices \[7\] are outside the training set \(n_train=6\)"):
+        CurationPlan(6, dropped=[7])
+    with pytest.raises(ValueError, match=r"examples \[2\] are both dropped and relabelled"):
+        CurationPlan(6, dropped=[2], relabelled={2: 0})
+
+
+def test_curation_design_keeps_its_ids_when_seeds_grow():
+    arms = arm_masks(CurationPlan(4, dropped=[0]), {"random:0": [3]})
+    two, three = curation_design(arms, 2), curation_design(arms, 3)
+    assert two.roles.tolist() == ["full", "curated", "random:0"] * 2 and two.meta["replicate"] == [0, 0, 0, 1, 1, 1]
+    assert three.mask_ids[:6].tolist() == two.mask_ids.tolist() and np.array_equal(three.masks[:6], two.masks)
+    assert three.meta["arms"] == ["full", "curated", "random:0"] and len(three) == 9
+
+
+def test_random_removals_are_distinct_deterministic_and_stable_in_the_number_of_draws():
+    five, seven = random_removals(20, 4, 5, seed=0), random_removals(20, 4, 7, seed=0)
+    assert seven[:5] == five and all(len(set(d)) == 4 and d == sorted(d) for d in seven)
+    assert len({tuple(d) for d in seven}) == 7 and random_removals(20, 4, 5, seed=1) != five
+    with pytest.raises(ValueError, match="cannot remove 21 of 20"):
+        random_removals(20, 21, 1, seed=0)
+
+
+def test_top_harmful_takes_the_largest_harm_lower_index_on_ties():
+    assert top_harmful(np.array([0.1, 0.5, 0.5, -1.0, 0.3]), 3) == [1, 2, 4]
+
+
+# ------------------------------------------------------------------------------------------- the changes
+
+def _actions(rows):
+    cols = ["kind", "i", "j", "test", "pattern", "action", "removal", "verdict", "predicted_change_if_both_removed",
+            "realised_change_if_both_removed", "realised_low", "realised_high"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+
+
+def _data():
+    from dataspex.core.data import TaskData
+    train = Split([f"t{k}" for k in range(8)], np.array([0, 1, 0, 1, 0, 1, 0, 1]))
+    test = Split(["x0", "x1"], np.array([0, 1]))
+    return TaskData(train, test, "classification", ["neg", "pos"])
+
+
+def test_plan_changes_follows_the_source_and_the_relabel_choice():
+    actions = _actions([
+        ("harmful", 1, 3, 0, "masking", "relabel both as 'neg'? (else drop both)", "lowered", "confirmed",
+         -2.0, -1.5, -2.0, -1.0),
+        ("harmful", 4, 6, 1, "synergy", "drop either", "unclear", "not confirmed", -0.5, 0.1, -0.4, 0.6),
+        ("redundant", 2, 5, 1, "redundant", "keep at least one", "-", "not validated", 1.0, np.nan, np.nan, np.nan),
+    ])
+    plan, entries = plan_changes(actions, _data(), "validated", relabel=False, validated=True)
+    assert plan.dropped == [1, 3] and plan.relabelled == {}  # only the pair whose removal lowered the loss
+    assert [e["change"] for e in entries] == ["drop", "drop"] and entries[0]["evidence"]["pair"] == [1, 3]
+    plan, entries = plan_changes(actions, _data(), "validated", relabel=True, validated=True)
+    assert plan.dropped == [] and plan.relabelled == {1: 0, 3: 0}
+    assert entries[0]["label"] == "pos" and entries[0]["new_label"] == "neg"
+    plan, entries = plan_changes(actions, _data(), "predicted", relabel=False, validated=False)
+    assert plan.dropped == [1, 3, 4, 6]  # every harmful finding; redundant pairs are kept
+    assert entries[2]["evidence"]["realised_change_if_both_removed"] == 0.1
+    with pytest.raises(DataspexError, match="this run has not been validated: run `dataspex validate"):
+        plan_changes(actions, _data(), "validated", relabel=False, validated=False)
+
+
+# ------------------------------------------------------------------------------------------- the statistics
+
+def _study(loss_by_arm: dict, n_eval: int = 3, missing=()):
+    """A curation design and Results whose every eval loss of arm a in replicate s is loss_by_arm[a][s]
+    (margins +1 for arms named in ``correct``), leaving out the rows in ``missing`` ((arm, s) pairs)."""
+    names = list(loss_by_arm)
+    seeds = len(loss_by_arm[names[0]])
+    arms = {a: np.ones(4, dtype=np.uint8) for a in names}
+    design = curation_design(arms, seeds)
+    keep = [r for r in range(len(design)) if (design.roles[r], design.meta["replicate"][r]) not in missing]
+    losses = np.array([[loss_by_arm[design.roles[r]][design.meta["replicate"][r]]] * n_eval for r in keep])
+    margins = np.where(losses < 1.0, 1.0, -1.0)
+    return design, Results(design.mask_ids[keep], design.masks[keep], losses, margins)
+
+
+def test_analyse_curation_pairs_replicates_and_matches_the_t_interval():
+    loss = {"full": [1.2, 1.4, 1.1], "curated": [0.8, 0.9, 0.85], "random:0": [1.2, 1.5, 1.0],
+            "random:1": [1.1, 1.3, 1.2], "linear": [0.9, 1.5, 1.1]}
+    design, results = _study(loss)
+    table, summary = analyse_curation(design, results, 3, 0.9, "classification", {a: 2 for a in loss})
+    row = table.set_index("arm")
+    expected = t_interval(np.subtract(loss["curated"], loss["full"]), 0.9)
+    assert row.loc["curated", "loss_change"] == pytest.approx(expected[0])
+    interval = (row.loc["curated", "loss_change_low"], row.loc["curated", "loss_change_high"])
+    assert interval == pytest.approx(expected[2:])
+    pooled = np.mean([loss["random:0"], loss["random:1"]], axis=0)
+    assert row.loc["random (pooled)", "eval_loss"] == pytest.approx(pooled.mean())
+    assert summary["curated_vs_random"]["mean"] == pytest.approx(np.mean(np.subtract(loss["curated"], pooled)))
+    assert summary["curated_vs_linear"]["mean"] == pytest.approx(np.mean(np.subtract(loss["curated"], loss["linear"])))
+    assert row.loc["curated", "eval_accuracy"] == 1.0 and row.loc["full", "eval_accuracy"] == 0.0
+    assert row.loc["curated", "accuracy_change"] == 1.0 and summary["seeds"] == 3
+    assert summary["verdict"] == "helped"
+
+    # a replicate with an arm missing is left out, so every difference stays paired
+    design, results = _study(loss, missing=[("random:1", 2)])
+    table, summary = analyse_curation(design, results, 3, 0.9, "classification", {a: 2 for a in loss})
+    assert summary["seeds"] == 2
+    assert table.set_index("arm").loc["curated", "loss_change"] == pytest.approx(np.mean([-0.4, -0.5]))
+
+
+def test_curation_verdict_needs_to_beat_random_removal_to_count_as_help():
+    assert curation_verdict((-0.5, -0.1), (-0.3, -0.05)) == "helped"
+    assert curation_verdict((-0.5, -0.1), (-0.3, 0.2)) == "no measurable effect"  # no better than random
+    assert curation_verdict((-0.5, -0.1), None) == "no measurable effect"
+    assert curation_verdict((0.05, 0.4), (0.0, 0.5)) == "hurt"
+    assert curation_verdict((-0.1, 0.2), (-0.3, -0.1)) == "no measurable effect"
+    assert curation_verdict((np.nan, np.nan), None) == "no measurable effect"
+
+
+# ------------------------------------------------------------------------------------------- the file
+
+FILES = dict(source="files", train_file=None, test_file=None, text_column="sentence", label_column="y",
+             prompt_column="prompt", completion_column="completion", label_names=None, max_train=None,
+             max_test=None, encoding="utf-8", drop_missing=False)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_curated_file_reads_back_as_the_same_training_split(tmp_path, fmt):
+    cfg = OmegaConf.create(FILES)
+    split = Split(["a good film, truly", 'a "bad" film', "fine\tfilm"], np.array([1, 0, 1]))
+    path = write_split(split_frame(split, [0, 2, 5], cfg, ["neg", "pos"]), str(tmp_path / "curated"), fmt)
+    assert path.endswith({"jsonl": ".jsonl"}.get(fmt, f".{fmt}"))
+    back = load_data(OmegaConf.create(dict(FILES, train_file=path, test_file=path)), "classification")
+    assert back.train.texts == split.texts and back.label_names == ["neg", "pos"]
+    assert back.train.labels.tolist() == [1, 0, 1]
+    assert pd.read_parquet(path)["row"].tolist() == [0, 2, 5] if fmt == "parquet" else True
+
+
+def test_curated_file_as_a_datasets_folder_and_the_format_choice(tmp_path):
+    import datasets
+
+    cfg = OmegaConf.create(FILES)
+    split = Split(["x", "y"], np.array([0, 1]))
+    path = write_split(split_frame(split, [3, 4], cfg, ["neg", "pos"]), str(tmp_path / "curated"), "datasets")
+    ds = datasets.load_from_disk(path)
+    assert ds["sentence"] == ["x", "y"] and ds["y"] == ["neg", "pos"] and ds["row"] == [3, 4]
+    assert format_for(OmegaConf.create(dict(FILES, train_file="a/b.JSON"))) == "jsonl"
+    assert format_for(OmegaConf.create(dict(FILES, train_file="a/b.tsv"))) == "tsv"
+    assert format_for(OmegaConf.create({"source": "demo"})) == "parquet"
+    with pytest.raises(DataspexError, match="curate.format='xlsx' is not one of: auto, csv, tsv, jsonl, parquet"):
+        format_for(cfg, "xlsx")
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+@pytest.mark.slow
+def test_curate_stage_end_to_end(tmp_path):
+    """Acts on the validated harmful pair, writes the curated set and its manifest, retrains every arm under
+    paired seeds on the eval split, resumes, and grows with more seeds without retraining what it has."""
+    from dataspex.store import RunStore
+    from tests.test_report import copy_run, write_validation
+
+    run_dir = copy_run(tmp_path)
+    validation = write_validation(run_dir, {("harmful", 1): "lowered"})
+    pair = validation[(validation["kind"] == "harmful") & (validation["rank"] == 1)].iloc[0]
+    args = ["curate", f"run_dir={run_dir}", "curate.seeds=2", "curate.random_draws=2"]
+    proc = run_cli(*args)
+    assert "baseline(s) ['trak'] skipped: no TRAK scores" in proc.stderr
+    assert "2 examples changed (2 dropped, 0 relabelled); 5 arms x 2 seeds = 10 retrains" in proc.stderr
+    assert "trained 10, reused 0" in proc.stderr
+    out = os.path.join(run_dir, "curate")
+    summary = json.load(open(os.path.join(out, "curation.json")))
+    assert summary["verdict"] in ("helped", "no measurable effect", "hurt") and summary["seeds"] == 2
+    assert summary["arms"]["curated"] == sorted([int(pair["i"]), int(pair["j"])])
+    assert [len(summary["arms"][a]) for a in ("full", "random:0", "random:1", "linear")] == [0, 2, 2, 2]
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert [c["row"] for c in manifest["changes"]] == [int(pair["i"]), int(pair["j"])]
+    assert manifest["changes"][0]["evidence"]["removal"] == "lowered"
+    curated = pd.read_parquet(summary["curated_file"])  # demo data: parquet
+    assert len(curated) == 8 and not {int(pair["i"]), int(pair["j"])} & set(curated["row"])
+    table = pd.read_parquet(os.path.join(out, "curation.parquet"))
+    assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "random (pooled)"]
+    assert (table["seeds"] == 2).all() and np.isfinite(table["eval_loss"]).all()
+    study = RunStore(summary["study"])
+    results = study.load_results(study.load_design())
+    assert results.losses.shape == (10, 16)  # every arm x seed, scored on the 16 eval rows
+
+    more = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=3", "curate.random_draws=2")
+    assert "trained 5, reused 10" in more.stderr  # resumable: only the new replicate is trained
+    again = json.load(open(os.path.join(out, "curation.json")))
+    assert again["seeds"] == 3 and again["study"] == summary["study"]
+
+
+@pytest.mark.slow
+def test_curate_pairs_every_arm_of_a_replicate_under_one_seed(tmp_path):
+    """Two arms with the same training set give the same eval losses within a replicate (one seed per
+    replicate), and another replicate gives other losses."""
+    from hydra import compose, initialize_config_dir
+
+    from dataspex.cli import config_dir
+    from dataspex.stages.curate import _train_study
+    from dataspex.store import RunStore
+    from dataspex.core.data import TaskData
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=list(TINY))
+    data = load_data(cfg.data, cfg.model.task)
+    plan = CurationPlan(data.n_train, dropped=[0])
+    arms = arm_masks(plan, {"same_as_full": []})
+    design = curation_design(arms, 2)
+    store = RunStore(str(tmp_path / "study"))
+    os.makedirs(store.run_dir)
+    store.check_fingerprint({"test": 1}, create=True)
+    store.save_design(design)
+    aug = TaskData(train=data.train, test=data.eval, task=data.task, label_names=data.label_names)
+    assert _train_study(cfg, store, design, aug, 2) == 6
+    res = store.load_results(design)
+    by = {(design.roles[r], design.meta["replicate"][r]): res.losses[r] for r in range(len(design))}
+    for s in (0, 1):
+        np.testing.assert_allclose(by[("full", s)], by[("same_as_full", s)], rtol=0, atol=1e-6)
+    assert np.abs(by[("full", 0)] - by[("full", 1)]).max() > 1e-4
+
+
+def test_curate_refusals_and_nothing_to_act_on(tmp_path):
+    from tests.test_report import copy_run, write_validation
+
+    run_dir = copy_run(tmp_path)
+    proc = run_cli("curate", f"run_dir={run_dir}", "data.n_eval=0", check=False)
+    assert proc.returncode == 2 and "this run's data has none: set data.eval_file=<file>" in proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", check=False)
+    assert proc.returncode == 2 and "curate.actions=validated acts on the pairs `dataspex validate` confirmed" in \
+        proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", "curate.actions=maybe", check=False)
+    assert proc.returncode == 2 and "curate.actions='maybe' is not one of: validated, predicted" in proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[cleanlab]", check=False)
+    assert proc.returncode == 2 and "curate.baselines has ['cleanlab']: use linear, trak" in proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=0", check=False)
+    assert proc.returncode == 2 and "curate.seeds=0 must be at least 1" in proc.stderr
+
+    write_validation(run_dir, {})  # validated, and no removal lowered the loss
+    proc = run_cli("curate", f"run_dir={run_dir}")
+    assert "nothing to act on (`dataspex validate` confirmed no harmful pair's removal)" in proc.stderr
+    summary = json.load(open(os.path.join(run_dir, "curate", "curation.json")))
+    assert summary["verdict"] == "nothing to act on" and summary["changes"] == []
+    assert not os.path.exists(os.path.join(run_dir, "curate", "manifest.json"))
