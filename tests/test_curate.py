@@ -277,3 +277,20 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
     summary = json.load(open(os.path.join(run_dir, "curate", "curation.json")))
     assert summary["verdict"] == "nothing to act on" and summary["changes"] == []
     assert not os.path.exists(os.path.join(run_dir, "curate", "manifest.json"))
+
+
+def test_per_block_seed_policy_shares_a_seed_and_data_order_inside_a_block_of_ids():
+    from dataspex.train.common import mask_schedule, mask_seed
+
+    assert [mask_seed(7, i, "per_block", 3) for i in range(6)] == [mask_seed(7, 0, "per_mask")] * 3 + \
+        [mask_seed(7, 1, "per_mask")] * 3
+    cfg = OmegaConf.create({"seed": 7, "seed_policy": "per_block", "seed_block": 3, "epochs": 2, "batch_size": 2})
+    kept_a, kept_b = np.array([0, 1, 2, 3, 4, 5]), np.array([0, 2, 3, 4, 5])
+    seed_a, steps_a = mask_schedule(kept_a, cfg, 3, 6)
+    seed_b, steps_b = mask_schedule(kept_b, cfg, 5, 6)  # same block: one order, restricted to each mask
+    assert seed_a == seed_b
+    order_a, order_b = np.concatenate(steps_a), np.concatenate(steps_b)
+    assert order_b.tolist() == [x for x in order_a.tolist() if x != 1]
+    assert mask_schedule(kept_a, cfg, 6, 6)[0] != seed_a  # the next block: another seed
+    with pytest.raises(DataspexError, match="train.seed_policy=per_block needs train.seed_block >= 1, got None"):
+        mask_seed(7, 0, "per_block")

@@ -23,6 +23,7 @@ import logging
 import os
 
 import numpy as np
+from omegaconf import open_dict
 
 from dataspex.core.data import TaskData
 from dataspex.core.errors import DataspexError
@@ -36,7 +37,7 @@ from dataspex.stages.rundir import fingerprint, open_run
 from dataspex.stages.train import train_chunks
 from dataspex.store import RunStore
 from dataspex.train import get_engine
-from dataspex.train.common import encode, mask_seed
+from dataspex.train.common import encode
 from dataspex.validate.curation import analyse_curation
 
 __all__ = ["plan_changes", "settings", "stage_curate"]
@@ -126,28 +127,26 @@ def _study_digest(aug_train, arms: dict, eval_hash: str) -> str:
 
 
 def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int) -> int:
-    """Retrain the study's missing rows, replicate by replicate, under paired seeds; returns how many."""
+    """Retrain the study's missing rows of replicates < ``seeds`` in one engine call (full passes), every arm of
+    replicate s under one seed: ``seed_policy=per_block`` with blocks of ``n_arms`` ids (row id = s * n_arms +
+    arm), so replicate s's seed is ``mask_seed(train.seed, s, "per_mask")``. Returns how many were trained."""
     done = sub.done_ids()
     replicate = np.asarray(design.meta["replicate"])
-    todo = {s: np.array([r for r in np.flatnonzero(replicate == s) if int(design.mask_ids[r]) not in done],
-                        dtype=np.int64) for s in range(seeds)}
-    total = sum(len(v) for v in todo.values())
-    if not total:
+    todo = np.array([r for r in np.flatnonzero(replicate < seeds) if int(design.mask_ids[r]) not in done],
+                    dtype=np.int64)
+    if not len(todo):
         return 0
     tokenizer = load_tokenizer(cfg.model)
     n_labels = len(aug.label_names) if aug.label_names else None
     base = load_base_model(cfg.model, n_labels, cfg.train.seed)  # the run's head: every arm, every replicate
     train = encode(aug.train, tokenizer, aug.task, cfg.model.max_length)
     evals = encode(aug.test, tokenizer, aug.task, cfg.model.max_length)
-    engine = get_engine(cfg.train.engine)
-    for s, rows in todo.items():
-        if not len(rows):
-            continue
-        rcfg = copy.deepcopy(cfg)
-        rcfg.train.seed = mask_seed(int(cfg.train.seed), s, "per_mask")
-        rcfg.train.seed_policy = "shared"  # one seed for every arm of replicate s: the arms are paired
-        train_chunks(rcfg, sub, design, rows, engine, base, train, evals)
-    return total
+    study_cfg = copy.deepcopy(cfg)
+    with open_dict(study_cfg):
+        study_cfg.train.seed_policy = "per_block"
+        study_cfg.train.seed_block = len(design.meta["arms"])
+    train_chunks(study_cfg, sub, design, todo, get_engine(cfg.train.engine), base, train, evals)
+    return len(todo)
 
 
 def stage_curate(cfg) -> dict:
@@ -194,7 +193,7 @@ def stage_curate(cfg) -> dict:
     sub = RunStore(os.path.join(out_dir, f"study-{_study_digest(aug.train, arms, data.eval_hash())}"))
     os.makedirs(sub.run_dir, exist_ok=True)
     study_fp = fingerprint(cfg, aug)
-    study_fp["train"]["seed_policy"] = "curate: replicate s trains every arm under mask_seed(train.seed, s)"
+    study_fp["train"]["seed_policy"] = "curate: per_block, one block of ids (one seed) per replicate"
     sub.check_fingerprint(study_fp, create=True)
     design = curation_design(arms, opts["seeds"])
     if sub.has_design() and len(sub.load_design()) >= len(design):

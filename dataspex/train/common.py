@@ -8,6 +8,10 @@ so a mask's result depends only on the mask, its id and the config - never on wh
 Under ``shared`` each epoch's order is also one permutation of the whole training set restricted to the
 mask's examples (``epoch_batches`` with ``n_train``), so two masks that differ in a few examples see the rest
 in the same order and train alike: their difference is the examples', not the shuffle's.
+``seed_policy=per_block`` (with ``train.seed_block=B``; ``dataspex curate`` uses it) sits between the two: the
+masks whose ids share ``mask_id // B`` share one seed, derived from ``(train.seed, mask_id // B)`` as
+``per_mask`` derives it, and one data order as under ``shared``: common random numbers inside a block of ids,
+independent seeds across blocks (each block one replicate of a paired comparison).
 Dropout is off during training (the model stays in eval mode), so a run is deterministic on a given machine.
 
 Training losses: every engine also reports each mask's training-loss record (1 + epochs,) float64 (see
@@ -113,13 +117,22 @@ def margins(logits: torch.Tensor, targets: torch.Tensor, task: str) -> torch.Ten
     return gold - torch.logsumexp(others, dim=1)
 
 
-def mask_seed(seed: int, mask_id: int, policy: str) -> int:
-    """The seed that draws a mask's LoRA init and data order (see the module docstring)."""
+SEED_POLICIES = ("per_mask", "shared", "per_block")
+_CRN_POLICIES = ("shared", "per_block")  # one global data order restricted to each mask (common random numbers)
+
+
+def mask_seed(seed: int, mask_id: int, policy: str, block: int | None = None) -> int:
+    """The seed that draws a mask's LoRA init and data order (see the module docstring); ``block`` is
+    ``train.seed_block``, needed by ``per_block`` only."""
     if policy == "shared":
         return int(seed)
     if policy == "per_mask":
         return int(np.random.SeedSequence([int(seed), int(mask_id)]).generate_state(1)[0])
-    raise DataspexError(f"train.seed_policy={policy!r} is not one of: per_mask, shared")
+    if policy == "per_block":
+        if not block or int(block) < 1:
+            raise DataspexError(f"train.seed_policy=per_block needs train.seed_block >= 1, got {block!r}")
+        return mask_seed(seed, int(mask_id) // int(block), "per_mask")
+    raise DataspexError(f"train.seed_policy={policy!r} is not one of: {', '.join(SEED_POLICIES)}")
 
 
 def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int,
@@ -145,8 +158,8 @@ def epoch_batches(kept: np.ndarray, epochs: int, batch_size: int, seed: int,
 def mask_schedule(kept: np.ndarray, train_cfg, mask_id: int, n_train: int) -> tuple[int, list[np.ndarray]]:
     """A mask's seed (``mask_seed``) and its optimiser steps (``epoch_batches``) under ``train.seed_policy``;
     every engine trains by these."""
-    seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy)
-    shared = str(train_cfg.seed_policy) == "shared"
+    seed = mask_seed(train_cfg.seed, mask_id, train_cfg.seed_policy, train_cfg.get("seed_block"))
+    shared = str(train_cfg.seed_policy) in _CRN_POLICIES
     return seed, epoch_batches(kept, int(train_cfg.epochs), int(train_cfg.batch_size), seed,
                                n_train if shared else None)
 
