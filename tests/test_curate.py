@@ -63,6 +63,37 @@ def test_random_removals_are_distinct_deterministic_and_stable_in_the_number_of_
         random_removals(20, 21, 1, seed=0)
 
 
+def test_folds_and_the_label_expansion_give_out_of_fold_probabilities():
+    from dataspex.design.crossfit import crossfit_design, fold_assignment, label_expansion
+    from dataspex.fit.baselines import out_of_fold_probs
+
+    fold_of = fold_assignment(7, 3, seed=0)
+    assert sorted(np.bincount(fold_of).tolist()) == [2, 2, 3] and fold_assignment(7, 3, seed=0).tolist() == \
+        fold_of.tolist()
+    design = crossfit_design(fold_of)
+    assert design.masks.tolist() == [(fold_of != f).astype(int).tolist() for f in range(3)]
+    expanded = label_expansion(Split(["a", "b"], np.array([1, 0])), 3)
+    assert expanded.texts == ["a", "a", "a", "b", "b", "b"] and expanded.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    # fold f's model scores every expanded row; each example's probabilities come from its own fold's model
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(3, 7))  # (folds, n, labels)
+    losses = -np.log(probs).reshape(3, 21)
+    got = out_of_fold_probs(losses, fold_of, 3)
+    np.testing.assert_allclose(got, probs[fold_of, np.arange(7)], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"folds=1 must be in \[2, n_train=7\]"):
+        fold_assignment(7, 1, seed=0)
+
+
+def test_cleanlab_harm_puts_the_confidently_contradicted_label_first():
+    from dataspex.fit.baselines import cleanlab_harm
+
+    labels = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    probs = np.where(labels[:, None] == np.arange(2), 0.9, 0.1)
+    probs[2] = [0.97, 0.03]  # labelled 1, the out-of-fold model is sure it is 0
+    harm, flagged = cleanlab_harm(labels, probs)
+    assert int(np.argmax(harm)) == 2 and harm[2] == pytest.approx(0.97) and flagged == [2]
+
+
 def test_top_harmful_takes_the_largest_harm_lower_index_on_ties():
     assert top_harmful(np.array([0.1, 0.5, 0.5, -1.0, 0.3]), 3) == [1, 2, 4]
 
@@ -200,27 +231,29 @@ def test_curate_stage_end_to_end(tmp_path):
     args = ["curate", f"run_dir={run_dir}", "curate.seeds=2", "curate.random_draws=2"]
     proc = run_cli(*args)
     assert "baseline(s) ['trak'] skipped: no TRAK scores" in proc.stderr
-    assert "2 examples changed (2 dropped, 0 relabelled); 5 arms x 2 seeds = 10 retrains" in proc.stderr
-    assert "trained 10, reused 0" in proc.stderr
+    assert "cleanlab baseline: 5-fold retrains, each scoring its fold's 10 x 2 label rows" in proc.stderr
+    assert "2 examples changed (2 dropped, 0 relabelled); 6 arms x 2 seeds = 12 retrains" in proc.stderr
+    assert "trained 12, reused 0" in proc.stderr
     out = os.path.join(run_dir, "curate")
     summary = json.load(open(os.path.join(out, "curation.json")))
     assert summary["verdict"] in ("helped", "no measurable effect", "hurt") and summary["seeds"] == 2
     assert summary["arms"]["curated"] == sorted([int(pair["i"]), int(pair["j"])])
-    assert [len(summary["arms"][a]) for a in ("full", "random:0", "random:1", "linear")] == [0, 2, 2, 2]
+    assert [len(summary["arms"][a]) for a in ("full", "random:0", "random:1", "linear", "cleanlab")] == [0, 2, 2, 2, 2]
+    assert set(summary["cleanlab_flagged"]) <= set(range(10))
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert [c["row"] for c in manifest["changes"]] == [int(pair["i"]), int(pair["j"])]
     assert manifest["changes"][0]["evidence"]["removal"] == "lowered"
     curated = pd.read_parquet(summary["curated_file"])  # demo data: parquet
     assert len(curated) == 8 and not {int(pair["i"]), int(pair["j"])} & set(curated["row"])
     table = pd.read_parquet(os.path.join(out, "curation.parquet"))
-    assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "random (pooled)"]
+    assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "cleanlab", "random (pooled)"]
     assert (table["seeds"] == 2).all() and np.isfinite(table["eval_loss"]).all()
     study = RunStore(summary["study"])
     results = study.load_results(study.load_design())
-    assert results.losses.shape == (10, 16)  # every arm x seed, scored on the 16 eval rows
+    assert results.losses.shape == (12, 16)  # every arm x seed, scored on the 16 eval rows
 
     more = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=3", "curate.random_draws=2")
-    assert "trained 5, reused 10" in more.stderr  # resumable: only the new replicate is trained
+    assert "trained 6, reused 12" in more.stderr and "cleanlab baseline" not in more.stderr  # resumable: only the new replicate is trained
     again = json.load(open(os.path.join(out, "curation.json")))
     assert again["seeds"] == 3 and again["study"] == summary["study"]
 
@@ -266,8 +299,8 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
         proc.stderr
     proc = run_cli("curate", f"run_dir={run_dir}", "curate.actions=maybe", check=False)
     assert proc.returncode == 2 and "curate.actions='maybe' is not one of: validated, predicted" in proc.stderr
-    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[cleanlab]", check=False)
-    assert proc.returncode == 2 and "curate.baselines has ['cleanlab']: use linear, trak" in proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[datainf]", check=False)
+    assert proc.returncode == 2 and "curate.baselines has ['datainf']: use linear, trak, cleanlab" in proc.stderr
     proc = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=0", check=False)
     assert proc.returncode == 2 and "curate.seeds=0 must be at least 1" in proc.stderr
 

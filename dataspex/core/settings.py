@@ -32,6 +32,7 @@ KNOBS = {
     "curate.seeds": ("int", 1, None, True, True),
     "curate.random_draws": ("int", 0, None, True, True),
     "curate.level": ("float", 0.5, 1.0, True, False),
+    "curate.cleanlab_folds": ("int", 2, None, True, True),
     "data.n_eval": ("int", 0, None, True, True),
     "train.epochs": ("int", 1, None, True, True),
     "train.lr": ("float", 0.0, None, False, True),

@@ -7,7 +7,10 @@ is what the baseline recommends. Both are computed on the test split, as dataspe
 * ``linear``: the linear datamodel's main effect of keeping i (the ``uniform`` estimand, nats), averaged over the
   test examples;
 * ``trak``: minus the mean over test examples of the TRAK score (``scores[i, t] > 0``: keeping i raises test t's
-  margin), in TRAK's own units; only its order matters here.
+  margin), in TRAK's own units; only its order matters here;
+* ``cleanlab``: one minus cleanlab's label-quality score (self-confidence: the out-of-fold probability of the
+  given label) from K-fold retrains of the same model and recipe (:mod:`dataspex.design.crossfit`); the examples
+  cleanlab's ``find_label_issues`` flags are reported beside it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import numpy as np
 
 from dataspex.fit.ranking import n_test_outputs
 
-__all__ = ["BASELINES", "harm_scores", "top_harmful"]
+__all__ = ["BASELINES", "cleanlab_harm", "harm_scores", "out_of_fold_probs", "top_harmful"]
 
-BASELINES = ("linear", "trak")
+BASELINES = ("linear", "trak", "cleanlab")
 
 
 def harm_scores(fitted: dict, trak_scores: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -37,3 +40,25 @@ def harm_scores(fitted: dict, trak_scores: np.ndarray | None) -> dict[str, np.nd
 def top_harmful(harm: np.ndarray, k: int) -> list[int]:
     """The ``k`` examples with the largest harm (ties: the lower index first), ascending."""
     return sorted(int(i) for i in np.argsort(-np.asarray(harm), kind="stable")[:k])
+
+
+def out_of_fold_probs(losses: np.ndarray, fold_of: np.ndarray, n_labels: int) -> np.ndarray:
+    """(n_train, n_labels) class probabilities of each training example from the model that left its fold out.
+
+    ``losses`` (K, n_train * n_labels): fold f's model scored on :func:`dataspex.design.crossfit.label_expansion`,
+    so ``losses[f, i * n_labels + c] = -log p_f(c | x_i)``. Rows are renormalised (they sum to 1 up to float error)."""
+    n_train = len(fold_of)
+    table = np.asarray(losses, dtype=np.float64).reshape(len(losses), n_train, n_labels)
+    probs = np.exp(-table[np.asarray(fold_of), np.arange(n_train)])
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def cleanlab_harm(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """(harm (n_train,) = 1 - cleanlab's self-confidence label quality, the indices ``find_label_issues`` flags)."""
+    import cleanlab.filter  # about 2.5 s to import: only the cleanlab baseline needs it
+    import cleanlab.rank
+
+    labels = np.asarray(labels, dtype=np.int64)
+    quality = cleanlab.rank.get_label_quality_scores(labels, pred_probs, method="self_confidence")
+    flagged = cleanlab.filter.find_label_issues(labels, pred_probs, return_indices_ranked_by="self_confidence")
+    return 1.0 - np.asarray(quality, dtype=np.float64), sorted(int(i) for i in flagged)

@@ -5,8 +5,8 @@
    the report suggests it and ``curate.relabel=true``.
 2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
    (``<run_dir>/curate/``).
-3. A paired retraining study (:mod:`dataspex.design.curation`): the full set, the curated set, ``random_draws``
-   random removals of as many examples and each first-order baseline's removals (:mod:`dataspex.fit.baselines`),
+3. A paired retraining study (:mod:`dataspex.design.curation`): the full set, the curated set,
+   ``random_draws`` random removals of as many examples and each baseline's removals (linear, TRAK, cleanlab) (:mod:`dataspex.fit.baselines`),
    ``curate.seeds`` replicates each, every model scored on the **eval split**. It lives in its own store under
    ``curate/study-<digest>/`` (the digest covers the curated data and the arms), so it resumes and never mixes two
    different curated sets.
@@ -31,7 +31,8 @@ from dataspex.core.export import format_for, split_frame, write_split
 from dataspex.core.files import write_json, write_table
 from dataspex.core.models import load_base_model, load_tokenizer
 from dataspex.design.curation import CurationPlan, arm_masks, augmented_split, curation_design, random_removals
-from dataspex.fit.baselines import BASELINES, harm_scores, top_harmful
+from dataspex.design.crossfit import crossfit_design, fold_assignment, label_expansion
+from dataspex.fit.baselines import BASELINES, cleanlab_harm, harm_scores, out_of_fold_probs, top_harmful
 from dataspex.report.context import gather, load_models, load_trak
 from dataspex.stages.rundir import fingerprint, open_run
 from dataspex.stages.train import train_chunks
@@ -59,7 +60,7 @@ def settings(cfg) -> dict:
         raise DataspexError(f"curate.baselines has {bad}: use {', '.join(BASELINES)}")
     return {"actions": source, "relabel": bool(block.relabel), "seeds": int(block.seeds),
             "random_draws": int(block.random_draws), "baselines": baselines, "level": float(block.level),
-            "format": str(block.format)}
+            "format": str(block.format), "cleanlab_folds": int(block.cleanlab_folds)}
 
 
 def plan_changes(actions, data, source: str, relabel: bool, validated: bool) -> tuple[CurationPlan, list[dict]]:
@@ -126,27 +127,67 @@ def _study_digest(aug_train, arms: dict, eval_hash: str) -> str:
     return h.hexdigest()[:12]
 
 
-def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int) -> int:
+class _Model:
+    """The run's tokenizer and base model (its head from ``train.seed``), loaded on first use and then shared by
+    every retraining of this stage (the cross-fit and the curation study)."""
+
+    def __init__(self, cfg, n_labels: int | None):
+        self.cfg, self.n_labels, self._loaded = cfg, n_labels, None
+
+    def get(self):
+        if self._loaded is None:
+            self._loaded = (load_tokenizer(self.cfg.model),
+                            load_base_model(self.cfg.model, self.n_labels, self.cfg.train.seed))
+        return self._loaded
+
+    def train(self, cfg, store: RunStore, design, todo, train_split, scored_split, task: str) -> None:
+        tokenizer, base = self.get()
+        train = encode(train_split, tokenizer, task, cfg.model.max_length)
+        scored = encode(scored_split, tokenizer, task, cfg.model.max_length)
+        train_chunks(cfg, store, design, todo, get_engine(cfg.train.engine), base, train, scored)
+
+
+def _todo(store: RunStore, design, rows) -> np.ndarray:
+    done = store.done_ids()
+    return np.array([r for r in rows if int(design.mask_ids[r]) not in done], dtype=np.int64)
+
+
+def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int, model: _Model | None = None) -> int:
     """Retrain the study's missing rows of replicates < ``seeds`` in one engine call (full passes), every arm of
     replicate s under one seed: ``seed_policy=per_block`` with blocks of ``n_arms`` ids (row id = s * n_arms +
     arm), so replicate s's seed is ``mask_seed(train.seed, s, "per_mask")``. Returns how many were trained."""
-    done = sub.done_ids()
-    replicate = np.asarray(design.meta["replicate"])
-    todo = np.array([r for r in np.flatnonzero(replicate < seeds) if int(design.mask_ids[r]) not in done],
-                    dtype=np.int64)
+    todo = _todo(sub, design, np.flatnonzero(np.asarray(design.meta["replicate"]) < seeds))
     if not len(todo):
         return 0
-    tokenizer = load_tokenizer(cfg.model)
-    n_labels = len(aug.label_names) if aug.label_names else None
-    base = load_base_model(cfg.model, n_labels, cfg.train.seed)  # the run's head: every arm, every replicate
-    train = encode(aug.train, tokenizer, aug.task, cfg.model.max_length)
-    evals = encode(aug.test, tokenizer, aug.task, cfg.model.max_length)
     study_cfg = copy.deepcopy(cfg)
     with open_dict(study_cfg):
         study_cfg.train.seed_policy = "per_block"
         study_cfg.train.seed_block = len(design.meta["arms"])
-    train_chunks(study_cfg, sub, design, todo, get_engine(cfg.train.engine), base, train, evals)
+    model = model or _Model(cfg, len(aug.label_names) if aug.label_names else None)
+    model.train(study_cfg, sub, design, todo, aug.train, aug.test, aug.task)
     return len(todo)
+
+
+def _cleanlab_baseline(cfg, store, data, folds: int, model: _Model) -> tuple[np.ndarray, list[int], int]:
+    """cleanlab's harm scores from K-fold retrains (``curate/crossfit-<K>/``, resumable; the run's own seed policy),
+    the examples it flags, and how many retrains were new."""
+    fold_of = fold_assignment(data.n_train, folds, int(cfg.train.seed))
+    design = crossfit_design(fold_of)
+    expanded = label_expansion(data.train, len(data.label_names))
+    sub = RunStore(store.path("curate", f"crossfit-{folds}"))
+    os.makedirs(sub.run_dir, exist_ok=True)
+    sub.check_fingerprint(fingerprint(cfg, TaskData(data.train, expanded, data.task, data.label_names)), create=True)
+    if not sub.has_design():
+        sub.save_design(design)
+    todo = _todo(sub, design, np.arange(len(design)))
+    if len(todo):
+        log.info("curate: cleanlab baseline: %d-fold retrains, each scoring its fold's %d x %d label rows", folds,
+                 data.n_train, len(data.label_names))
+        model.train(cfg, sub, design, todo, data.train, expanded, data.task)
+    results = sub.load_results(design)
+    probs = out_of_fold_probs(results.losses, fold_of, len(data.label_names))
+    harm, flagged = cleanlab_harm(data.train.labels, probs)
+    return harm, flagged, len(todo)
 
 
 def stage_curate(cfg) -> dict:
@@ -180,11 +221,17 @@ def stage_curate(cfg) -> dict:
     removals = {f"random:{d}": draw for d, draw in
                 enumerate(random_removals(data.n_train, k, opts["random_draws"], int(cfg.train.seed)))}
     harms = harm_scores(fitted, load_trak(store, data.n_train, data.n_test) if "trak" in opts["baselines"] else None)
+    model = _Model(cfg, len(data.label_names) if data.label_names else None)
+    flagged = None
+    if "cleanlab" in opts["baselines"] and data.task == "classification":
+        harms["cleanlab"], flagged, _ = _cleanlab_baseline(cfg, store, data, opts["cleanlab_folds"], model)
+        log.info("curate: cleanlab flags %d of %d training examples as label issues", len(flagged), data.n_train)
     skipped = [b for b in opts["baselines"] if b not in harms]
     if skipped:
-        log.warning("curate: baseline(s) %s skipped: %s", skipped,
-                    "; ".join({"linear": "no linear datamodel in this run's fit (add estimator@estimators.linear)",
-                               "trak": "no TRAK scores (run `dataspex trak run_dir=...` first)"}[b] for b in skipped))
+        log.warning("curate: baseline(s) %s skipped: %s", skipped, "; ".join({
+            "linear": "no linear datamodel in this run's fit (add estimator@estimators.linear)",
+            "trak": "no TRAK scores (run `dataspex trak run_dir=...` first)",
+            "cleanlab": "label issues need a classification task"}[b] for b in skipped))
     baselines = {b: top_harmful(harms[b], k) for b in opts["baselines"] if b in harms}
     removals.update(baselines)
     arms = arm_masks(plan, removals)
@@ -203,7 +250,7 @@ def stage_curate(cfg) -> dict:
     log.info("curate: %d examples changed (%d dropped, %d relabelled); %d arms x %d seeds = %d retrains, scored "
              "on %d eval rows", k, len(plan.dropped), len(plan.relabelled), len(arms), opts["seeds"],
              len(arms) * opts["seeds"], data.n_eval)
-    trained = _train_study(cfg, sub, design, aug, opts["seeds"])
+    trained = _train_study(cfg, sub, design, aug, opts["seeds"], model)
     log.info("curate: trained %d, reused %d", trained, len(arms) * opts["seeds"] - trained)
     results = sub.load_results(design)
     removed = {a: int((arms["full"][:data.n_train] != m[:data.n_train]).sum()) for a, m in arms.items()}
@@ -212,7 +259,7 @@ def stage_curate(cfg) -> dict:
     summary = dict(meta, **verdict, curated_file=curated_path, format=fmt, study=sub.run_dir,
                    arms={a: sorted(int(i) for i in np.flatnonzero(arms["full"][:data.n_train]
                                                                   != m[:data.n_train])) for a, m in arms.items()},
-                   skipped_baselines=skipped, settings=opts)
+                   skipped_baselines=skipped, cleanlab_flagged=flagged, settings=opts)
     write_json(os.path.join(out_dir, "curation.json"), summary)
     for row in table.itertuples():
         log.info("curate: %-16s removes %3d: eval loss %.4f, change %+.4f [%+.4f, %+.4f]", row.arm, row.removed,
