@@ -248,12 +248,17 @@ def test_curate_stage_end_to_end(tmp_path):
     table = pd.read_parquet(os.path.join(out, "curation.parquet"))
     assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "cleanlab", "random (pooled)"]
     assert (table["seeds"] == 2).all() and np.isfinite(table["eval_loss"]).all()
+    md = open(os.path.join(run_dir, "report", "report.md")).read()  # curate rewrites the report
+    assert (f"Curation (`dataspex curate`, 2 examples changed, curate.actions=validated), scored on the 16 eval "
+            f"examples no attribution used, 2 paired seeds, 90% intervals: **{summary['verdict']}**") in md
+    assert "against random removal of as many" in md and "against cleanlab's removals" in md
     study = RunStore(summary["study"])
     results = study.load_results(study.load_design())
     assert results.losses.shape == (12, 16)  # every arm x seed, scored on the 16 eval rows
 
     more = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=3", "curate.random_draws=2")
-    assert "trained 6, reused 12" in more.stderr and "cleanlab baseline" not in more.stderr  # resumable: only the new replicate is trained
+    # resumable: only the new replicate is trained, and the cross-fit is reused
+    assert "trained 6, reused 12" in more.stderr and "cleanlab baseline" not in more.stderr
     again = json.load(open(os.path.join(out, "curation.json")))
     assert again["seeds"] == 3 and again["study"] == summary["study"]
 
@@ -310,6 +315,9 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
     summary = json.load(open(os.path.join(run_dir, "curate", "curation.json")))
     assert summary["verdict"] == "nothing to act on" and summary["changes"] == []
     assert not os.path.exists(os.path.join(run_dir, "curate", "manifest.json"))
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert "Curation (`dataspex curate`, curate.actions=validated): nothing to act on: `dataspex validate` " \
+        "confirmed no harmful pair's removal." in md
 
 
 def test_per_block_seed_policy_shares_a_seed_and_data_order_inside_a_block_of_ids():

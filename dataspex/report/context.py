@@ -19,6 +19,7 @@ from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
+from dataspex.validate.curation import load_curation
 from dataspex.store import health
 
 log = logging.getLogger("dataspex")
@@ -153,7 +154,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
             "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence,
-            "result": result, "fitted": fitted, "stack": stack}
+            "result": result, "fitted": fitted, "stack": stack, "curation": load_curation(store)}
 
 
 def summary(ctx) -> dict:

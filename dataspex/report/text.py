@@ -107,7 +107,33 @@ def _headline(ctx) -> list[str]:
                    f"({_ids(cur['dropped'])}) changed the mean test loss by "
                    f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
                    f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
+    line = _curation_line(ctx.get("curation"))
+    if line:
+        out.append(line)
     return out
+
+
+def _curation_line(cur: dict | None) -> str | None:
+    """One sentence on what ``dataspex curate`` measured on the eval split (None before it has run)."""
+    if not cur:
+        return None
+    stale = " (the fit changed since: re-run `dataspex curate`)" if cur.get("stale") else ""
+    if cur.get("verdict") == "nothing to act on":
+        return f"Curation (`dataspex curate`, curate.actions={cur['actions']}): nothing to act on: {cur['why']}{stale}."
+    if not cur.get("seeds"):
+        return f"Curation (`dataspex curate`): no complete replicate yet{stale}."
+    n_changed = len(cur["changes"])
+    level = round(100 * cur["level"])
+    parts = [f"against the full set {_fmt(cur['curated_vs_full']['mean'])} "
+             f"{_ci(cur['curated_vs_full']['low'], cur['curated_vs_full']['high'])}"]
+    for key, what in [("curated_vs_random", "against random removal of as many")] + [
+            (k, f"against {k[len('curated_vs_'):]}'s removals") for k in sorted(cur)
+            if k.startswith("curated_vs_") and k not in ("curated_vs_full", "curated_vs_random")]:
+        if key in cur:
+            parts.append(f"{what} {_fmt(cur[key]['mean'])} {_ci(cur[key]['low'], cur[key]['high'])}")
+    return (f"Curation (`dataspex curate`, {n_changed} examples changed, curate.actions={cur['actions']}), scored on "
+            f"the {cur['n_eval']} eval examples no attribution used, {cur['seeds']} paired seeds, {level}% "
+            f"intervals: **{cur['verdict']}**. Eval loss change of the curated set: {'; '.join(parts)} nats{stale}.")
 
 
 def _evidence_line(ctx) -> str:

@@ -6,7 +6,8 @@
 2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
    (``<run_dir>/curate/``).
 3. A paired retraining study (:mod:`dataspex.design.curation`): the full set, the curated set,
-   ``random_draws`` random removals of as many examples and each baseline's removals (linear, TRAK, cleanlab) (:mod:`dataspex.fit.baselines`),
+   ``random_draws`` random removals of as many examples and each baseline's removals (linear, TRAK, cleanlab:
+   :mod:`dataspex.fit.baselines`),
    ``curate.seeds`` replicates each, every model scored on the **eval split**. It lives in its own store under
    ``curate/study-<digest>/`` (the digest covers the curated data and the arms), so it resumes and never mixes two
    different curated sets.
@@ -28,7 +29,7 @@ from omegaconf import open_dict
 from dataspex.core.data import TaskData
 from dataspex.core.errors import DataspexError
 from dataspex.core.export import format_for, split_frame, write_split
-from dataspex.core.files import write_json, write_table
+from dataspex.core.files import write_json
 from dataspex.core.models import load_base_model, load_tokenizer
 from dataspex.design.curation import CurationPlan, arm_masks, augmented_split, curation_design, random_removals
 from dataspex.design.crossfit import crossfit_design, fold_assignment, label_expansion
@@ -39,7 +40,8 @@ from dataspex.stages.train import train_chunks
 from dataspex.store import RunStore
 from dataspex.train import get_engine
 from dataspex.train.common import encode
-from dataspex.validate.curation import analyse_curation
+from dataspex.stages.report import report_run
+from dataspex.validate.curation import analyse_curation, save_curation
 
 __all__ = ["plan_changes", "settings", "stage_curate"]
 
@@ -210,8 +212,9 @@ def stage_curate(cfg) -> dict:
         why = ("no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
                else "`dataspex validate` confirmed no harmful pair's removal")
         summary = dict(meta, verdict="nothing to act on", why=why)
-        write_json(os.path.join(out_dir, "curation.json"), summary)
+        save_curation(store, summary)
         log.info("curate: nothing to act on (%s); no curated set written", why)
+        report_run(cfg, store, data)
         return summary
     fmt = format_for(cfg.data, opts["format"])
     curated_path = _write_curated(cfg, data, plan, out_dir, fmt)
@@ -255,16 +258,16 @@ def stage_curate(cfg) -> dict:
     results = sub.load_results(design)
     removed = {a: int((arms["full"][:data.n_train] != m[:data.n_train]).sum()) for a, m in arms.items()}
     table, verdict = analyse_curation(design, results, opts["seeds"], opts["level"], data.task, removed)
-    write_table(table, out_dir, "curation")
     summary = dict(meta, **verdict, curated_file=curated_path, format=fmt, study=sub.run_dir,
                    arms={a: sorted(int(i) for i in np.flatnonzero(arms["full"][:data.n_train]
                                                                   != m[:data.n_train])) for a, m in arms.items()},
                    skipped_baselines=skipped, cleanlab_flagged=flagged, settings=opts)
-    write_json(os.path.join(out_dir, "curation.json"), summary)
+    save_curation(store, summary, table)
     for row in table.itertuples():
         log.info("curate: %-16s removes %3d: eval loss %.4f, change %+.4f [%+.4f, %+.4f]", row.arm, row.removed,
                  row.eval_loss, row.loss_change, row.loss_change_low, row.loss_change_high)
     log.info("curate: verdict on the curated set: %s (curated file %s)", verdict["verdict"], curated_path)
+    report_run(cfg, store, data)
     return summary
 
 

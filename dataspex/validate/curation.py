@@ -17,12 +17,18 @@ draws. The verdict on the curated set compares it with the full set *and* with r
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
+from dataspex.core.files import read_json, write_json, write_table
+from dataspex.fit.artifacts import FAITHFULNESS, fit_stamp
 from dataspex.validate.analysis import t_interval
 
-__all__ = ["analyse_curation", "curation_verdict"]
+__all__ = ["analyse_curation", "curation_verdict", "load_curation", "save_curation"]
+
+CURATION_FILE = ("curate", "curation.json")
 
 
 def _per_replicate(design, results, seeds: int, task: str):
@@ -99,3 +105,23 @@ def analyse_curation(design, results, seeds: int, level: float, task: str,
 def _interval(diff: np.ndarray, level: float) -> dict:
     mean, se, lo, hi = t_interval(diff, level)
     return {"mean": mean, "se": se, "low": lo, "high": hi}
+
+
+def save_curation(store, summary: dict, table: pd.DataFrame | None = None) -> None:
+    """Write ``curate/curation.json`` (stamped with the current fit) and, when given, the per-arm table."""
+    out_dir = store.path(CURATION_FILE[0])
+    os.makedirs(out_dir, exist_ok=True)
+    if table is not None:
+        write_table(table, out_dir, "curation")
+    write_json(store.path(*CURATION_FILE), dict(summary, fit_stamp=fit_stamp(store)))
+
+
+def load_curation(store) -> dict | None:
+    """What ``dataspex curate`` wrote (None before it has run); ``stale``: the fit changed since."""
+    path = store.path(*CURATION_FILE)
+    if not os.path.exists(path):
+        return None
+    summary = read_json(path)
+    stamp = fit_stamp(store) if os.path.exists(store.path(*FAITHFULNESS)) else None
+    summary["stale"] = stamp is not None and summary.get("fit_stamp") != stamp
+    return summary
