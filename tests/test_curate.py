@@ -232,13 +232,15 @@ def test_curate_stage_end_to_end(tmp_path):
     proc = run_cli(*args)
     assert "baseline(s) ['trak'] skipped: no TRAK scores" in proc.stderr
     assert "cleanlab baseline: 5-fold retrains, each scoring its fold's 10 x 2 label rows" in proc.stderr
-    assert "2 examples changed (2 dropped, 0 relabelled); 6 arms x 2 seeds = 12 retrains" in proc.stderr
-    assert "trained 12, reused 0" in proc.stderr
+    assert "DataInf baseline: LoRA gradients of a full-data model on 10 train and 4 test examples" in proc.stderr
+    assert "2 examples changed (2 dropped, 0 relabelled); 7 arms x 2 seeds = 14 retrains" in proc.stderr
+    assert "trained 14, reused 0" in proc.stderr
     out = os.path.join(run_dir, "curate")
     summary = json.load(open(os.path.join(out, "curation.json")))
     assert summary["verdict"] in ("helped", "no measurable effect", "hurt") and summary["seeds"] == 2
     assert summary["arms"]["curated"] == sorted([int(pair["i"]), int(pair["j"])])
-    assert [len(summary["arms"][a]) for a in ("full", "random:0", "random:1", "linear", "cleanlab")] == [0, 2, 2, 2, 2]
+    assert [len(summary["arms"][a]) for a in ("full", "random:0", "random:1", "linear", "cleanlab", "datainf")] == \
+        [0, 2, 2, 2, 2, 2]
     assert set(summary["cleanlab_flagged"]) <= set(range(10))
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert [c["row"] for c in manifest["changes"]] == [int(pair["i"]), int(pair["j"])]
@@ -246,19 +248,21 @@ def test_curate_stage_end_to_end(tmp_path):
     curated = pd.read_parquet(summary["curated_file"])  # demo data: parquet
     assert len(curated) == 8 and not {int(pair["i"]), int(pair["j"])} & set(curated["row"])
     table = pd.read_parquet(os.path.join(out, "curation.parquet"))
-    assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "cleanlab", "random (pooled)"]
+    assert table["arm"].tolist() == ["full", "curated", "random:0", "random:1", "linear", "cleanlab", "datainf",
+                                     "random (pooled)"]
     assert (table["seeds"] == 2).all() and np.isfinite(table["eval_loss"]).all()
     md = open(os.path.join(run_dir, "report", "report.md")).read()  # curate rewrites the report
     assert (f"Curation (`dataspex curate`, 2 examples changed, curate.actions=validated), scored on the 16 eval "
             f"examples no attribution used, 2 paired seeds, 90% intervals: **{summary['verdict']}**") in md
     assert "against random removal of as many" in md and "against cleanlab's removals" in md
+    assert "against datainf's removals" in md
     study = RunStore(summary["study"])
     results = study.load_results(study.load_design())
-    assert results.losses.shape == (12, 16)  # every arm x seed, scored on the 16 eval rows
+    assert results.losses.shape == (14, 16)  # every arm x seed, scored on the 16 eval rows
 
     more = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=3", "curate.random_draws=2")
     # resumable: only the new replicate is trained, and the cross-fit is reused
-    assert "trained 6, reused 12" in more.stderr and "cleanlab baseline" not in more.stderr
+    assert "trained 7, reused 14" in more.stderr and "cleanlab baseline" not in more.stderr
     again = json.load(open(os.path.join(out, "curation.json")))
     assert again["seeds"] == 3 and again["study"] == summary["study"]
 
@@ -304,8 +308,9 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
         proc.stderr
     proc = run_cli("curate", f"run_dir={run_dir}", "curate.actions=maybe", check=False)
     assert proc.returncode == 2 and "curate.actions='maybe' is not one of: validated, predicted" in proc.stderr
-    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[datainf]", check=False)
-    assert proc.returncode == 2 and "curate.baselines has ['datainf']: use linear, trak, cleanlab" in proc.stderr
+    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[influence]", check=False)
+    assert proc.returncode == 2
+    assert "curate.baselines has ['influence']: use linear, trak, cleanlab, datainf" in proc.stderr
     proc = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=0", check=False)
     assert proc.returncode == 2 and "curate.seeds=0 must be at least 1" in proc.stderr
 

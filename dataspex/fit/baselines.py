@@ -10,7 +10,9 @@ is what the baseline recommends. Both are computed on the test split, as dataspe
   margin), in TRAK's own units; only its order matters here;
 * ``cleanlab``: one minus cleanlab's label-quality score (self-confidence: the out-of-fold probability of the
   given label) from K-fold retrains of the same model and recipe (:mod:`dataspex.design.crossfit`); the examples
-  cleanlab's ``find_label_issues`` flags are reported beside it.
+  cleanlab's ``find_label_issues`` flags are reported beside it;
+* ``datainf``: DataInf's closed-form influence on the mean test loss (:mod:`dataspex.fit.datainf`), from the LoRA
+  gradients of a model fine-tuned on the full training set (:mod:`dataspex.fit.lora_gradients`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataspex.fit.ranking import n_test_outputs
 
 __all__ = ["BASELINES", "cleanlab_harm", "harm_scores", "out_of_fold_probs", "top_harmful"]
 
-BASELINES = ("linear", "trak", "cleanlab")
+BASELINES = ("linear", "trak", "cleanlab", "datainf")
 
 
 def harm_scores(fitted: dict, trak_scores: np.ndarray | None) -> dict[str, np.ndarray]:

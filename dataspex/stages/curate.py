@@ -6,7 +6,8 @@
 2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
    (``<run_dir>/curate/``).
 3. A paired retraining study (:mod:`dataspex.design.curation`): the full set, the curated set,
-   ``random_draws`` random removals of as many examples and each baseline's removals (linear, TRAK, cleanlab:
+   ``random_draws`` random removals of as many examples and each baseline's removals (linear, TRAK, cleanlab,
+   DataInf:
    :mod:`dataspex.fit.baselines`),
    ``curate.seeds`` replicates each, every model scored on the **eval split**. It lives in its own store under
    ``curate/study-<digest>/`` (the digest covers the curated data and the arms), so it resumes and never mixes two
@@ -34,12 +35,15 @@ from dataspex.core.models import load_base_model, load_tokenizer
 from dataspex.design.curation import CurationPlan, arm_masks, augmented_split, curation_design, random_removals
 from dataspex.design.crossfit import crossfit_design, fold_assignment, label_expansion
 from dataspex.fit.baselines import BASELINES, cleanlab_harm, harm_scores, out_of_fold_probs, top_harmful
+from dataspex.fit.datainf import datainf_influence
+from dataspex.fit.lora_gradients import lora_gradients, mean_gradient
 from dataspex.report.context import gather, load_models, load_trak
 from dataspex.stages.rundir import fingerprint, open_run
 from dataspex.stages.train import train_chunks
 from dataspex.store import RunStore
 from dataspex.train import get_engine
 from dataspex.train.common import encode
+from dataspex.train.naive import finetune
 from dataspex.stages.report import report_run
 from dataspex.validate.curation import analyse_curation, save_curation
 
@@ -192,6 +196,21 @@ def _cleanlab_baseline(cfg, store, data, folds: int, model: _Model) -> tuple[np.
     return harm, flagged, len(todo)
 
 
+# The full-data model DataInf differentiates is seeded as a mask with this id (apart from designs' and TRAK's ids).
+_DATAINF_MODEL_ID = 2**31 - 128
+
+
+def _datainf_baseline(cfg, data, model: _Model) -> np.ndarray:
+    """DataInf's influence of each training example on the mean test loss (harm, (n_train,)): the LoRA gradients
+    of a model fine-tuned on the whole training set (the run's recipe and head), per training and test example."""
+    tokenizer, base = model.get()
+    train = encode(data.train, tokenizer, data.task, cfg.model.max_length)
+    test = encode(data.test, tokenizer, data.task, cfg.model.max_length)
+    peft_model = finetune(base, cfg.lora, cfg.train, train, np.ones(data.n_train, dtype=np.uint8), _DATAINF_MODEL_ID)
+    train_grads, test_grads = lora_gradients(peft_model, train), lora_gradients(peft_model, test)
+    return datainf_influence(train_grads, mean_gradient(test_grads))
+
+
 def stage_curate(cfg) -> dict:
     opts = settings(cfg)
     store, data = open_run(cfg)
@@ -229,6 +248,10 @@ def stage_curate(cfg) -> dict:
     if "cleanlab" in opts["baselines"] and data.task == "classification":
         harms["cleanlab"], flagged, _ = _cleanlab_baseline(cfg, store, data, opts["cleanlab_folds"], model)
         log.info("curate: cleanlab flags %d of %d training examples as label issues", len(flagged), data.n_train)
+    if "datainf" in opts["baselines"]:
+        log.info("curate: DataInf baseline: LoRA gradients of a full-data model on %d train and %d test examples",
+                 data.n_train, data.n_test)
+        harms["datainf"] = _datainf_baseline(cfg, data, model)
     skipped = [b for b in opts["baselines"] if b not in harms]
     if skipped:
         log.warning("curate: baseline(s) %s skipped: %s", skipped, "; ".join({
