@@ -136,13 +136,20 @@ def near_copy(text: str, rng: np.random.Generator, variant: int) -> str:
 
 
 def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: int = 0, classes=None,
-          min_chars: int = 40, max_chars: int = 400, harmful: int = 0, redundant: int = 0, rare=None) -> dict:
-    """The splits as ``{"train": [(text, label)], "test": [...], "eval": [...], "planted": [...], "info": {...}}``.
+          min_chars: int = 40, max_chars: int = 400, harmful: int = 0, redundant: int = 0, rare=None,
+          flip: float = 0.0) -> dict:
+    """The splits as ``{"train": [(text, label)], "test": [...], "eval": [...], "planted": [...], "flipped": [...],
+    "info": {...}}``.
 
     Texts of ``min_chars`` to ``max_chars`` characters are drawn without replacement from the pool of
     ``classes`` with ``np.random.default_rng(seed)``; the three splits are disjoint. ``harmful`` and
     ``redundant`` planted pairs take 2 training and 1 test slot each (``n_train`` and ``n_test`` include them).
+    ``flip``: the share of the other (bulk) training examples whose label is replaced by another class, drawn
+    from a stream of their own (``default_rng([seed, 3])``), so every split and plant is the same with or
+    without flips; ``flipped`` lists them (final train index, original and new label).
     """
+    if not 0.0 <= flip < 1.0:
+        raise ValueError(f"flip={flip} must be in [0, 1)")
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; one of {SOURCES}")
     classes = tuple(classes or DEFAULT_CLASSES[source])
@@ -190,13 +197,24 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
         planted.append({"kind": row["kind"], "i": i, "j": j, "test": int(new_test[row["test"]])})
     train = [train[k] for k in train_order]
     test = [test[k] for k in test_order]
+    flipped = []
+    if flip:
+        planted_rows_train = {x for p in planted for x in (p["i"], p["j"])}
+        bulk = [k for k in range(len(train)) if k not in planted_rows_train]
+        flip_rng = np.random.default_rng([seed, 3])
+        for k in sorted(int(x) for x in flip_rng.choice(bulk, int(round(flip * len(bulk))), replace=False)):
+            text, label = train[k]
+            others = [c for c in classes if c != label]
+            new_label = others[int(flip_rng.integers(len(others)))]
+            train[k] = (text, new_label)
+            flipped.append({"i": k, "label": label, "new_label": new_label})
     info = {"source": source, "package": PACKAGE[source], "seed": seed, "classes": list(classes),
             "rare_class": rare if redundant else None, "min_chars": min_chars, "max_chars": max_chars,
             "pool": len(pool), "sizes": {"train": len(train), "test": len(test), "eval": len(eval_rows)},
             "label_counts": {name: _counts(rows) for name, rows in
                              (("train", train), ("test", test), ("eval", eval_rows))},
-            "source_sha256": _source_digest(source, classes + ((rare,) if redundant else ()))}
-    return {"train": train, "test": test, "eval": eval_rows, "planted": planted, "info": info}
+            "source_sha256": _source_digest(source, classes + ((rare,) if redundant else ())), "flip": flip}
+    return {"train": train, "test": test, "eval": eval_rows, "planted": planted, "flipped": flipped, "info": info}
 
 
 def _counts(rows) -> dict:
@@ -226,7 +244,7 @@ def write(splits: dict, out_dir: str) -> dict:
             writer.writerows(splits[name])
         os.replace(tmp, path)
     train, test = (os.path.abspath(os.path.join(out_dir, f"{s}.csv")) for s in ("train", "test"))
-    manifest = {**splits["info"], "planted": splits["planted"],
+    manifest = {**splits["info"], "planted": splits["planted"], "flipped": splits.get("flipped", []),
                 "command": f"dataspex run data=files data.train_file={train} data.test_file={test}"}
     path = os.path.join(out_dir, "manifest.json")
     with open(path + ".tmp", "w") as fh:
@@ -248,12 +266,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-chars", type=int, default=400)
     parser.add_argument("--harmful", type=int, default=0, help="planted harmful (masking) pairs")
     parser.add_argument("--redundant", type=int, default=0, help="planted redundant pairs")
+    parser.add_argument("--flip", type=float, default=0.0, help="share of bulk training labels to flip (e.g. 0.1)")
     parser.add_argument("--rare", default=None, help="class of the redundant pairs (default: %s)" % DEFAULT_RARE)
     args = parser.parse_args(argv)
     try:
         splits = build(args.source, args.n_train, args.n_test, args.n_eval, args.seed,
                        args.classes.split(",") if args.classes else None, args.min_chars, args.max_chars,
-                       args.harmful, args.redundant, args.rare)
+                       args.harmful, args.redundant, args.rare, args.flip)
     except (MissingSource, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,22 @@ def test_splits_are_fixed_disjoint_and_planted_as_stated(source):
     assert rare not in {label for _, label in splits["eval"]}
 
 
+def test_flipped_labels_change_only_the_flipped_bulk_rows():
+    plain = realdata.build("fortunes", n_train=40, n_test=12, n_eval=20, seed=3, harmful=2)
+    flipped = realdata.build("fortunes", n_train=40, n_test=12, n_eval=20, seed=3, harmful=2, flip=0.25)
+    assert plain["flipped"] == [] and flipped["test"] == plain["test"] and flipped["eval"] == plain["eval"]
+    assert flipped["planted"] == plain["planted"]
+    rows = [f["i"] for f in flipped["flipped"]]
+    assert len(rows) == round(0.25 * 36) == 9 and rows == sorted(set(rows))
+    assert not set(rows) & {x for p in plain["planted"] for x in (p["i"], p["j"])}
+    for k, ((text, label), (text0, label0)) in enumerate(zip(flipped["train"], plain["train"])):
+        assert text == text0 and (label != label0) == (k in rows)
+    for f in flipped["flipped"]:
+        assert plain["train"][f["i"]][1] == f["label"] and flipped["train"][f["i"]][1] == f["new_label"]
+    with pytest.raises(ValueError, match=r"flip=1.0 must be in \[0, 1\)"):
+        realdata.build("fortunes", n_train=40, flip=1.0)
+
+
 def test_too_large_a_split_is_refused_with_the_pool_size():
     with pytest.raises(ValueError, match=r"fortunes has \d+ texts of 40-400 characters"):
         realdata.build("fortunes", n_train=100_000)
