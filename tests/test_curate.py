@@ -94,6 +94,35 @@ def test_cleanlab_harm_puts_the_confidently_contradicted_label_first():
     assert int(np.argmax(harm)) == 2 and harm[2] == pytest.approx(0.97) and flagged == [2]
 
 
+def test_pair_aware_harm_against_brute_force_on_a_masking_pair():
+    """f = 0.1 x0 + (x1 OR x2) - 0.3 x3 on each of two test outputs: removing 1 or 2 alone changes nothing, removing
+    both lowers the loss by 1; brute force over the set function gives every example's harm."""
+    from dataspex.fit.baselines import pair_aware_harm
+    from dataspex.fit.estimators.result import InteractionResult
+
+    keys = [(0,), (1,), (2,), (1, 2), (3,)]
+    moebius = np.array([[0.1, 0.1], [1.0, 1.0], [1.0, 1.0], [-1.0, -1.0], [-0.3, -0.3]])
+    result = InteractionResult.from_moebius(4, keys, moebius, output_names=["test_0", "test_1"])
+
+    def f(x):
+        return 0.1 * x[0] + max(x[1], x[2]) - 0.3 * x[3]
+
+    full = np.ones(4, dtype=int)
+    expected = []
+    for i in range(4):
+        drop_i = full.copy()
+        drop_i[i] = 0
+        best = f(full) - f(drop_i)
+        for j in range(4):
+            if j != i:
+                drop_j, drop_both = full.copy(), drop_i.copy()
+                drop_j[j], drop_both[j] = 0, 0
+                best = max(best, f(drop_j) - f(drop_both))
+        expected.append(best)
+    assert expected == pytest.approx([0.1, 1.0, 1.0, -0.3])
+    np.testing.assert_allclose(pair_aware_harm(result), expected, atol=1e-12)
+
+
 def test_top_harmful_takes_the_largest_harm_lower_index_on_ties():
     assert top_harmful(np.array([0.1, 0.5, 0.5, -1.0, 0.3]), 3) == [1, 2, 4]
 
@@ -274,7 +303,7 @@ def test_curate_pairs_every_arm_of_a_replicate_under_one_seed(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from dataspex.cli import config_dir
-    from dataspex.stages.curate import _train_study
+    from dataspex.stages.curate import train_study
     from dataspex.store import RunStore
     from dataspex.core.data import TaskData
 
@@ -289,7 +318,7 @@ def test_curate_pairs_every_arm_of_a_replicate_under_one_seed(tmp_path):
     store.check_fingerprint({"test": 1}, create=True)
     store.save_design(design)
     aug = TaskData(train=data.train, test=data.eval, task=data.task, label_names=data.label_names)
-    assert _train_study(cfg, store, design, aug, 2) == 6
+    assert train_study(cfg, store, design, aug, 2) == 6
     res = store.load_results(design)
     by = {(design.roles[r], design.meta["replicate"][r]): res.losses[r] for r in range(len(design))}
     for s in (0, 1):

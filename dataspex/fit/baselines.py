@@ -21,7 +21,7 @@ import numpy as np
 
 from dataspex.fit.ranking import n_test_outputs
 
-__all__ = ["BASELINES", "cleanlab_harm", "harm_scores", "out_of_fold_probs", "top_harmful"]
+__all__ = ["BASELINES", "cleanlab_harm", "harm_scores", "out_of_fold_probs", "pair_aware_harm", "top_harmful"]
 
 BASELINES = ("linear", "trak", "cleanlab", "datainf")
 
@@ -64,3 +64,20 @@ def cleanlab_harm(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarra
     quality = cleanlab.rank.get_label_quality_scores(labels, pred_probs, method="self_confidence")
     flagged = cleanlab.filter.find_label_issues(labels, pred_probs, return_indices_ranked_by="self_confidence")
     return 1.0 - np.asarray(quality, dtype=np.float64), sorted(int(i) for i in flagged)
+
+
+def pair_aware_harm(result) -> np.ndarray:
+    """(n_train,) dataspex's own harm score of each example from a pair model, on the mean test loss (nats): the
+    largest effect of keeping i, at the full training set or with any one other example j removed,
+
+        harm[i] = max( f(1) - f(1 - e_i),  max_j  f(1 - e_j) - f(1 - e_i - e_j) ).
+
+    A masking pair's examples have no effect one at a time at the full set (the other still does the damage),
+    but each has the pair's effect once its partner is gone: this is how a pair model ranks them first where
+    single-example scores cannot. The effects come from the ``full`` estimand, averaged over the test outputs."""
+    T = n_test_outputs(result)
+    main = np.mean([result.main_effects("full", output=t) for t in range(T)], axis=0)  # f(1) - f(1 - e_i)
+    joint = np.mean([result.pair_effects("full", output=t) for t in range(T)], axis=0)  # f(1) - f(1 - e_i - e_j)
+    without_j = joint - main[None, :]  # [i, j]: f(1 - e_j) - f(1 - e_i - e_j)
+    np.fill_diagonal(without_j, -np.inf)
+    return np.maximum(main, without_j.max(axis=1)) if len(main) > 1 else main

@@ -47,7 +47,8 @@ from dataspex.train.naive import finetune
 from dataspex.stages.report import report_run
 from dataspex.validate.curation import analyse_curation, save_curation
 
-__all__ = ["plan_changes", "settings", "stage_curate"]
+__all__ = ["RunModel", "cleanlab_baseline", "datainf_baseline", "plan_changes", "settings", "stage_curate",
+           "train_study"]
 
 log = logging.getLogger("dataspex")
 
@@ -133,7 +134,7 @@ def _study_digest(aug_train, arms: dict, eval_hash: str) -> str:
     return h.hexdigest()[:12]
 
 
-class _Model:
+class RunModel:
     """The run's tokenizer and base model (its head from ``train.seed``), loaded on first use and then shared by
     every retraining of this stage (the cross-fit and the curation study)."""
 
@@ -158,7 +159,7 @@ def _todo(store: RunStore, design, rows) -> np.ndarray:
     return np.array([r for r in rows if int(design.mask_ids[r]) not in done], dtype=np.int64)
 
 
-def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int, model: _Model | None = None) -> int:
+def train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int, model: RunModel | None = None) -> int:
     """Retrain the study's missing rows of replicates < ``seeds`` in one engine call (full passes), every arm of
     replicate s under one seed: ``seed_policy=per_block`` with blocks of ``n_arms`` ids (row id = s * n_arms +
     arm), so replicate s's seed is ``mask_seed(train.seed, s, "per_mask")``. Returns how many were trained."""
@@ -169,12 +170,12 @@ def _train_study(cfg, sub: RunStore, design, aug: TaskData, seeds: int, model: _
     with open_dict(study_cfg):
         study_cfg.train.seed_policy = "per_block"
         study_cfg.train.seed_block = len(design.meta["arms"])
-    model = model or _Model(cfg, len(aug.label_names) if aug.label_names else None)
+    model = model or RunModel(cfg, len(aug.label_names) if aug.label_names else None)
     model.train(study_cfg, sub, design, todo, aug.train, aug.test, aug.task)
     return len(todo)
 
 
-def _cleanlab_baseline(cfg, store, data, folds: int, model: _Model) -> tuple[np.ndarray, list[int], int]:
+def cleanlab_baseline(cfg, store, data, folds: int, model: RunModel) -> tuple[np.ndarray, list[int], int]:
     """cleanlab's harm scores from K-fold retrains (``curate/crossfit-<K>/``, resumable; the run's own seed policy),
     the examples it flags, and how many retrains were new."""
     fold_of = fold_assignment(data.n_train, folds, int(cfg.train.seed))
@@ -200,7 +201,7 @@ def _cleanlab_baseline(cfg, store, data, folds: int, model: _Model) -> tuple[np.
 _DATAINF_MODEL_ID = 2**31 - 128
 
 
-def _datainf_baseline(cfg, data, model: _Model) -> np.ndarray:
+def datainf_baseline(cfg, data, model: RunModel) -> np.ndarray:
     """DataInf's influence of each training example on the mean test loss (harm, (n_train,)): the LoRA gradients
     of a model fine-tuned on the whole training set (the run's recipe and head), per training and test example."""
     tokenizer, base = model.get()
@@ -243,15 +244,15 @@ def stage_curate(cfg) -> dict:
     removals = {f"random:{d}": draw for d, draw in
                 enumerate(random_removals(data.n_train, k, opts["random_draws"], int(cfg.train.seed)))}
     harms = harm_scores(fitted, load_trak(store, data.n_train, data.n_test) if "trak" in opts["baselines"] else None)
-    model = _Model(cfg, len(data.label_names) if data.label_names else None)
+    model = RunModel(cfg, len(data.label_names) if data.label_names else None)
     flagged = None
     if "cleanlab" in opts["baselines"] and data.task == "classification":
-        harms["cleanlab"], flagged, _ = _cleanlab_baseline(cfg, store, data, opts["cleanlab_folds"], model)
+        harms["cleanlab"], flagged, _ = cleanlab_baseline(cfg, store, data, opts["cleanlab_folds"], model)
         log.info("curate: cleanlab flags %d of %d training examples as label issues", len(flagged), data.n_train)
     if "datainf" in opts["baselines"]:
         log.info("curate: DataInf baseline: LoRA gradients of a full-data model on %d train and %d test examples",
                  data.n_train, data.n_test)
-        harms["datainf"] = _datainf_baseline(cfg, data, model)
+        harms["datainf"] = datainf_baseline(cfg, data, model)
     skipped = [b for b in opts["baselines"] if b not in harms]
     if skipped:
         log.warning("curate: baseline(s) %s skipped: %s", skipped, "; ".join({
@@ -276,7 +277,7 @@ def stage_curate(cfg) -> dict:
     log.info("curate: %d examples changed (%d dropped, %d relabelled); %d arms x %d seeds = %d retrains, scored "
              "on %d eval rows", k, len(plan.dropped), len(plan.relabelled), len(arms), opts["seeds"],
              len(arms) * opts["seeds"], data.n_eval)
-    trained = _train_study(cfg, sub, design, aug, opts["seeds"], model)
+    trained = train_study(cfg, sub, design, aug, opts["seeds"], model)
     log.info("curate: trained %d, reused %d", trained, len(arms) * opts["seeds"] - trained)
     results = sub.load_results(design)
     removed = {a: int((arms["full"][:data.n_train] != m[:data.n_train]).sum()) for a, m in arms.items()}

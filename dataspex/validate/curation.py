@@ -26,12 +26,12 @@ from dataspex.core.files import read_json, write_json, write_table
 from dataspex.fit.artifacts import FAITHFULNESS, fit_stamp
 from dataspex.validate.analysis import t_interval
 
-__all__ = ["analyse_curation", "curation_verdict", "load_curation", "save_curation"]
+__all__ = ["analyse_curation", "curation_verdict", "load_curation", "per_replicate", "save_curation"]
 
 CURATION_FILE = ("curate", "curation.json")
 
 
-def _per_replicate(design, results, seeds: int, task: str):
+def per_replicate(design, results, seeds: int, task: str):
     """({arm: (r,) mean eval loss}, {arm: (r,) eval accuracy or NaN}, r): the replicates < ``seeds`` whose arms
     all have a result (a replicate with any arm missing is left out, so every difference is paired)."""
     arms = list(design.meta["arms"])
@@ -67,7 +67,7 @@ def analyse_curation(design, results, seeds: int, level: float, task: str,
     against ``full`` with a t-interval at ``level``; and the verdict on the curated set, with the paired intervals
     of curated minus random (pooled) and curated minus each baseline (``curated_vs_<arm>``). ``removed``: arm -> how
     many examples it removes or changes."""
-    loss, acc, r = _per_replicate(design, results, seeds, task)
+    loss, acc, r = per_replicate(design, results, seeds, task)
     arms = list(design.meta["arms"])
     draws = [a for a in arms if a.startswith("random:")]
     if draws:
