@@ -336,7 +336,19 @@ def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_
         os.unlink(path)
     store.write_results(results.mask_ids, results.masks, results.losses[order], results.margins[order])
     run_cli("fit", f"run_dir={run_dir}")
+    # auto ranks by the best pooled held-out R^2, linear included: on shuffled losses no model beats the mean
     run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    faith = json.load(open(os.path.join(run_dir, "fit", "faithfulness.json")))
+    best = max(faith, key=lambda n: faith[n]["r2_pooled"])
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert json.load(open(os.path.join(run_dir, "report", "summary.json")))["estimator"] == best
+    assert f"No fitted model predicts held-out retrains better than their mean (best pooled R^2 " \
+           f"{faith[best]['r2_pooled']:.3f})" in md
+    if best == "linear":
+        assert "which has no pair terms: pairs do not improve the held-out fit over single-example effects" in md
+        assert len(pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))) == 0
+    # a pair model named on purpose lists its pairs, and the held-out test makes none a finding
+    run_cli("report", f"run_dir={run_dir}", "report.estimator=proxyspex", *REPORT_ARGS)
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
     pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
     assert len(pairs) > 0 and not pairs["finding"].any()

@@ -48,7 +48,7 @@ def _cell(text) -> str:
 def _intro(ctx) -> list[tuple[str, str]]:
     cfg, data, store = ctx["cfg"], ctx["data"], ctx["store"]
     f = ctx["faithfulness"][ctx["name"]]
-    r2 = _fmt(f["r2_mean_over_outputs"], ".3f")
+    r2 = f"pooled {_fmt(f.get('r2_pooled'), '.3f')}, mean over test examples {_fmt(f['r2_mean_over_outputs'], '.3f')}"
     return [
         ("Run", store.run_dir),
         ("Model", (f"{cfg.model.name_or_path} ({data.task}), LoRA r={cfg.lora.r} on {list(cfg.lora.target_modules)} "
@@ -70,6 +70,7 @@ def _headline(ctx) -> list[str]:
     if diverged and diverged["n_flagged"]:
         out.append(f"Warning: training diverged or did not converge on {health.summary(diverged)}; their "
                    "retrains are in every fit above and likely useless: lower train.lr and retrain in a new run_dir.")
+    out += _ranking_lines(ctx)
     validation, vmeta = ctx["validation"], ctx["vmeta"]
     if validation is not None:
         level = round(100 * vmeta["level"])
@@ -134,6 +135,24 @@ def _curation_line(cur: dict | None) -> str | None:
     return (f"Curation (`dataspex curate`, {n_changed} examples changed, curate.actions={cur['actions']}), scored on "
             f"the {cur['n_eval']} eval examples no attribution used, {cur['seeds']} paired seeds, {level}% "
             f"intervals: **{cur['verdict']}**. Eval loss change of the curated set: {'; '.join(parts)} nats{stale}.")
+
+
+def _ranking_lines(ctx) -> list[str]:
+    """What the choice of ranking model says before any pair: no model beats the mean, or the best one has no
+    pair terms (``report.estimator=auto`` then lists no pair)."""
+    out, name = [], ctx["name"]
+    pooled = {n: f.get("r2_pooled") for n, f in ctx["faithfulness"].items()}
+    best = max((v for v in pooled.values() if v is not None and np.isfinite(v)), default=None)
+    if best is not None and best <= 0:
+        out.append(f"No fitted model predicts held-out retrains better than their mean (best pooled R^2 "
+                   f"{_fmt(best, '.3f')}): nothing in this report is supported by the retrains; more retrains or "
+                   "a less noisy output are needed before any list below means anything.")
+    if ctx["result"].degree < 2:
+        others = ", ".join(f"{n} {_fmt(v, '.3f')}" for n, v in pooled.items() if n != name)
+        out.append(f"The most faithful model is {name} (pooled held-out R^2 {_fmt(pooled.get(name), '.3f')}; "
+                   f"{others or 'no other model'}), which has no pair terms: pairs do not improve the held-out fit "
+                   "over single-example effects, so no pair is reported.")
+    return out
 
 
 def _evidence_line(ctx) -> str:
