@@ -17,12 +17,14 @@ Methods (each a harm score per training example; higher = more suspect):
 
     python benchmarks/curation.py --run RUN --manifest MANIFEST --out OUT [--eval-file EVAL] [--seeds 4]
 
-Results: OUT/curation.json and a Markdown table on stdout. The retrains go through a store in OUT/study (resumable).
+Results: OUT/curation.json and a Markdown table on stdout. The retrains go through a store in
+OUT/study-<digest of the arms> (resumable); DataInf's scores are kept in OUT/datainf.npy.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -47,22 +49,33 @@ from dataspex.validate.curation import per_replicate
 INSPECT = (0.05, 0.10, 0.20)
 
 
-def harms(cfg, store, data, folds: int, seed: int, log) -> tuple[dict[str, np.ndarray], RunModel, str]:
+def harms(cfg, store, data, folds: int, seed: int, log, out_dir: str) -> tuple[dict[str, np.ndarray], RunModel, str]:
     """Every method's harm score (n_train,), the loaded model (shared with the removal study) and the name of the
     estimator that gives dataspex's score."""
     fitted, faithfulness = load_fitted(store)
-    name = choose_estimator(fitted, faithfulness, "auto")
+    auto = choose_estimator(fitted, faithfulness, "auto")
+    pair_models = [n for n, res in fitted.items() if res.degree >= 2]
+    if not pair_models:
+        raise SystemExit("error: the run has no fitted pair model (quadratic, proxyspex, ...)")
+    # dataspex's score comes from the most faithful *pair* model (report.estimator=auto may pick the linear
+    # datamodel, whose score is the "linear" row already)
+    name = max(pair_models, key=lambda n: faithfulness[n].get("r2_pooled") or -np.inf)
     out = {"dataspex": pair_aware_harm(fitted[name])}
-    log(f"dataspex ranking model: {name}")
+    log(f"dataspex score from {name}; report.estimator=auto would rank by {auto}")
     trak_scores = load_trak_scores(store)
     out.update(harm_scores(fitted, trak_scores))
     model = RunModel(cfg, len(data.label_names))
     started = time.perf_counter()
     out["cleanlab"], flagged, _ = cleanlab_baseline(cfg, store, data, folds, model)
     log(f"cleanlab: {len(flagged)} flagged, {time.perf_counter() - started:.0f} s")
-    started = time.perf_counter()
-    out["datainf"] = datainf_baseline(cfg, data, model)
-    log(f"datainf: {time.perf_counter() - started:.0f} s")
+    cache = os.path.join(out_dir, "datainf.npy")
+    if os.path.exists(cache):  # seconds to minutes to recompute, and deterministic: kept between runs
+        out["datainf"] = np.load(cache, allow_pickle=False)
+    else:
+        started = time.perf_counter()
+        out["datainf"] = datainf_baseline(cfg, data, model)
+        log(f"datainf: {time.perf_counter() - started:.0f} s")
+        np.save(cache, out["datainf"], allow_pickle=False)
     out["random"] = np.random.default_rng([seed, 4]).random(data.n_train)
     return out, model, name
 
@@ -108,9 +121,9 @@ def main(argv=None) -> int:
     if data.eval is None:
         parser.error("the run's data has no eval split: pass --eval-file")
     store = RunStore(opts.run)
-    scores, model, ranking = harms(cfg, store, data, opts.folds, int(cfg.train.seed), log)
+    scores, model, ranking = harms(cfg, store, data, opts.folds, int(cfg.train.seed), log, opts.out)
     flipped = [int(f["i"]) for f in manifest.get("flipped", [])]
-    result = {"run": opts.run, "manifest": opts.manifest, "ranking_estimator": ranking, "n_train": data.n_train,
+    result = {"run": opts.run, "manifest": opts.manifest, "dataspex_estimator": ranking, "n_train": data.n_train,
               "n_eval": data.n_eval, "n_flipped": len(flipped), "seeds": opts.seeds}
     if flipped:
         result["flipped"] = flip_table(scores, flipped, data.n_train)
@@ -133,7 +146,8 @@ def main(argv=None) -> int:
                 undone[arm] = int(sum(i in rows and j in rows for i, j in pairs))
     design = curation_design(arms, opts.seeds)
     aug = TaskData(train=data.train, test=data.eval, task=data.task, label_names=data.label_names)
-    sub = RunStore(os.path.join(opts.out, "study"))
+    digest = hashlib.sha256(json.dumps({a: removed.get(a, []) for a in arms}).encode()).hexdigest()[:12]
+    sub = RunStore(os.path.join(opts.out, f"study-{digest}"))  # other removals (another score): another study
     os.makedirs(sub.run_dir, exist_ok=True)
     study_fp = fingerprint(cfg, aug)
     study_fp["train"]["seed_policy"] = "curate: per_block, one block of ids (one seed) per replicate"

@@ -45,9 +45,11 @@ def test_curation_benchmark_end_to_end(tmp_path, capsys):
         assert [row[f]["removed"] for f in ("0.1", "0.2")] == [1, 2]
         assert all(np.isfinite(row[f]["loss_change"]) for f in row)
     from dataspex.store import RunStore
-    study = RunStore(str(out / "study"))
+    (study_dir,) = [p for p in out.iterdir() if p.name.startswith("study-")]
+    study = RunStore(str(study_dir))
     design = study.load_design()
     # full + 4 methods x 2 fractions + 2 random draws x 2 fractions, each x 2 seeds, all trained
     assert len(design) == (1 + 4 * 2 + 2 * 2) * 2 == len(study.load_results(design))
     assert "| method | AUC |" in capsys.readouterr().out
-    assert os.path.isdir(os.path.join(run_dir, "curate", "crossfit-5"))
+    assert os.path.isdir(os.path.join(run_dir, "curate", "crossfit-5")) and (out / "datainf.npy").exists()
+    assert result["dataspex_estimator"] == "proxyspex"  # the run's only pair model
