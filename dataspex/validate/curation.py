@@ -39,8 +39,7 @@ def per_replicate(design, results, seeds: int, task: str):
     row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
     complete = []
     for s in range(seeds):
-        rows = {a: row_of.get(int(design.mask_ids[k])) for k in np.flatnonzero(replicate == s)
-                for a in [design.roles[k]]}
+        rows = {design.roles[k]: row_of.get(int(design.mask_ids[k])) for k in np.flatnonzero(replicate == s)}
         if len(rows) == len(arms) and all(v is not None for v in rows.values()):
             complete.append(rows)
     loss = {a: np.array([results.losses[c[a]].mean() for c in complete]) for a in arms}
