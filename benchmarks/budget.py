@@ -47,13 +47,6 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
     return _md_table([str(c) for c in table.columns], [[cell(v) for v in row] for row in table.itertuples(index=False)])
 
 
-def pooled_ceiling(a: np.ndarray, b: np.ndarray) -> float:
-    """sum_t cov(a_t, b_t) / sum_t var(a_t) over the columns of two replicates (M, T): the pooled R^2 that the
-    mask's own effect (the part both replicates share) explains of one replicate."""
-    a, b = a - a.mean(0), b - b.mean(0)
-    return float((a * b).sum() / (a * a).sum())
-
-
 def first_order_pairs(effects: np.ndarray, kind: str, k: int) -> list[tuple[int, int]]:
     """The top ``k`` distinct pairs a first-order method predicts, from ``effects`` (n, T): the change in each test
     loss from keeping each example. harmful: the pairs whose two kept examples raise a test loss most (the two
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
     from dataspex.core.errors import DataspexError
     from dataspex.core.metrics import pooled_r2
     from dataspex.fit import trak
-    from dataspex.fit.faithfulness import fit_outputs
+    from dataspex.fit.faithfulness import fit_outputs, pooled_ceiling
     from dataspex.fit.ranking import ranked_pairs
     from dataspex.fit.significance import ranked_pair_tests
     from dataspex.store import RunStore

@@ -160,6 +160,10 @@ def test_plan_changes_follows_the_source_and_the_relabel_choice():
     assert entries[2]["evidence"]["realised_change_if_both_removed"] == 0.1
     with pytest.raises(DataspexError, match="this run has not been validated: run `dataspex validate"):
         plan_changes(actions, _data(), "validated", relabel=False, validated=False)
+    # no harmful action at all: nothing to validate, so nothing to act on rather than a refusal
+    plan, entries = plan_changes(actions[actions["kind"] == "redundant"], _data(), "validated", relabel=False,
+                                 validated=False)
+    assert plan.n_changed == 0 and entries == []
 
 
 # ------------------------------------------------------------------------------------------- the statistics
@@ -335,13 +339,20 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
     proc = run_cli("curate", f"run_dir={run_dir}", check=False)
     assert proc.returncode == 2 and "curate.actions=validated acts on the pairs `dataspex validate` confirmed" in \
         proc.stderr
-    proc = run_cli("curate", f"run_dir={run_dir}", "curate.actions=maybe", check=False)
-    assert proc.returncode == 2 and "curate.actions='maybe' is not one of: validated, predicted" in proc.stderr
-    proc = run_cli("curate", f"run_dir={run_dir}", "curate.baselines=[influence]", check=False)
-    assert proc.returncode == 2
-    assert "curate.baselines has ['influence']: use linear, trak, cleanlab, datainf" in proc.stderr
-    proc = run_cli("curate", f"run_dir={run_dir}", "curate.seeds=0", check=False)
-    assert proc.returncode == 2 and "curate.seeds=0 must be at least 1" in proc.stderr
+    # The settings' own refusals, in-process (the CLI path above already shows how a DataspexError exits: 2).
+    from dataspex.core.settings import check_settings
+    from dataspex.stages.curate import settings
+
+    base = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    for override, message in [("curate.actions=maybe", "curate.actions='maybe' is not one of: validated, predicted"),
+                              ("curate.baselines=[influence]",
+                               "curate.baselines has ['influence']: use linear, trak, cleanlab, datainf"),
+                              ("curate.seeds=0", "curate.seeds=0 must be at least 1")]:
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist([override]))
+        with pytest.raises(DataspexError) as err:
+            check_settings(cfg)
+            settings(cfg)
+        assert message in str(err.value)
 
     write_validation(run_dir, {})  # validated, and no removal lowered the loss
     proc = run_cli("curate", f"run_dir={run_dir}")

@@ -202,9 +202,9 @@ def test_load_run_api():
 
     run = dataspex.load_run(synthetic_run())
     assert len(run.train_texts) == run.data.n_train == 10
-    assert len(run.design) == 64 and set(run.design.roles) == {"fit", "heldout"}
+    assert len(run.design) == 80 and set(run.design.roles) == {"fit", "heldout", "replicate"}  # 48 + 16 + 16
     res = run.results
-    assert len(res) == 64 and {"mask_id", "role", "n_kept", "loss_0", "margin_0"} <= set(res.columns)
+    assert len(res) == 80 and {"mask_id", "role", "n_kept", "loss_0", "margin_0"} <= set(res.columns)
     assert set(run.fitted) == {"linear", "proxyspex"}
     assert isinstance(run.fitted["proxyspex"], InteractionResult)
     assert run.ranking_estimator == "proxyspex"
@@ -356,3 +356,37 @@ def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert "none is a finding at q <= 0.1: the held-out retrains do not support any listed pair" in md
     assert "Examples to drop or relabel, predicted: none (no harmful pair is a finding" in md
+
+
+def test_trust_leads_the_summary_and_an_unfaithful_model_gets_no_actions(tmp_path):
+    """The synthetic run's held-out masks have seed replicates (other noise draws): the summary opens with the
+    ranking model's pooled R^2 beside the ceiling they give; with report.trust_r2 above that R^2 the same pairs
+    stay in the tables as candidates and the summary has no actions."""
+    from dataspex.fit.faithfulness import pooled_ceiling
+    from dataspex.store import RunStore
+
+    run_dir = copy_run(tmp_path)
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    trust = summary["trust"]
+    store = RunStore(run_dir)
+    design = store.load_design()
+    results = store.load_results(design)
+    of = design.meta["replicate"]["of"]
+    row = {int(m): r for r, m in enumerate(results.mask_ids)}
+    expected = pooled_ceiling(results.losses[[row[a] for a in of]], results.losses[design.rows("replicate")])
+    assert trust["ceiling"]["n_masks"] == 16 and trust["ceiling"]["pooled"] == pytest.approx(expected)
+    assert trust["trusted"] and summary["examples_to_review_predicted"]
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    first = md.split("## Summary for the curation team", 1)[1].strip().splitlines()[0]
+    assert first.startswith(f"* Trust: the ranking model {summary['estimator']} has pooled held-out R^2 "
+                            f"{trust['r2_pooled']:.3f} from 48 retrains (16 held out); noise ceiling "
+                            f"{expected:.3f}, {trust['r2_pooled'] / expected:.0%} of it")
+
+    run_cli("report", f"run_dir={run_dir}", "report.trust_r2=0.999", *REPORT_ARGS)
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert not summary["trust"]["trusted"] and summary["examples_to_review_predicted"] == []
+    assert "**Not faithful enough to act on** (below report.trust_r2=0.999" in md
+    assert "Examples to drop or relabel, predicted: none" in md and "| suggested action |" not in md
+    pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    assert pairs["finding"].any()  # the candidates are still there, with their tests

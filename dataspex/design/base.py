@@ -2,7 +2,8 @@
 
 A design is a list of masks (bit 1 = training example kept), each with a stable integer id and a role:
 ``fit`` masks train the estimators, ``heldout`` masks are only for scoring them, ``spex``/``pairwise``
-masks come from structured designs, ``validate`` masks from targeted retrains. Ids never change once
+masks come from structured designs, ``validate`` masks from targeted retrains, ``replicate`` masks retrain
+held-out masks under other seeds (the noise ceiling). Ids never change once
 written, so results can be matched to masks across resumed, sharded and repeated runs.
 """
 
@@ -12,8 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Roles of rows that later stages append to an existing design (pairwise masks, validation retrains).
-EXTENSION_ROLES = ("pairwise", "validate")
+# Roles of rows that later stages append to an existing design (pairwise masks, validation retrains, seed
+# replicates of held-out masks).
+EXTENSION_ROLES = ("pairwise", "validate", "replicate")
+# Roles no estimator fits on and whose retrains a fit does not wait for: appending them never makes a fit stale.
+UNFITTED_ROLES = ("validate", "replicate")
 
 
 @dataclass

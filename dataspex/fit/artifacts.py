@@ -33,6 +33,7 @@ import numpy as np
 
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import read_json, write_json
+from dataspex.design.base import UNFITTED_ROLES
 from dataspex.fit.estimators import InteractionResult
 
 __all__ = ["FAITHFULNESS", "FIT_DIR", "choose_estimator", "clean_stale_fit_dirs", "design_record", "fit_stamp",
@@ -55,8 +56,8 @@ def _refit(store) -> str:
 
 def design_record(design) -> dict:
     """What a fit set was fitted on: the design kind, its training examples, and its fitted rows (every row but
-    the validation retrains, which ``dataspex validate`` appends and ``dataspex fit`` ignores), hashed."""
-    keep = design.roles != "validate"
+    the validation retrains and seed replicates, which later stages append and ``dataspex fit`` ignores), hashed."""
+    keep = ~np.isin(design.roles, UNFITTED_ROLES)
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(np.packbits(design.masks[keep], axis=1)).tobytes())
     h.update(np.ascontiguousarray(design.mask_ids[keep], dtype=np.int64).tobytes())

@@ -20,9 +20,10 @@ from hydra.utils import instantiate
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import read_json, write_json
 from dataspex.core.metrics import faithfulness_r2, pooled_r2
+from dataspex.design.replicate import replicate_pairs
 from dataspex.fit.artifacts import fit_stamp
 
-__all__ = ["fit_outputs", "heldout_r2", "load_curve", "update_curve"]
+__all__ = ["fit_outputs", "heldout_r2", "load_curve", "noise_ceiling", "update_curve"]
 
 log = logging.getLogger("dataspex")
 
@@ -34,6 +35,35 @@ def fit_outputs(results, output: str) -> np.ndarray:
     """The outputs ``dataspex fit`` models, (m, n_test + 1): every test example's ``output``, then their mean."""
     Y = results.outputs(output)
     return np.column_stack([Y, Y.mean(axis=1)])
+
+
+def pooled_ceiling(a: np.ndarray, b: np.ndarray) -> float:
+    """sum_t cov(a_t, b_t) / sum_t var(a_t) over the columns of two replicates (M, T) of the same masks: the share
+    of the pooled variance of one replicate that the mask explains (what both replicates share). It is the pooled
+    held-out R^2 a perfect model of the mask's effect would reach against one replicate."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return float((a * b).sum() / (a * a).sum())
+
+
+def noise_ceiling(design, results, output: str) -> dict:
+    """The run's replicate noise ceiling on ``output``: the held-out masks that have a seed replicate (role
+    ``replicate``, :mod:`dataspex.design.replicate`) and both retrains finished. Keys: ``pooled`` (over the test
+    examples, as ``r2_pooled``), ``mean`` (the mean test output: corr of the two replicates), ``n_masks``,
+    ``n_planned``; ``pooled``/``mean`` are None with fewer than 8 finished pairs (the correlation of fewer has a
+    standard error above ~0.3), and ``why`` then says what is missing."""
+    pairs = replicate_pairs(design)
+    row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
+    done = [(row_of[a], row_of[b]) for a, b in pairs if a in row_of and b in row_of]
+    out = {"pooled": None, "mean": None, "n_masks": len(done), "n_planned": len(pairs)}
+    if len(done) < 8:
+        out["why"] = ("no seed replicates in the design (design.replicates=0)" if not pairs else
+                      f"{len(done)} of {len(pairs)} seed replicates finished (8 needed): run `dataspex train`")
+        return out
+    Y = results.outputs(output)
+    a, b = Y[[x for x, _ in done]], Y[[y for _, y in done]]
+    out["pooled"] = pooled_ceiling(a, b)
+    out["mean"] = float(np.corrcoef(a.mean(1), b.mean(1))[0, 1])
+    return out
 
 
 def heldout_r2(estimator, masks, Y):

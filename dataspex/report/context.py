@@ -13,7 +13,8 @@ import pandas as pd
 from dataspex.core.errors import DataspexError
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
-from dataspex.fit.faithfulness import load_curve
+from dataspex.fit.faithfulness import load_curve, noise_ceiling
+from dataspex.fit.planning import learning_curve, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
@@ -125,6 +126,23 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
     return out, meta
 
 
+def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float) -> dict:
+    """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
+    whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
+    need for the threshold (when below it) and for 80% of the ceiling (``need_trust``, ``need_ceiling``:
+    :func:`dataspex.fit.planning.needed_retrains`). A model without a held-out score is not trusted."""
+    f = faithfulness[name]
+    pooled = f.get("r2_pooled")
+    part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
+    lc = learning_curve(part["n_masks"], part["r2_pooled"])
+    out = {"estimator": name, "r2_pooled": pooled, "n_fit_masks": int(f["n_fit_masks"]),
+           "n_heldout_masks": int(f.get("n_heldout_masks") or 0), "ceiling": ceiling, "trust_r2": trust_r2,
+           "trusted": pooled is not None and bool(np.isfinite(pooled)) and pooled >= trust_r2,
+           "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(lc, trust_r2),
+           "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(lc, 0.8 * ceiling["pooled"])}
+    return out
+
+
 def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dict:
     """Everything the report shows, as the ``ctx`` dict the writers and renderers read (the images are added by
     :func:`dataspex.report.write_report` once written). ``name`` is the estimator that ranks the pairs."""
@@ -142,7 +160,11 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
         triples = describe_pairs(triples, data, columns=("i", "j", "l"))
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
+    trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, faithfulness[name].get(
+        "output", "loss")), float(cfg.report.trust_r2))
     actions = curation_actions(tables, result, data, validation)
+    if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
+        actions = actions.iloc[0:0]
     # Two lists, never one in place of the other: what the ranking model predicts, and (after `dataspex
     # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
     predicted = examples_to_review(actions, validated=False)
@@ -153,7 +175,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
-            "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence,
+            "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence, "trust": trust,
             "result": result, "fitted": fitted, "stack": stack, "curation": load_curation(store)}
 
 
@@ -176,5 +198,5 @@ def summary(ctx) -> dict:
                 "level": vmeta.get("level"), "seeds": vmeta.get("seeds"), "stale": vmeta.get("stale"),
                 "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),
                 "curated": vmeta.get("curated")},
-            "pair_tests": ctx["evidence"],
+            "pair_tests": ctx["evidence"], "trust": ctx["trust"],
             "degree3": 0 if triples is None else len(triples)}

@@ -64,13 +64,19 @@ def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
 
 
 def drop_all_effect(result, n_train: int, examples: list[int]) -> float | None:
-    """Predicted change in the mean test loss from removing ``examples`` from the full training set."""
+    """Predicted change in the mean test loss from removing ``examples`` from the full training set; None when
+    ``examples`` is empty or no coefficient of the mean test loss involves any of them (the model then predicts
+    exactly 0 by construction, which is not a prediction that removing them is harmless)."""
     if not examples:
+        return None
+    names = result.output_names or []
+    column = names.index("mean") if "mean" in names else None
+    coef = result.fourier[:, column] if column is not None else result.fourier.mean(axis=1)
+    chosen = set(int(x) for x in examples)
+    if not any(c != 0 and chosen.intersection(key) for key, c in zip(result.keys, coef)):
         return None
     full = np.ones((2, n_train), dtype=np.uint8)
     full[1, examples] = 0
     pred = result.predict(full)
-    names = result.output_names or []
-    column = names.index("mean") if "mean" in names else None
     values = pred[:, column] if column is not None else pred.mean(axis=1)
     return float(values[1] - values[0])

@@ -6,6 +6,7 @@ plain text; nothing here writes a file."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -70,6 +71,7 @@ def _headline(ctx) -> list[str]:
     if diverged and diverged["n_flagged"]:
         out.append(f"Warning: training diverged or did not converge on {health.summary(diverged)}; their "
                    "retrains are in every fit above and likely useless: lower train.lr and retrain in a new run_dir.")
+    out += _trust_lines(ctx["trust"])
     out += _ranking_lines(ctx)
     validation, vmeta = ctx["validation"], ctx["vmeta"]
     if validation is not None:
@@ -87,9 +89,12 @@ def _headline(ctx) -> list[str]:
     out.append(_evidence_line(ctx))
     predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
     if predicted:
-        out.append(f"Examples to drop or relabel, predicted (top harmful pairs): {_ids(predicted)}. The ranking "
-                   f"model predicts a change of {_fmt(ctx['drop_effect']['predicted'])} nats in the mean test loss "
-                   "if all are removed (an extrapolation to the full training set from half-size retrains).")
+        out.append(f"Examples to drop or relabel, predicted (top harmful pairs): {_ids(predicted)}. "
+                   f"{_drop_sentence(ctx['drop_effect']['predicted'])} (an extrapolation to the full training set "
+                   "from half-size retrains).")
+    elif not ctx["trust"]["trusted"] and ctx["tables"]["harmful"].get("finding", pd.Series(dtype=bool)).any():
+        out.append("Examples to drop or relabel, predicted: none (the ranking model is below report.trust_r2: the "
+                   "pair tables list candidates only, findings included).")
     else:
         out.append("Examples to drop or relabel, predicted: none (no harmful pair is a finding: the pair tables "
                    "list candidates only).")
@@ -97,21 +102,31 @@ def _headline(ctx) -> list[str]:
         out.append("Examples to drop or relabel, validated: none yet (not validated).")
     elif confirmed:
         out.append(f"Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in "
-                   f"the retrains): {_ids(confirmed)}. The ranking model predicts a change of "
-                   f"{_fmt(ctx['drop_effect']['validated'])} nats in the mean test loss if all are removed.")
+                   f"the retrains): {_ids(confirmed)}. {_drop_sentence(ctx['drop_effect']['validated'])}.")
     else:
         out.append("Examples to drop or relabel, validated: none. No validated harmful pair lowered the test loss "
                    "when removed: nothing to drop on this evidence.")
     cur = (vmeta or {}).get("curated") or {}
     if cur.get("status") == "done":
-        out.append(f"Measured: retraining without all {len(cur['dropped'])} examples of the validated harmful pairs "
-                   f"({_ids(cur['dropped'])}) changed the mean test loss by "
+        n_confirmed = int(((validation["kind"] == "harmful") & (validation["verdict"] == "confirmed")).sum())
+        out.append(f"Measured: retraining without all {len(cur['dropped'])} examples of the top harmful pairs that "
+                   f"`dataspex validate` retrained ({n_confirmed} of them confirmed; {_ids(cur['dropped'])}) changed "
+                   "the mean test loss by "
                    f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
                    f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
     line = _curation_line(ctx.get("curation"))
     if line:
         out.append(line)
     return out
+
+
+def _drop_sentence(effect: float | None) -> str:
+    """What the ranking model predicts for removing a list of examples at once; None = it has no term on any of
+    them for the mean test loss, so it predicts nothing (printing "+0.000" would read as "harmless")."""
+    if effect is None:
+        return ("The ranking model has no term on these examples for the mean test loss: the change if all are "
+                "removed is not predicted")
+    return f"The ranking model predicts a change of {_fmt(effect)} nats in the mean test loss if all are removed"
 
 
 def _curation_line(cur: dict | None) -> str | None:
@@ -135,6 +150,37 @@ def _curation_line(cur: dict | None) -> str | None:
     return (f"Curation (`dataspex curate`, {n_changed} examples changed, curate.actions={cur['actions']}), scored on "
             f"the {cur['n_eval']} eval examples no attribution used, {cur['seeds']} paired seeds, {level}% "
             f"intervals: **{cur['verdict']}**. Eval loss change of the curated set: {'; '.join(parts)} nats{stale}.")
+
+
+def _need(need: dict | None, what: str) -> str:
+    if need is None:
+        return ""
+    if need["n_masks"] is None:
+        return f" To reach {what}: {need['why']}."
+    guess = ", a long extrapolation" if need["extrapolated"] else ""
+    return (f" Its faithfulness curve extrapolates to about {need['n_masks']} fit retrains for {what}{guess} "
+            "(`dataspex plan` prints the study).")
+
+
+def _trust_lines(trust: dict) -> list[str]:
+    """The first lines of the summary: how faithful the ranking model is, beside the noise ceiling, and
+    whether the report's lists are actions or only candidates."""
+    c, pooled = trust["ceiling"], trust["r2_pooled"]
+    if c.get("pooled") is not None:
+        share = "" if pooled is None or c["pooled"] <= 0 else f", {pooled / c['pooled']:.0%} of it"
+        ceiling = (f"noise ceiling {_fmt(c['pooled'], '.3f')}{share} ({c['n_masks']} held-out retrains repeated "
+                   "under another seed: no model of the training set can beat it)")
+    else:
+        ceiling = f"noise ceiling not measured ({c.get('why')})"
+    head = (f"Trust: the ranking model {trust['estimator']} has pooled held-out R^2 {_fmt(pooled, '.3f')} from "
+            f"{trust['n_fit_masks']} retrains ({trust['n_heldout_masks']} held out); {ceiling}.")
+    if not trust["trusted"]:
+        goal = f"report.trust_r2={trust['trust_r2']:g}"
+        return [f"{head} **Not faithful enough to act on** (below {goal}: under it, the top pairs were not "
+                f"confirmed by retraining on real text; benchmarks/README, section Trust threshold): the tables below "
+                f"list candidates, and there are no actions.{_need(trust['need_trust'], goal)}"]
+    extra = _need(trust["need_ceiling"], "80% of the ceiling") if trust["need_ceiling"] else ""
+    return [head + extra]
 
 
 def _ranking_lines(ctx) -> list[str]:

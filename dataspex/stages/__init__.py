@@ -1,7 +1,7 @@
 """The CLI stages, one module each, as functions of the composed config: a thin composition of the layers below.
 
     design -> train -> fit -> report      (``run`` does all four)
-    trak, validate, curate, status, collect   (on an existing run directory)
+    trak, validate, curate, plan, status, collect   (on an existing run directory)
 
 Each stage reads what the previous one wrote into the run directory, so any stage can be re-run alone.
 :mod:`dataspex.stages.rundir` holds what every stage shares (the fingerprint, opening a run, shards).
@@ -26,6 +26,7 @@ STAGES = {
     "trak": "dataspex.stages.trak:stage_trak",
     "validate": "dataspex.stages.validate:stage_validate",
     "curate": "dataspex.stages.curate:stage_curate",
+    "plan": "dataspex.stages.plan:stage_plan",
 }
 STAGE_HELP = {
     "run": "design + train + fit + report (the whole job)",
@@ -38,6 +39,7 @@ STAGE_HELP = {
     "trak": "TRAK influence scores on the LoRA parameters (first-order baseline and screen)",
     "validate": "retrain the top pairs directly (full, minus i, minus j, minus both) to confirm them",
     "curate": "write the curated training set; retrain it, random removals and baselines; score on the eval split",
+    "plan": "from a pilot run: the retrains and wall time a target faithfulness needs, and the study's commands",
 }
 
 

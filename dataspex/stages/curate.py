@@ -72,11 +72,11 @@ def settings(cfg) -> dict:
 
 def plan_changes(actions, data, source: str, relabel: bool, validated: bool) -> tuple[CurationPlan, list[dict]]:
     """The curated set's changes from the report's actions table, and one manifest entry per changed example."""
-    if source == "validated" and not validated:
+    harmful = actions[actions["kind"] == "harmful"] if len(actions) else actions
+    if source == "validated" and not validated and len(harmful):  # no harmful action: nothing to validate either
         raise DataspexError("curate.actions=validated acts on the pairs `dataspex validate` confirmed, and this run "
                             "has not been validated: run `dataspex validate run_dir=...` first, or set "
                             "curate.actions=predicted to act on the ranking model's findings unconfirmed")
-    harmful = actions[actions["kind"] == "harmful"] if len(actions) else actions
     if source == "validated" and len(harmful):
         harmful = harmful[harmful["removal"] == "lowered"]
     dropped, relabelled, entries = {}, {}, []
@@ -229,7 +229,12 @@ def stage_curate(cfg) -> dict:
     meta = {"actions": opts["actions"], "relabel": opts["relabel"], "ranking_estimator": name,
             "n_train": data.n_train, "n_eval": data.n_eval, "changes": entries}
     if not plan.n_changed:
-        why = ("no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
+        pooled = ctx["trust"]["r2_pooled"]
+        why = (f"the ranking model {name} is below report.trust_r2 (pooled held-out R^2 "
+               f"{'n/a' if pooled is None else format(pooled, '.3f')} < {ctx['trust']['trust_r2']:g}): the report "
+               "lists candidates only"
+               if not ctx["trust"]["trusted"] else
+               "no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
                else "`dataspex validate` confirmed no harmful pair's removal")
         summary = dict(meta, verdict="nothing to act on", why=why)
         save_curation(store, summary)

@@ -9,6 +9,7 @@ import numpy as np
 
 from dataspex.core.errors import DataspexError
 from dataspex.design import extend_pairwise, make_design, settings_differences
+from dataspex.design.replicate import extend_replicates
 from dataspex.fit.estimators import LinearDatamodel
 from dataspex.fit.trak import load_trak_scores
 from dataspex.stages.rundir import open_run
@@ -54,8 +55,30 @@ def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
                         "random design there first (a linear datamodel screens then)")
 
 
+def add_replicates(cfg, store) -> None:
+    """Append ``design.replicates`` seed replicates of held-out masks (:mod:`dataspex.design.replicate`), unless
+    the seed policy would train them exactly like the originals."""
+    count = int(cfg.design.get("replicates", 0) or 0)
+    if count <= 0:
+        return
+    if str(cfg.train.seed_policy) == "shared":
+        log.warning("design: design.replicates=%d ignored: under train.seed_policy=shared a replicate trains exactly "
+                    "like its original, so it measures no seed noise (the report then shows no noise ceiling)",
+                    count)
+        return
+    design, added = extend_replicates(store.load_design(), count)
+    if added:
+        store.save_design(design)
+        log.info("design: added %d seed replicates of held-out masks (the noise ceiling)", added)
+
+
 def stage_design(cfg) -> None:
     store, data = open_run(cfg, create=True)
+    _base_design(cfg, store, data)
+    add_replicates(cfg, store)
+
+
+def _base_design(cfg, store, data) -> None:
 
     def screen():
         return pairwise_screen(cfg.design, data.n_train, store)

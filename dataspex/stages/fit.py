@@ -12,6 +12,7 @@ import numpy as np
 from hydra.utils import instantiate
 
 from dataspex.core.errors import DataspexError
+from dataspex.design.base import UNFITTED_ROLES
 from dataspex.fit.artifacts import clean_stale_fit_dirs, write_fit_set
 from dataspex.fit.faithfulness import fit_outputs, heldout_r2
 from dataspex.stages.rundir import open_run
@@ -24,8 +25,8 @@ def stage_fit(cfg) -> dict:
     clean_stale_fit_dirs(store)  # what a killed fit left: the old set back in place, unfinished sets removed
     design = store.load_design()
     results = store.load_results(design)
-    # Validation retrains are not fitted on: an unfinished `validate` must not block `fit`.
-    fitted_ids = design.mask_ids[design.roles != "validate"]
+    # Validation retrains and seed replicates are not fitted on: unfinished ones must not block `fit`.
+    fitted_ids = design.mask_ids[~np.isin(design.roles, UNFITTED_ROLES)]
     missing = int((~np.isin(fitted_ids, results.mask_ids)).sum())
     if missing:
         if not cfg.fit.allow_missing:

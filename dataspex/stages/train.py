@@ -54,12 +54,18 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
     row_of = {int(design.mask_ids[r]): r for r in todo}
     flags = health.flag_masks([], np.zeros((0, 0)))
 
+    last = started
+
     def flush():
-        nonlocal flags
+        nonlocal flags, last
         ids = [p[0] for p in pending]
         losses, curves = np.array([p[1] for p in pending]), np.array([p[3] for p in pending])
+        now = time.perf_counter()
+        # Wall seconds since the previous chunk (model loading not included): `dataspex plan` reads the rate.
         store.write_results(ids, design.masks[[row_of[i] for i in ids]], losses, np.array([p[2] for p in pending]),
-                            {"engine": cfg.train.engine}, train_losses=curves)
+                            {"engine": cfg.train.engine, "seconds": now - last, "threads": torch.get_num_threads()},
+                            train_losses=curves)
+        last = now
         pending.clear()
         found = health.flag_masks(ids, losses, curves)
         if found["n_flagged"] and not flags["n_flagged"]:

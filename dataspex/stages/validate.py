@@ -32,6 +32,10 @@ def stage_validate(cfg) -> pd.DataFrame:
     estimand = cfg.report.estimand
     pairs = select_pairs(fitted[ranking], opts["kinds"], opts["top_k"], estimand, data.n_test)
     if pairs.empty:
+        if fitted[ranking].degree < 2:  # auto chose a model without pair terms: the honest answer, not an error
+            log.warning("validate: nothing to validate: the most faithful model, %s, has no pair terms (pairs do "
+                        "not improve the held-out fit), so the report lists no pair", ranking)
+            return pd.DataFrame()
         raise DataspexError(f"{ranking} lists no {' or '.join(opts['kinds'])} pairs to validate")
     replicates = opts["seeds"]
     if cfg.train.seed_policy == "shared" and replicates > 1:

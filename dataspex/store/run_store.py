@@ -306,6 +306,22 @@ class RunStore:
     def result_files(self) -> list[str]:
         return sorted(glob.glob(self.path("results", "part-*.npz")))
 
+    def training_rate(self) -> dict:
+        """Measured training time of this run's result files that record it: {"seconds", "n_masks",
+        "threads" (sorted distinct torch thread counts)}; seconds are wall time per chunk, loading excluded.
+        Damaged files are skipped (``dataspex status`` reports them)."""
+        seconds, n_masks, threads = 0.0, 0, set()
+        for path in self.result_files():
+            try:
+                arrays, meta = load_npz(path)
+            except DataspexError:
+                continue
+            if "seconds" in meta:
+                seconds += float(meta["seconds"])
+                n_masks += len(arrays["mask_ids"])
+                threads.add(int(meta.get("threads", 0)))
+        return {"seconds": seconds, "n_masks": n_masks, "threads": sorted(threads)}
+
     def _quarantine(self, path: str, reason: str) -> None:
         target_dir = self.path("results", "quarantine")
         os.makedirs(target_dir, exist_ok=True)

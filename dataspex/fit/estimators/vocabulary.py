@@ -10,7 +10,9 @@ __all__ = ["PAIR_KINDS", "PATTERNS", "pair_pattern"]
 
 # kind -> what it means for the test loss (the report prints these as its section explanations).
 PAIR_KINDS = {
-    "harmful": "keeping both raises the test loss; removing just one of them does not undo it",
+    "harmful": ("keeping both raises the test loss, and not as the sum of two single effects: either each alone "
+                "already does it (pattern masking: removing one does not undo it, drop both) or they do it only "
+                "together (pattern synergistic: removing either one undoes it)"),
     "redundant": "removing either alone is harmless; removing both raises the test loss",
     "complementary": "they lower the test loss only together",
     "interaction": "every pair, ranked by the size of its interaction",

@@ -1,0 +1,135 @@
+"""``dataspex plan run_dir=<pilot>``: from a pilot run, the retrains and wall time a target faithfulness needs.
+
+Reads the pilot's faithfulness-vs-budget curve (every estimator refitted on growing prefixes of its fit masks;
+:mod:`dataspex.fit.faithfulness`), its noise ceiling (seed replicates of held-out masks) and the seconds per
+retrain its result files recorded, fits ``r2(m) = limit - slope / m`` per estimator
+(:mod:`dataspex.fit.planning`) and prints, for the estimator that needs the fewest retrains: the retrains, the wall
+time here, with ``plan.shards`` Slurm jobs and on a GPU (``plan.gpu_speedup``), and the exact commands of the
+study. Writes ``<run_dir>/plan.json``. Target: ``plan.target`` (pooled held-out R^2), else 80% of the pilot's
+noise ceiling, else ``report.trust_r2``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from dataspex.core.errors import DataspexError
+from dataspex.core.files import write_json
+from dataspex.fit.artifacts import load_fitted
+from dataspex.fit.faithfulness import load_curve, noise_ceiling, update_curve
+from dataspex.fit.planning import learning_curve, needed_retrains
+from dataspex.stages.rundir import open_run
+
+log = logging.getLogger("dataspex")
+
+CEILING_SHARE = 0.8  # the default target: issue 15's "80% of the replicate noise ceiling"
+
+
+def choose_target(plan_cfg, ceiling: dict, trust_r2: float) -> tuple[float, str]:
+    """(target pooled R^2, where it came from)."""
+    if plan_cfg.get("target") is not None:
+        target = float(plan_cfg.target)
+        if not 0 < target < 1:
+            raise DataspexError(f"plan.target={plan_cfg.target} must be a pooled R^2 in (0, 1)")
+        return target, "plan.target"
+    if ceiling.get("pooled") is not None:
+        return CEILING_SHARE * ceiling["pooled"], f"{CEILING_SHARE:.0%} of the noise ceiling {ceiling['pooled']:.3f}"
+    return float(trust_r2), f"report.trust_r2 (no noise ceiling: {ceiling.get('why')})"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def study_commands(run_dir: str, n_masks: int, heldout: int, shards: int) -> list[str]:
+    """The study's commands: a new run directory (a design's size is part of its identity) that replays the
+    pilot's own overrides (``overrides.json``), the larger design, its sharded training, then fit and report."""
+    replay = []
+    path = os.path.join(run_dir, "overrides.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            replay = [o for o in json.load(fh)
+                      if o.split("=", 1)[0].lstrip("+~") not in ("design.m", "design.heldout")]
+    new_dir = run_dir.rstrip("/") + f"_m{n_masks}"
+    args = " ".join(f"'{o}'" if any(c in o for c in " ()[]{},*") else o for o in replay)
+    design = f"dataspex design run_dir={new_dir} {args} design.m={n_masks} design.heldout={heldout}".replace("  ", " ")
+    return [design,
+            (f"dataspex train --multirun run_dir={new_dir} hydra/launcher=slurm shard.count={shards} "
+             f"'shard.index=range(0,{shards})' train.threads=1"),
+            f"dataspex fit run_dir={new_dir} && dataspex report run_dir={new_dir}"]
+
+
+def stage_plan(cfg) -> dict:
+    store, data = open_run(cfg)
+    fitted, faithfulness = load_fitted(store)
+    design = store.load_design()
+    if design.fit_role != "fit":
+        raise DataspexError(f"dataspex plan needs a random design (its fit masks are prefixes of one budget "
+                            f"curve); {store.run_dir} has a {design.meta.get('kind')} design")
+    update_curve(cfg.estimators, store, faithfulness, cfg.report.curve_fractions)
+    curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
+    results = store.load_results(design)
+    output = next(iter(faithfulness.values())).get("output", "loss")
+    ceiling = noise_ceiling(design, results, output)
+    target, source = choose_target(cfg.plan, ceiling, float(cfg.report.trust_r2))
+    rate = store.training_rate()
+    per_retrain = rate["seconds"] / rate["n_masks"] if rate["n_masks"] else None
+
+    rows = {}
+    for name in faithfulness:
+        part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
+        fitted_curve = learning_curve(part["n_masks"], part["r2_pooled"])
+        rows[name] = {"points": [[int(m), float(r)] for m, r in zip(part["n_masks"], part["r2_pooled"])],
+                      "curve": fitted_curve, **needed_retrains(fitted_curve, target)}
+    reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
+    best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
+    n_fit = int(len(design.rows("fit")))
+    n_heldout = int(len(design.rows("heldout")))
+    plan = {"run_dir": store.run_dir, "target_r2_pooled": target, "target_from": source, "ceiling": ceiling,
+            "estimators": rows, "best": best, "pilot_fit_masks": n_fit, "seconds_per_retrain": per_retrain,
+            "threads": rate["threads"], "shards": int(cfg.plan.shards), "gpu_speedup": float(cfg.plan.gpu_speedup)}
+
+    lines = [f"plan: pilot {store.run_dir}: {n_fit} fit + {n_heldout} held-out retrains, target pooled held-out "
+             f"R^2 {target:.3f} ({source})"]
+    for name, r in rows.items():
+        c = r["curve"]
+        shape = "n/a" if c is None else f"limit {c['limit']:.3f}"
+        need = (f"{r['n_masks']} fit retrains" + (" (extrapolated beyond 2x the pilot)" if r["extrapolated"] else "")
+                if r["n_masks"] is not None else f"not reachable: {r['why']}")
+        pts = ", ".join(f"{m}: {v:.3f}" for m, v in r["points"])
+        lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {shape}; {need}")
+    if best is None:
+        lines.append("plan: no estimator reaches the target by more retrains of this design: a less noisy output "
+                     "(fit.output=margin, train.seed_policy=shared), seed replicates or a larger unit "
+                     "(groups of examples) are what is left")
+        plan["commands"] = []
+    else:
+        need = rows[best]["n_masks"]
+        lines.append(f"plan: best: {best} at {need} fit retrains (+{n_heldout} held-out)"
+                     + (f"; the pilot's {n_fit} already reach it" if need <= n_fit else ""))
+        if per_retrain is None:
+            lines.append("plan: seconds per retrain: not recorded in this run's results (written before dataspex "
+                         "recorded it): time estimates left out")
+        else:
+            total = (need + n_heldout) * per_retrain
+            shards = int(cfg.plan.shards)
+            plan.update(wall_seconds_here=total, wall_seconds_slurm=total / shards,
+                        wall_seconds_gpu=total / float(cfg.plan.gpu_speedup))
+            lines.append(f"plan: time: {per_retrain:.2f} s per retrain measured here ({rate['n_masks']} retrains, "
+                         f"{'/'.join(map(str, rate['threads']))} threads) -> {duration(total)} on this machine; "
+                         f"{duration(total / shards)} as {shards} Slurm jobs (plan.shards) with as many cores each; "
+                         f"~{duration(total / float(cfg.plan.gpu_speedup))} on one GPU (plan.gpu_speedup="
+                         f"{cfg.plan.gpu_speedup:g}, an estimate, not a measurement on this data)")
+        plan["commands"] = study_commands(store.run_dir, need, max(n_heldout, 2), int(cfg.plan.shards))
+        lines += ["plan: the study:"] + [f"    {c}" for c in plan["commands"]]
+    write_json(store.path("plan.json"), plan)
+    for line in lines:
+        log.info(line)
+        print(line)
+    return plan

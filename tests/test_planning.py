@@ -1,0 +1,134 @@
+"""The trust and budget pieces: seed replicates in the design, the noise ceiling they give, the learning curve
+that `dataspex plan` and the report extrapolate, and the report's drop-effect wording."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dataspex.design.base import Design
+from dataspex.design.replicate import ROLE, extend_replicates, replicate_pairs
+from dataspex.fit.artifacts import design_record
+from dataspex.fit.estimators import InteractionResult
+from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
+from dataspex.fit.planning import learning_curve, needed_retrains
+from dataspex.report.curation import drop_all_effect
+from dataspex.report.text import _drop_sentence
+from dataspex.store.run_store import Results
+
+
+def _design(n_fit=6, n_heldout=12, n_train=5, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 2, (n_fit + n_heldout, n_train), dtype=np.uint8)
+    roles = ["fit"] * n_fit + ["heldout"] * n_heldout
+    return Design(masks, np.arange(n_fit + n_heldout), roles, {"kind": "random"})
+
+
+def test_replicates_copy_the_first_heldout_masks_once_and_leave_the_fit_record_alone():
+    design = _design()
+    extended, added = extend_replicates(design, 4)
+    assert added == 4
+    heldout = design.rows("heldout")[:4]
+    assert np.array_equal(extended.masks[extended.rows(ROLE)], design.masks[heldout])
+    assert replicate_pairs(extended) == [(int(design.mask_ids[h]), 18 + k) for k, h in enumerate(heldout)]
+    again, added = extend_replicates(extended, 4)
+    assert added == 0 and len(again) == len(extended)
+    more, added = extend_replicates(extended, 6)  # raising the count adds only the missing two
+    assert added == 2 and [a for a, _ in replicate_pairs(more)] == [int(design.mask_ids[h])
+                                                                    for h in design.rows("heldout")[:6]]
+    assert design_record(more) == design_record(design)  # replicates never make a fit stale
+    assert len(more.without_extensions()) == len(design)
+    assert extend_replicates(design, 50)[1] == 12  # no more than there are held-out masks
+
+
+def _results(design, losses):
+    return Results(design.mask_ids.copy(), design.masks.copy(), losses, losses.copy())
+
+
+def test_noise_ceiling_pairs_each_replicate_with_its_original():
+    design, _ = extend_replicates(_design(n_heldout=40), 40)
+    rng = np.random.default_rng(1)
+    signal = rng.standard_normal((40, 3))
+    losses = np.zeros((len(design), 3))
+    ho, rep = design.rows("heldout"), design.rows(ROLE)
+    losses[ho] = signal + 0.5 * rng.standard_normal((40, 3))
+    losses[rep] = signal + 0.5 * rng.standard_normal((40, 3))
+    got = noise_ceiling(design, _results(design, losses), "loss")
+    assert got["n_masks"] == 40 and got["pooled"] == pytest.approx(pooled_ceiling(losses[ho], losses[rep]))
+    assert got["mean"] == pytest.approx(np.corrcoef(losses[ho].mean(1), losses[rep].mean(1))[0, 1])
+    shuffled = losses.copy()
+    shuffled[rep] = shuffled[rep][::-1]  # replicates matched to the wrong originals share nothing
+    assert noise_ceiling(design, _results(design, shuffled), "loss")["pooled"] < got["pooled"] - 0.3
+
+
+def test_noise_ceiling_says_what_is_missing():
+    design = _design()
+    assert "design.replicates=0" in noise_ceiling(design, _results(design, np.zeros((18, 2))), "loss")["why"]
+    design, _ = extend_replicates(design, 12)
+    results = _results(design, np.zeros((len(design), 2)))
+    partial = Results(results.mask_ids[:-6], results.masks[:-6], results.losses[:-6], results.margins[:-6])
+    got = noise_ceiling(design, partial, "loss")
+    assert got["pooled"] is None and got["why"].startswith("6 of 12 seed replicates finished")
+
+
+def test_learning_curve_recovers_limit_and_slope_and_inverts_them():
+    m = np.array([64, 128, 256, 512])
+    curve = learning_curve(m, 0.7 - 30.0 / m)
+    assert curve["limit"] == pytest.approx(0.7) and curve["slope"] == pytest.approx(30.0)
+    assert needed_retrains(curve, 0.6) == {"n_masks": 300, "why": "", "extrapolated": False}
+    assert needed_retrains(curve, 0.69)["n_masks"] == 3000 and needed_retrains(curve, 0.69)["extrapolated"]
+    assert needed_retrains(curve, 0.75)["n_masks"] is None
+    assert "levels off at R^2 0.700" in needed_retrains(curve, 0.75)["why"]
+    flat = learning_curve(m, 0.3 + 5.0 / m)  # falls with m: more retrains do not help
+    assert needed_retrains(flat, 0.2)["n_masks"] is None and "does not rise" in needed_retrains(flat, 0.2)["why"]
+    assert learning_curve([64, 64, np.nan], [0.1, 0.2, 0.3]) is None
+    assert needed_retrains(None, 0.5)["n_masks"] is None
+
+
+def test_drop_effect_is_not_predicted_when_no_term_touches_the_examples():
+    # f = 1 + 0.5 chi_{0} + 0.25 chi_{1,2} (the mean output only): examples 3 and 4 have no term
+    result = InteractionResult(n_features=5, keys=[(), (0,), (1, 2)], fourier=np.array([[1.0], [0.5], [0.25]]),
+                               output_names=["mean"])
+    assert drop_all_effect(result, 5, [3, 4]) is None
+    assert "not predicted" in _drop_sentence(None)
+    # chi_k(x) = (-1)^{|k & x|}: removing example 0 turns chi_{0} from -1 into +1 (+2 x 0.5 = +1.0); removing 1
+    # turns chi_{1,2} from +1 into -1 (-2 x 0.25 = -0.5)
+    assert drop_all_effect(result, 5, [0]) == pytest.approx(1.0)
+    assert drop_all_effect(result, 5, [1, 3]) == pytest.approx(-0.5)
+    assert _drop_sentence(1.0).endswith("a change of +1.000 nats in the mean test loss if all are removed")
+
+
+def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
+    from dataspex.store import RunStore
+    from tests.conftest import run_cli
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)
+    store = RunStore(run_dir)
+    design = store.load_design()
+    # two masks "trained" again in 3 s: the only result file that records its time
+    store.write_results(design.mask_ids[:2], design.masks[:2], np.zeros((2, 4)), np.zeros((2, 4)), {"seconds": 3.0})
+    assert store.training_rate() == {"seconds": 3.0, "n_masks": 2, "threads": [0]}
+    proc = run_cli("plan", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]", "plan.target=0.99",
+                   "plan.shards=4")
+    plan = json.load(open(os.path.join(run_dir, "plan.json")))
+    assert plan["target_r2_pooled"] == 0.99 and plan["target_from"] == "plan.target"
+    assert plan["seconds_per_retrain"] == 1.5 and plan["pilot_fit_masks"] == 48
+    for name, row in plan["estimators"].items():  # each estimator's answer is its own curve's, inverted
+        curve = learning_curve([m for m, _ in row["points"]], [r for _, r in row["points"]])
+        assert row["n_masks"] == needed_retrains(curve, 0.99)["n_masks"], name
+    best = plan["best"]
+    if best is None:
+        assert "no estimator reaches the target" in proc.stdout and plan["commands"] == []
+    else:
+        need = plan["estimators"][best]["n_masks"]
+        assert plan["wall_seconds_here"] == pytest.approx((need + 16) * 1.5)
+        assert plan["wall_seconds_slurm"] == pytest.approx(plan["wall_seconds_here"] / 4)
+        assert f"design.m={need} design.heldout=16" in plan["commands"][0]
+        assert "shard.count=4 'shard.index=range(0,4)'" in plan["commands"][1]
+        assert f"plan: best: {best} at {need} fit retrains" in proc.stdout
+    proc = run_cli("plan", f"run_dir={run_dir}", "plan.target=1.5", check=False)
+    assert proc.returncode == 2 and "plan.target=1.5 must be a pooled R^2 in (0, 1)" in proc.stderr
