@@ -110,7 +110,7 @@ def test_causal_lm_end_to_end(tmp_path):
     run_dir = tmp_path / "lm"
     run_cli("run", f"run_dir={run_dir}", "model=tiny_gpt2", "lora.target_modules=[c_attn]", "data=files",
             f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}",
-            "design.m=6", "design.heldout=3", "train.epochs=1", "progress=false")
+            "design.m=6", "design.heldout=3", "design.replicates=0", "train.epochs=1", "progress=false")
     results = RunStore(str(run_dir)).load_results()
     assert results.losses.shape == (9, 2) and np.all(results.losses > 0)
     np.testing.assert_allclose(results.margins, -results.losses)  # LM margin = completion log-prob

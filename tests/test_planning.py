@@ -132,3 +132,18 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
         assert f"plan: best: {best} at {need} fit retrains" in proc.stdout
     proc = run_cli("plan", f"run_dir={run_dir}", "plan.target=1.5", check=False)
     assert proc.returncode == 2 and "plan.target=1.5 must be a pooled R^2 in (0, 1)" in proc.stderr
+
+
+def test_a_named_pair_model_less_faithful_than_linear_is_flagged():
+    from dataspex.report.text import _ranking_lines
+
+    linear = InteractionResult(n_features=3, keys=[(), (0,)], fourier=np.array([1.0, 0.5]))
+    quad = InteractionResult(n_features=3, keys=[(), (0, 1)], fourier=np.array([1.0, 0.5]))
+    ctx = {"name": "quadratic", "result": quad, "fitted": {"linear": linear, "quadratic": quad},
+           "faithfulness": {"linear": {"r2_pooled": 0.414}, "quadratic": {"r2_pooled": 0.352}}}
+    lines = _ranking_lines(ctx)
+    assert len(lines) == 1 and lines[0].startswith(
+        "Warning: the ranking model quadratic (pooled held-out R^2 0.352) is less faithful than the linear "
+        "datamodel linear (0.414)")
+    ctx["faithfulness"]["quadratic"]["r2_pooled"] = 0.5
+    assert _ranking_lines(ctx) == []

@@ -131,7 +131,7 @@ def test_validate_stage_end_to_end(tmp_path):
     assert "2 pairs by proxyspex -> 8 training sets x 2 seeds = 16 retrains (16 new in the design)" in proc.stderr
     store = RunStore(run_dir)
     design = store.load_design()
-    assert (design.roles == "validate").sum() == 16 and design.mask_ids.tolist() == list(range(64 + 16))
+    assert (design.roles == "validate").sum() == 16 and design.mask_ids.tolist() == list(range(80 + 16))  # 48 fit + 16 held-out + 16 replicates, then 16
     table = pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet"))
     assert len(table) == 2 and set(table["kind"]) == {"harmful", "redundant"}
     assert table["seeds"].tolist() == [2, 2] and table["verdict"].isin(["confirmed", "not confirmed"]).all()
@@ -159,7 +159,7 @@ def test_validate_stage_end_to_end(tmp_path):
     assert "Examples to drop or relabel, validated" in md
 
     # resumable: a lost result file is retrained alone, with the same numbers (the seed is per mask id)
-    files = [f for f in store.result_files() if int(np.load(f)["mask_ids"].min()) >= 64]
+    files = [f for f in store.result_files() if int(np.load(f)["mask_ids"].min()) >= 80]  # the validation retrains
     lost = np.load(files[0])["mask_ids"].tolist()
     os.unlink(files[0])
     again = run_cli(*args)

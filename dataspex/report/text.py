@@ -193,6 +193,14 @@ def _ranking_lines(ctx) -> list[str]:
         out.append(f"No fitted model predicts held-out retrains better than their mean (best pooled R^2 "
                    f"{_fmt(best, '.3f')}): nothing in this report is supported by the retrains; more retrains or "
                    "a less noisy output are needed before any list below means anything.")
+    linear = next((n for n, r in ctx["fitted"].items() if r.degree < 2 and pooled.get(n) is not None), None)
+    if ctx["result"].degree >= 2 and linear is not None and pooled.get(name) is not None \
+            and pooled[name] < pooled[linear]:
+        out.append(f"Warning: the ranking model {name} (pooled held-out R^2 {_fmt(pooled[name], '.3f')}) is less "
+                   f"faithful than the linear datamodel {linear} ({_fmt(pooled[linear], '.3f')}): its pair terms do "
+                   "not improve the held-out fit, and on real text such a model's findings did not hold up when "
+                   "retrained (0 of 3; benchmarks/README, Trust threshold). Treat its pairs as candidates until "
+                   "`dataspex validate` confirms them.")
     if ctx["result"].degree < 2:
         others = ", ".join(f"{n} {_fmt(v, '.3f')}" for n, v in pooled.items() if n != name)
         out.append(f"The most faithful model is {name} (pooled held-out R^2 {_fmt(pooled.get(name), '.3f')}; "
