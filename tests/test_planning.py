@@ -74,16 +74,20 @@ def test_noise_ceiling_says_what_is_missing():
     assert got["pooled"] is None and got["why"].startswith("6 of 12 seed replicates finished")
 
 
-def test_learning_curve_recovers_limit_and_slope_and_inverts_them():
-    m = np.array([64, 128, 256, 512])
-    curve = learning_curve(m, 0.7 - 30.0 / m)
-    assert curve["limit"] == pytest.approx(0.7) and curve["slope"] == pytest.approx(30.0)
-    assert needed_retrains(curve, 0.6) == {"n_masks": 300, "why": "", "extrapolated": False}
-    assert needed_retrains(curve, 0.69)["n_masks"] == 3000 and needed_retrains(curve, 0.69)["extrapolated"]
-    assert needed_retrains(curve, 0.75)["n_masks"] is None
-    assert "levels off at R^2 0.700" in needed_retrains(curve, 0.75)["why"]
-    flat = learning_curve(m, 0.3 + 5.0 / m)  # falls with m: more retrains do not help
-    assert needed_retrains(flat, 0.2)["n_masks"] is None and "does not rise" in needed_retrains(flat, 0.2)["why"]
+def test_learning_curve_recovers_intercept_and_step_and_inverts_them():
+    m = np.array([32, 64, 128])
+    curve = learning_curve(m, -0.4 + 0.1 * np.log2(m))  # +0.1 per doubling: 0.1 at 32, 0.3 at 128
+    assert curve["intercept"] == pytest.approx(-0.4) and curve["per_doubling"] == pytest.approx(0.1)
+    assert needed_retrains(curve, 0.5) == {"n_masks": 512, "why": "", "doublings": 2.0}
+    assert needed_retrains(curve, 0.25, ceiling=0.7)["n_masks"] == 91  # log2 m = 6.5: 90.5 retrains
+    assert needed_retrains(curve, 0.25)["doublings"] == 0.0  # 91 < 128: the pilot already reaches it
+    assert needed_retrains(curve, 0.7, ceiling=0.7)["n_masks"] is None
+    assert "at or above the noise ceiling 0.700" in needed_retrains(curve, 0.7, ceiling=0.7)["why"]
+    falling = learning_curve(m, 0.3 - 0.02 * np.log2(m))
+    assert needed_retrains(falling, 0.2)["n_masks"] is None
+    assert "does not rise with the retrains (-0.020 per doubling)" in needed_retrains(falling, 0.2)["why"]
+    assert needed_retrains(curve, 1.1)["n_masks"] is None  # 2^15: 8 doublings beyond 128
+    assert "8.0 doublings beyond the largest measured budget (128): more than 64x" in needed_retrains(curve, 1.1)["why"]
     assert learning_curve([64, 64, np.nan], [0.1, 0.2, 0.3]) is None
     assert needed_retrains(None, 0.5)["n_masks"] is None
 
@@ -119,7 +123,7 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
     assert plan["seconds_per_retrain"] == 1.5 and plan["pilot_fit_masks"] == 48
     for name, row in plan["estimators"].items():  # each estimator's answer is its own curve's, inverted
         curve = learning_curve([m for m, _ in row["points"]], [r for _, r in row["points"]])
-        assert row["n_masks"] == needed_retrains(curve, 0.99)["n_masks"], name
+        assert row["n_masks"] == needed_retrains(curve, 0.99, plan["ceiling"]["pooled"])["n_masks"], name
     best = plan["best"]
     if best is None:
         assert "no estimator reaches the target" in proc.stdout and plan["commands"] == []

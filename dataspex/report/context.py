@@ -138,8 +138,10 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
     out = {"estimator": name, "r2_pooled": pooled, "n_fit_masks": int(f["n_fit_masks"]),
            "n_heldout_masks": int(f.get("n_heldout_masks") or 0), "ceiling": ceiling, "trust_r2": trust_r2,
            "trusted": pooled is not None and bool(np.isfinite(pooled)) and pooled >= trust_r2,
-           "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(lc, trust_r2),
-           "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(lc, 0.8 * ceiling["pooled"])}
+           "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(
+               lc, trust_r2, ceiling.get("pooled")),
+           "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
+               lc, 0.8 * ceiling["pooled"], ceiling["pooled"])}
     return out
 
 

@@ -157,9 +157,11 @@ def _need(need: dict | None, what: str) -> str:
         return ""
     if need["n_masks"] is None:
         return f" To reach {what}: {need['why']}."
-    guess = ", a long extrapolation" if need["extrapolated"] else ""
-    return (f" Its faithfulness curve extrapolates to about {need['n_masks']} fit retrains for {what}{guess} "
-            "(`dataspex plan` prints the study).")
+    if need["doublings"] == 0:
+        return f" It already reaches {what}."
+    far = f", {need['doublings']:.1f} doublings beyond this run: a long extrapolation" if need["doublings"] > 2 else ""
+    return (f" Its faithfulness curve (R^2 against log2 retrains) extrapolates to about {need['n_masks']} fit "
+            f"retrains for {what}{far} (`dataspex plan` prints the study).")
 
 
 def _trust_lines(trust: dict) -> list[str]:

@@ -234,6 +234,8 @@ def stage_curate(cfg) -> dict:
                f"{'n/a' if pooled is None else format(pooled, '.3f')} < {ctx['trust']['trust_r2']:g}): the report "
                "lists candidates only"
                if not ctx["trust"]["trusted"] else
+               f"the most faithful model, {name}, has no pair terms: the report lists no pair"
+               if ctx["result"].degree < 2 else
                "no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
                else "`dataspex validate` confirmed no harmful pair's removal")
         summary = dict(meta, verdict="nothing to act on", why=why)

@@ -2,7 +2,7 @@
 
 Reads the pilot's faithfulness-vs-budget curve (every estimator refitted on growing prefixes of its fit masks;
 :mod:`dataspex.fit.faithfulness`), its noise ceiling (seed replicates of held-out masks) and the seconds per
-retrain its result files recorded, fits ``r2(m) = limit - slope / m`` per estimator
+retrain its result files recorded, fits ``r2(m) = intercept + per_doubling * log2(m)`` per estimator
 (:mod:`dataspex.fit.planning`) and prints, for the estimator that needs the fewest retrains: the retrains, the wall
 time here, with ``plan.shards`` Slurm jobs and on a GPU (``plan.gpu_speedup``), and the exact commands of the
 study. Writes ``<run_dir>/plan.json``. Target: ``plan.target`` (pooled held-out R^2), else 80% of the pilot's
@@ -86,7 +86,7 @@ def stage_plan(cfg) -> dict:
         part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
         fitted_curve = learning_curve(part["n_masks"], part["r2_pooled"])
         rows[name] = {"points": [[int(m), float(r)] for m, r in zip(part["n_masks"], part["r2_pooled"])],
-                      "curve": fitted_curve, **needed_retrains(fitted_curve, target)}
+                      "curve": fitted_curve, **needed_retrains(fitted_curve, target, ceiling.get("pooled"))}
     reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
     n_fit = int(len(design.rows("fit")))
@@ -99,8 +99,8 @@ def stage_plan(cfg) -> dict:
              f"R^2 {target:.3f} ({source})"]
     for name, r in rows.items():
         c = r["curve"]
-        shape = "n/a" if c is None else f"limit {c['limit']:.3f}"
-        need = (f"{r['n_masks']} fit retrains" + (" (extrapolated beyond 2x the pilot)" if r["extrapolated"] else "")
+        shape = "n/a" if c is None else f"{c['per_doubling']:+.3f} per doubling"
+        need = (f"{r['n_masks']} fit retrains ({r['doublings']:.1f} doublings beyond the pilot)"
                 if r["n_masks"] is not None else f"not reachable: {r['why']}")
         pts = ", ".join(f"{m}: {v:.3f}" for m, v in r["points"])
         lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {shape}; {need}")
