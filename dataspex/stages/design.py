@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from dataspex.core.errors import DataspexError
 from dataspex.design import extend_pairwise, make_design, settings_differences
@@ -58,7 +59,7 @@ def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
 def add_replicates(cfg, store) -> None:
     """Append ``design.replicates`` seed replicates of held-out masks (:mod:`dataspex.design.replicate`), unless
     the seed policy would train them exactly like the originals."""
-    count = int(cfg.design.get("replicates", 0) or 0)
+    count = int(OmegaConf.select(cfg, "design.replicates", default=0) or 0)
     if count <= 0:
         return
     if str(cfg.train.seed_policy) == "shared":
