@@ -24,7 +24,6 @@ OUT/study-<digest of the arms> (resumable); DataInf's scores are kept in OUT/dat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -36,12 +35,10 @@ from sklearn.metrics import roc_auc_score
 
 from dataspex.core.data import TaskData, load_data
 from dataspex.core.files import write_json
-from dataspex.design.curation import curation_design
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.baselines import harm_scores, pair_aware_harm, top_harmful
 from dataspex.fit.trak import load_trak_scores
-from dataspex.stages.curate import RunModel, cleanlab_baseline, datainf_baseline, train_study
-from dataspex.stages.rundir import fingerprint
+from dataspex.stages.curate import RunModel, cleanlab_baseline, datainf_baseline, open_study, train_study
 from dataspex.store import RunStore
 from dataspex.validate import t_interval
 from dataspex.validate.curation import per_replicate
@@ -144,17 +141,8 @@ def main(argv=None) -> int:
                 mask[rows] = 0
                 arms[arm], removed[arm] = mask, rows
                 undone[arm] = int(sum(i in rows and j in rows for i, j in pairs))
-    design = curation_design(arms, opts.seeds)
     aug = TaskData(train=data.train, test=data.eval, task=data.task, label_names=data.label_names)
-    digest = hashlib.sha256(json.dumps({a: removed.get(a, []) for a in arms}).encode()).hexdigest()[:12]
-    sub = RunStore(os.path.join(opts.out, f"study-{digest}"))  # other removals (another score): another study
-    os.makedirs(sub.run_dir, exist_ok=True)
-    study_fp = fingerprint(cfg, aug)
-    study_fp["train"]["seed_policy"] = "curate: per_block, one block of ids (one seed) per replicate"
-    study_fp["arms"] = {a: removed.get(a, []) for a in arms}
-    sub.check_fingerprint(study_fp, create=True)
-    if not sub.has_design():
-        sub.save_design(design)
+    sub, design = open_study(cfg, opts.out, aug, arms, opts.seeds, data.eval_hash())  # other removals: another study
     started = time.perf_counter()
     trained = train_study(cfg, sub, design, aug, opts.seeds, model)
     log(f"removal study: {len(arms)} arms x {opts.seeds} seeds, {trained} trained in "

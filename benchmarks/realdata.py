@@ -21,6 +21,11 @@ Planted cases inside the real data (optional), in the demo's vocabulary (``datas
 * ``redundant`` pairs: two correctly labelled near-copies of a text of a rare class that no other training
   example carries; the original goes to the test split. Either copy teaches it; removing both hurts.
 
+* ``halves`` pairs (listed as harmful, ``"plant": "halves"``): a real text of 8+ words cut into its first and
+  second half, both halves with one wrong label; the whole text, with its true label, goes to the test split.
+  Each half matches the test text only in part, so each alone should move its loss less than a near-copy does
+  and both together more than the sum (synergy): the plant meant for what first-order scores miss.
+
 ``manifest.json`` lists them as ``{"kind", "i", "j", "test"}`` (training indices i < j, test index), like the
 demo's ground truth.
 
@@ -137,13 +142,14 @@ def near_copy(text: str, rng: np.random.Generator, variant: int) -> str:
 
 def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: int = 0, classes=None,
           min_chars: int = 40, max_chars: int = 400, harmful: int = 0, redundant: int = 0, rare=None,
-          flip: float = 0.0) -> dict:
+          flip: float = 0.0, halves: int = 0) -> dict:
     """The splits as ``{"train": [(text, label)], "test": [...], "eval": [...], "planted": [...], "flipped": [...],
     "info": {...}}``.
 
     Texts of ``min_chars`` to ``max_chars`` characters are drawn without replacement from the pool of
     ``classes`` with ``np.random.default_rng(seed)``; the three splits are disjoint. ``harmful`` and
-    ``redundant`` planted pairs take 2 training and 1 test slot each (``n_train`` and ``n_test`` include them).
+    ``redundant`` (and ``halves``) planted pairs take 2 training and 1 test slot each (``n_train`` and ``n_test``
+    include them); the halves' texts come from the end of the draw, after the harmful pairs' (8+ words each).
     ``flip``: the share of the other (bulk) training examples whose label is replaced by another class, drawn
     from a stream of their own (``default_rng([seed, 3])``), so every split and plant is the same with or
     without flips; ``flipped`` lists them (final train index, original and new label).
@@ -159,12 +165,13 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     read = read_fortunes if source == "fortunes" else read_wordnet
     pool = [row for row in read(classes) if min_chars <= len(row[0]) <= max_chars]
     rare_pool = [row for row in read((rare,)) if min_chars <= len(row[0]) <= max_chars] if redundant else []
-    n_planted = harmful + redundant
+    n_planted = harmful + redundant + halves
     n_bulk_train, n_bulk_test = n_train - 2 * n_planted, n_test - n_planted
     if n_bulk_train < 2 or n_bulk_test < 0:
         raise ValueError(f"n_train={n_train}, n_test={n_test} leave no room for {n_planted} planted pairs")
     need = n_bulk_train + n_bulk_test + n_eval + harmful
-    if need > len(pool) or redundant > len(rare_pool):
+    long_pool = [row for row in pool if len(row[0].split()) >= 8] if halves else []
+    if need + halves > len(pool) or redundant > len(rare_pool) or halves > len(long_pool) // 2:
         raise ValueError(f"{source} has {len(pool)} texts of {min_chars}-{max_chars} characters in {classes} "
                          f"({len(rare_pool)} of {rare!r}); the splits need {need} (+{redundant})")
 
@@ -176,16 +183,27 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     eval_rows = picks[n_bulk_train + n_bulk_test:n_bulk_train + n_bulk_test + n_eval]
     targets = [("harmful", row) for row in picks[len(picks) - harmful:]]
     targets += [("redundant", rare_pool[k]) for k in rng.permutation(len(rare_pool))[:redundant]]
+    if halves:  # long texts not already in a split (picks is a prefix of the permutation)
+        used = {row[0] for row in picks}
+        rest = [pool[k] for k in order[need:] if len(pool[k][0].split()) >= 8 and pool[k][0] not in used]
+        if len(rest) < halves:
+            raise ValueError(f"{source} has only {len(rest)} unused texts of 8+ words for {halves} halves pairs")
+        targets += [("halves", row) for row in rest[:halves]]
 
     planted_rows = []
     for kind, (text, label) in targets:
-        if kind == "harmful":  # a wrong label, the same for both copies
+        if kind in ("harmful", "halves"):  # a wrong label, the same for both copies (or halves)
             others = [c for c in classes if c != label]
             copy_label = others[int(rng.integers(len(others)))]
         else:
             copy_label = label
-        planted_rows.append({"kind": kind, "pair": (len(train), len(train) + 1), "test": len(test)})
-        train += [(near_copy(text, rng, 0), copy_label), (near_copy(text, rng, 1), copy_label)]
+        planted_rows.append({"kind": "harmful" if kind == "halves" else kind, "pair": (len(train), len(train) + 1),
+                             "test": len(test), **({"plant": "halves"} if kind == "halves" else {})})
+        if kind == "halves":
+            words = text.split()
+            train += [(" ".join(words[:len(words) // 2]), copy_label), (" ".join(words[len(words) // 2:]), copy_label)]
+        else:
+            train += [(near_copy(text, rng, 0), copy_label), (near_copy(text, rng, 1), copy_label)]
         test.append((text, label))
 
     # Shuffle the training and test sets so planted examples are not adjacent; remap the planted indices.
@@ -194,7 +212,8 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     planted = []
     for row in planted_rows:
         i, j = sorted(int(new_train[k]) for k in row["pair"])
-        planted.append({"kind": row["kind"], "i": i, "j": j, "test": int(new_test[row["test"]])})
+        planted.append({"kind": row["kind"], "i": i, "j": j, "test": int(new_test[row["test"]]),
+                        **({"plant": row["plant"]} if "plant" in row else {})})
     train = [train[k] for k in train_order]
     test = [test[k] for k in test_order]
     flipped = []
@@ -266,13 +285,14 @@ def main(argv=None) -> int:
     parser.add_argument("--max-chars", type=int, default=400)
     parser.add_argument("--harmful", type=int, default=0, help="planted harmful (masking) pairs")
     parser.add_argument("--redundant", type=int, default=0, help="planted redundant pairs")
+    parser.add_argument("--halves", type=int, default=0, help="planted halves pairs (a text cut in two, mislabelled)")
     parser.add_argument("--flip", type=float, default=0.0, help="share of bulk training labels to flip (e.g. 0.1)")
     parser.add_argument("--rare", default=None, help="class of the redundant pairs (default: %s)" % DEFAULT_RARE)
     args = parser.parse_args(argv)
     try:
         splits = build(args.source, args.n_train, args.n_test, args.n_eval, args.seed,
                        args.classes.split(",") if args.classes else None, args.min_chars, args.max_chars,
-                       args.harmful, args.redundant, args.rare, args.flip)
+                       args.harmful, args.redundant, args.rare, args.flip, args.halves)
     except (MissingSource, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

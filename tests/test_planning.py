@@ -72,6 +72,9 @@ def test_noise_ceiling_says_what_is_missing():
     partial = Results(results.mask_ids[:-6], results.masks[:-6], results.losses[:-6], results.margins[:-6])
     got = noise_ceiling(design, partial, "loss")
     assert got["pooled"] is None and got["why"].startswith("6 of 12 seed replicates finished")
+    few, _ = extend_replicates(_design(), 5)
+    assert noise_ceiling(few, _results(few, np.zeros((len(few), 2))), "loss")["why"].startswith(
+        "only 5 seed replicates in the design, 8 needed")
 
 
 def test_learning_curve_recovers_intercept_and_step_and_inverts_them():

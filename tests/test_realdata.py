@@ -101,6 +101,20 @@ def test_flipped_labels_change_only_the_flipped_bulk_rows():
         realdata.build("fortunes", n_train=40, flip=1.0)
 
 
+def test_halves_pairs_cut_an_unused_test_text_in_two_with_one_wrong_label():
+    splits = realdata.build("fortunes", n_train=40, n_test=12, n_eval=20, seed=3, harmful=1, halves=2)
+    halves = [p for p in splits["planted"] if p.get("plant") == "halves"]
+    assert len(halves) == 2 and all(p["kind"] == "harmful" for p in halves)
+    assert [p for p in splits["planted"] if "plant" not in p][0]["kind"] == "harmful"
+    for p in halves:
+        (first, label_i), (second, label_j) = splits["train"][p["i"]], splits["train"][p["j"]]
+        whole, true_label = splits["test"][p["test"]]
+        assert len(whole.split()) >= 8 and {first + " " + second, second + " " + first} & {whole}
+        assert label_i == label_j != true_label
+    texts = {t for s in ("train", "test", "eval") for t, _ in splits[s]}
+    assert len(texts) == 40 + 12 + 20  # nothing drawn twice
+
+
 def test_too_large_a_split_is_refused_with_the_pool_size():
     with pytest.raises(ValueError, match=r"fortunes has \d+ texts of 40-400 characters"):
         realdata.build("fortunes", n_train=100_000)

@@ -57,6 +57,8 @@ def noise_ceiling(design, results, output: str) -> dict:
     out = {"pooled": None, "mean": None, "n_masks": len(done), "n_planned": len(pairs)}
     if len(done) < 8:
         out["why"] = ("no seed replicates in the design (design.replicates=0)" if not pairs else
+                      f"only {len(pairs)} seed replicates in the design, 8 needed: raise design.replicates (at most "
+                      "design.heldout)" if len(pairs) < 8 else
                       f"{len(done)} of {len(pairs)} seed replicates finished (8 needed): run `dataspex train`")
         return out
     Y = results.outputs(output)

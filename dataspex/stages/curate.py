@@ -47,8 +47,8 @@ from dataspex.train.naive import finetune
 from dataspex.stages.report import report_run
 from dataspex.validate.curation import analyse_curation, save_curation
 
-__all__ = ["RunModel", "cleanlab_baseline", "datainf_baseline", "plan_changes", "settings", "stage_curate",
-           "train_study"]
+__all__ = ["RunModel", "cleanlab_baseline", "datainf_baseline", "open_study", "plan_changes", "settings",
+           "stage_curate", "train_study"]
 
 log = logging.getLogger("dataspex")
 
@@ -212,6 +212,23 @@ def datainf_baseline(cfg, data, model: RunModel) -> np.ndarray:
     return datainf_influence(train_grads, mean_gradient(test_grads))
 
 
+def open_study(cfg, out_dir: str, aug: TaskData, arms: dict, seeds: int, eval_hash: str) -> tuple[RunStore, object]:
+    """The store and design of a curation study: ``<out_dir>/study-<digest>`` (:func:`_study_digest`: another train
+    split, arm or eval split is another study, never a mix), fingerprinted with the run's model and recipe and the
+    curation seed policy, its design ``arms`` x ``seeds``. More seeds than the stored design extend it (the same
+    ids for the rows it had, new ones after); fewer reuse it."""
+    sub = RunStore(os.path.join(out_dir, f"study-{_study_digest(aug.train, arms, eval_hash)}"))
+    os.makedirs(sub.run_dir, exist_ok=True)
+    study_fp = fingerprint(cfg, aug)
+    study_fp["train"]["seed_policy"] = "curate: per_block, one block of ids (one seed) per replicate"
+    sub.check_fingerprint(study_fp, create=True)
+    design = curation_design(arms, seeds)
+    if sub.has_design() and len(sub.load_design()) >= len(design):
+        return sub, sub.load_design()
+    sub.save_design(design)
+    return sub, design
+
+
 def stage_curate(cfg) -> dict:
     opts = settings(cfg)
     store, data = open_run(cfg)
@@ -271,16 +288,7 @@ def stage_curate(cfg) -> dict:
     arms = arm_masks(plan, removals)
     aug = TaskData(train=augmented_split(data.train, plan), test=data.eval, task=data.task,
                    label_names=data.label_names)
-    sub = RunStore(os.path.join(out_dir, f"study-{_study_digest(aug.train, arms, data.eval_hash())}"))
-    os.makedirs(sub.run_dir, exist_ok=True)
-    study_fp = fingerprint(cfg, aug)
-    study_fp["train"]["seed_policy"] = "curate: per_block, one block of ids (one seed) per replicate"
-    sub.check_fingerprint(study_fp, create=True)
-    design = curation_design(arms, opts["seeds"])
-    if sub.has_design() and len(sub.load_design()) >= len(design):
-        design = sub.load_design()
-    else:
-        sub.save_design(design)  # more seeds than before: the same ids for the rows it had, new ones after
+    sub, design = open_study(cfg, out_dir, aug, arms, opts["seeds"], data.eval_hash())
     log.info("curate: %d examples changed (%d dropped, %d relabelled); %d arms x %d seeds = %d retrains, scored "
              "on %d eval rows", k, len(plan.dropped), len(plan.relabelled), len(arms), opts["seeds"],
              len(arms) * opts["seeds"], data.n_eval)
