@@ -71,6 +71,26 @@ def recall(pairs, planted: list[dict], kind: str) -> float | None:
     return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
 
 
+def run_splits(run_dir: str) -> dict:
+    """A finished run's config, store, design and results, and its fit and held-out masks with their outputs
+    (``fit_outputs`` on the loss: every test example, then the mean): keys cfg, store, design, results, X_fit,
+    Y_fit, X_ho, Y_ho, fit_keep, ho_keep, n (training examples), T (test examples)."""
+    from omegaconf import OmegaConf
+
+    from dataspex.fit.faithfulness import fit_outputs
+    from dataspex.store import RunStore
+
+    cfg = OmegaConf.load(os.path.join(run_dir, "config.yaml"))
+    store = RunStore(run_dir)
+    design = store.load_design()
+    results = store.load_results(design)
+    fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
+    Y = fit_outputs(results, "loss")
+    return {"cfg": cfg, "store": store, "design": design, "results": results, "fit_keep": fit_keep,
+            "ho_keep": ho_keep, "X_fit": results.masks[fit_keep], "Y_fit": Y[fit_keep],
+            "X_ho": results.masks[ho_keep], "Y_ho": Y[ho_keep], "n": results.masks.shape[1], "T": Y.shape[1] - 1}
+
+
 def read_replicate(cache: str, head_seed: int):
     """(mask_ids, seed, losses) of a replicate cache whose base model came from ``head_seed`` (the run's
     ``train.seed``), else None (missing, or an older cache that drew the head from the replicate's seed)."""
@@ -127,25 +147,18 @@ def main(argv=None) -> int:
     from dataspex.core.errors import DataspexError
     from dataspex.core.metrics import pooled_r2
     from dataspex.fit import trak
-    from dataspex.fit.faithfulness import fit_outputs, pooled_ceiling
+    from dataspex.fit.faithfulness import pooled_ceiling
     from dataspex.fit.ranking import ranked_pairs
     from dataspex.fit.significance import ranked_pair_tests
-    from dataspex.store import RunStore
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
     planted = json.load(open(opts.manifest))["planted"]
     truth = {(p["i"], p["j"]) for p in planted}
-    cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
-    store = RunStore(opts.run)
-    design = store.load_design()
-    results = store.load_results(design)
-    fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
-    Y = fit_outputs(results, "loss")
-    X_fit, Y_fit = results.masks[fit_keep], Y[fit_keep]
-    X_ho, Y_ho = results.masks[ho_keep], Y[ho_keep]
-    n, T = X_fit.shape[1], Y.shape[1] - 1
+    run = run_splits(opts.run)
+    cfg, store, results, ho_keep = run["cfg"], run["store"], run["results"], run["ho_keep"]
+    X_fit, Y_fit, X_ho, Y_ho, n, T = (run[k] for k in ("X_fit", "Y_fit", "X_ho", "Y_ho", "n", "T"))
     k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
     budgets = [int(b) for b in opts.budgets.split(",") if b] or [b for b in (n // 2, n, 2 * n, 4 * n)
                                                                   if b <= len(X_fit)]

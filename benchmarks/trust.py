@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget import markdown_table  # noqa: E402
+from budget import markdown_table, run_splits  # noqa: E402
 
 
 def read_cache(path: str) -> dict:
@@ -86,27 +86,19 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from dataspex.core.metrics import pooled_r2
     from dataspex.design.validation import variant_masks
-    from dataspex.fit.faithfulness import fit_outputs
     from dataspex.fit.ranking import select_pairs
     from dataspex.fit.significance import ranked_pair_tests
-    from dataspex.store import RunStore
     from dataspex.validate.analysis import t_interval, verdict
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
-    store = RunStore(opts.run)
-    design = store.load_design()
-    results = store.load_results(design)
-    fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
-    Y = fit_outputs(results, "loss")
-    X_fit, Y_fit, X_ho, Y_ho = results.masks[fit_keep], Y[fit_keep], results.masks[ho_keep], Y[ho_keep]
-    n, T = X_fit.shape[1], Y.shape[1] - 1
+    run = run_splits(opts.run)
+    cfg, ho_keep = run["cfg"], run["ho_keep"]
+    X_fit, Y_fit, X_ho, Y_ho, n, T = (run[k] for k in ("X_fit", "Y_fit", "X_ho", "Y_ho", "n", "T"))
     budgets = [int(b) for b in opts.budgets.split(",") if b] or [b for b in (16, 32, 64, 128, n // 2, n, 2 * n, 4 * n)
                                                                   if b <= len(X_fit)]
     budgets = sorted(set(budgets))
