@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["learning_curve", "needed_retrains"]
+__all__ = ["CEILING_SHARE", "estimator_curve", "learning_curve", "needed_retrains"]
+
+CEILING_SHARE = 0.8  # the default target: issue 15's "80% of the replicate noise ceiling"
 
 
 def learning_curve(n_masks, r2) -> dict | None:
@@ -35,9 +37,12 @@ def learning_curve(n_masks, r2) -> dict | None:
             "largest": int(m.max())}
 
 
-def predict(curve: dict, n_masks: float) -> float:
-    """The curve's R^2 at ``n_masks`` retrains."""
-    return curve["intercept"] + curve["per_doubling"] * float(np.log2(n_masks))
+def estimator_curve(curve, name: str) -> tuple[list[list[float]], dict | None]:
+    """One estimator's points of a faithfulness-vs-budget table (:func:`dataspex.fit.faithfulness.load_curve`:
+    columns estimator, n_masks, r2_pooled, ...) as [[m, pooled R^2], ...], and the learning curve through them."""
+    part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
+    points = [[int(m), float(r)] for m, r in zip(part["n_masks"], part["r2_pooled"])]
+    return points, learning_curve(part["n_masks"], part["r2_pooled"])
 
 
 # Beyond 2^6 = 64x the largest measured budget the straight line in log2(m) is a guess, not a measurement: the

@@ -14,7 +14,7 @@ from dataspex.core.errors import DataspexError
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling
-from dataspex.fit.planning import learning_curve, needed_retrains
+from dataspex.fit.planning import CEILING_SHARE, estimator_curve, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
@@ -129,19 +129,18 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
 def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float) -> dict:
     """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
     whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
-    need for the threshold (when below it) and for 80% of the ceiling (``need_trust``, ``need_ceiling``:
+    need for the threshold (when below it) and for ``CEILING_SHARE`` of the ceiling (``need_trust``, ``need_ceiling``:
     :func:`dataspex.fit.planning.needed_retrains`). A model without a held-out score is not trusted."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
-    part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
-    lc = learning_curve(part["n_masks"], part["r2_pooled"])
+    _, lc = estimator_curve(curve, name)
     out = {"estimator": name, "r2_pooled": pooled, "n_fit_masks": int(f["n_fit_masks"]),
            "n_heldout_masks": int(f.get("n_heldout_masks") or 0), "ceiling": ceiling, "trust_r2": trust_r2,
            "trusted": pooled is not None and bool(np.isfinite(pooled)) and pooled >= trust_r2,
            "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(
                lc, trust_r2, ceiling.get("pooled")),
            "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
-               lc, 0.8 * ceiling["pooled"], ceiling["pooled"])}
+               lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"])}
     return out
 
 

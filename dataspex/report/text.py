@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
+from dataspex.fit.planning import CEILING_SHARE
 from dataspex.store import health
 
 # The pair lists the report shows, with what each kind means for the test loss.
@@ -181,7 +182,7 @@ def _trust_lines(trust: dict) -> list[str]:
         return [f"{head} **Not faithful enough to act on** (below {goal}: under it, the top pairs were not "
                 f"confirmed by retraining on real text; benchmarks/README, section Trust threshold): the tables below "
                 f"list candidates, and there are no actions.{_need(trust['need_trust'], goal)}"]
-    extra = _need(trust["need_ceiling"], "80% of the ceiling") if trust["need_ceiling"] else ""
+    extra = _need(trust["need_ceiling"], f"{CEILING_SHARE:.0%} of the ceiling") if trust["need_ceiling"] else ""
     return [head + extra]
 
 

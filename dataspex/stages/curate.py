@@ -229,6 +229,20 @@ def open_study(cfg, out_dir: str, aug: TaskData, arms: dict, seeds: int, eval_ha
     return sub, design
 
 
+def _nothing_to_act_on(ctx, name: str, source: str) -> str:
+    """Why a curation changes no example, most basic reason first."""
+    trust = ctx["trust"]
+    if not trust["trusted"]:
+        pooled = "n/a" if trust["r2_pooled"] is None else format(trust["r2_pooled"], ".3f")
+        return (f"the ranking model {name} is below report.trust_r2 (pooled held-out R^2 {pooled} < "
+                f"{trust['trust_r2']:g}): the report lists candidates only")
+    if ctx["result"].degree < 2:
+        return f"the most faithful model, {name}, has no pair terms: the report lists no pair"
+    if source == "predicted" or ctx["actions"].empty:
+        return "no harmful pair is a finding of the report"
+    return "`dataspex validate` confirmed no harmful pair's removal"
+
+
 def stage_curate(cfg) -> dict:
     opts = settings(cfg)
     store, data = open_run(cfg)
@@ -246,15 +260,7 @@ def stage_curate(cfg) -> dict:
     meta = {"actions": opts["actions"], "relabel": opts["relabel"], "ranking_estimator": name,
             "n_train": data.n_train, "n_eval": data.n_eval, "changes": entries}
     if not plan.n_changed:
-        pooled = ctx["trust"]["r2_pooled"]
-        why = (f"the ranking model {name} is below report.trust_r2 (pooled held-out R^2 "
-               f"{'n/a' if pooled is None else format(pooled, '.3f')} < {ctx['trust']['trust_r2']:g}): the report "
-               "lists candidates only"
-               if not ctx["trust"]["trusted"] else
-               f"the most faithful model, {name}, has no pair terms: the report lists no pair"
-               if ctx["result"].degree < 2 else
-               "no harmful pair is a finding of the report" if opts["actions"] == "predicted" or ctx["actions"].empty
-               else "`dataspex validate` confirmed no harmful pair's removal")
+        why = _nothing_to_act_on(ctx, name, opts["actions"])
         summary = dict(meta, verdict="nothing to act on", why=why)
         save_curation(store, summary)
         log.info("curate: nothing to act on (%s); no curated set written", why)

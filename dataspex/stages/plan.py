@@ -19,12 +19,10 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
 from dataspex.fit.artifacts import load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling, update_curve
-from dataspex.fit.planning import learning_curve, needed_retrains
+from dataspex.fit.planning import CEILING_SHARE, estimator_curve, needed_retrains
 from dataspex.stages.rundir import open_run
 
 log = logging.getLogger("dataspex")
-
-CEILING_SHARE = 0.8  # the default target: issue 15's "80% of the replicate noise ceiling"
 
 
 def choose_target(plan_cfg, ceiling: dict, trust_r2: float) -> tuple[float, str]:
@@ -57,8 +55,9 @@ def study_commands(run_dir: str, n_masks: int, heldout: int, shards: int) -> lis
             replay = [o for o in json.load(fh)
                       if o.split("=", 1)[0].lstrip("+~") not in ("design.m", "design.heldout")]
     new_dir = run_dir.rstrip("/") + f"_m{n_masks}"
-    args = " ".join(f"'{o}'" if any(c in o for c in " ()[]{},*") else o for o in replay)
-    design = f"dataspex design run_dir={new_dir} {args} design.m={n_masks} design.heldout={heldout}".replace("  ", " ")
+    args = [f"'{o}'" if any(c in o for c in " ()[]{},*") else o for o in replay]
+    design = " ".join(["dataspex design", f"run_dir={new_dir}", *args, f"design.m={n_masks}",
+                       f"design.heldout={heldout}"])
     return [design,
             (f"dataspex train --multirun run_dir={new_dir} hydra/launcher=slurm shard.count={shards} "
              f"'shard.index=range(0,{shards})' train.threads=1"),
@@ -83,10 +82,9 @@ def stage_plan(cfg) -> dict:
 
     rows = {}
     for name in faithfulness:
-        part = curve[(curve["estimator"] == name) & curve["r2_pooled"].notna()]
-        fitted_curve = learning_curve(part["n_masks"], part["r2_pooled"])
-        rows[name] = {"points": [[int(m), float(r)] for m, r in zip(part["n_masks"], part["r2_pooled"])],
-                      "curve": fitted_curve, **needed_retrains(fitted_curve, target, ceiling.get("pooled"))}
+        points, fitted_curve = estimator_curve(curve, name)
+        rows[name] = {"points": points, "curve": fitted_curve,
+                      **needed_retrains(fitted_curve, target, ceiling.get("pooled"))}
     reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
     n_fit = int(len(design.rows("fit")))
