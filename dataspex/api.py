@@ -138,10 +138,11 @@ class Run:
     def pairs(self, kind: str = "harmful", k: int = 10, estimand: str = "uniform",
               estimator: str | None = None, texts: bool = True) -> pd.DataFrame:
         """Ranked pairs of ``kind`` (harmful, redundant, complementary, interaction), each at its strongest test
-        example, with the texts when ``texts``."""
+        example, with the texts when ``texts`` (a design over units: ``i``, ``j`` are units, described by their
+        names, member counts and first member texts)."""
         result = self.result(estimator)
         table = ranked_pairs(result, kind, k, estimand, 0)
-        return describe_pairs(table, self.data) if texts else table
+        return describe_pairs(table, self.data, units=self.design.units) if texts else table
 
     def coefficients(self, estimator: str | None = None, basis: str = "fourier") -> pd.DataFrame:
         """Every coefficient of an estimator, long form (``InteractionResult.to_frame``)."""

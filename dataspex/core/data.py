@@ -42,6 +42,9 @@ class Split:
     texts: list[str]
     labels: np.ndarray | None = None  # (n,) int64
     completions: list[str] | None = None
+    # Every column of the rows as read, by name (train split of file and hub data; None for the demo):
+    # what design.units=column:<name> groups by.
+    columns: dict[str, list] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -259,12 +262,15 @@ def _load_with_datasets(cfg, task: str) -> TaskData:
 
     if task == "classification":
         labels_by = _label_names(cfg, train_ds)
-        return TaskData(train=_classification_split(train_ds, cfg, labels_by, "train"),
+        data = TaskData(train=_classification_split(train_ds, cfg, labels_by, "train"),
                         test=_classification_split(test_ds, cfg, labels_by, "test"),
                         task=task, label_names=labels_by[0],
                         eval=None if eval_ds is None else _classification_split(eval_ds, cfg, labels_by, "eval"))
-    return TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task,
-                    eval=None if eval_ds is None else _lm_split(eval_ds, cfg, "eval"))
+    else:
+        data = TaskData(train=_lm_split(train_ds, cfg, "train"), test=_lm_split(test_ds, cfg, "test"), task=task,
+                        eval=None if eval_ds is None else _lm_split(eval_ds, cfg, "eval"))
+    data.train.columns = {str(c): list(train_ds[c]) for c in train_ds.column_names}
+    return data
 
 
 def _where(cfg, split: str) -> str:

@@ -47,6 +47,9 @@ def settings_differences(cfg, stored: Design) -> list[str]:
     meta = stored.without_extensions().meta
     if meta.get("kind") != cfg.kind:
         return [f"design.kind: stored {meta.get('kind')!r}, now {cfg.kind!r}"]
+    units_now, units_then = str(cfg.get("units") or "example"), (meta.get("units") or {}).get("spec", "example")
+    if units_now != units_then:
+        return [f"design.units: stored {units_then!r}, now {units_now!r}"]
     out = [f"design.{key}: stored {meta[key]!r}, now {cfg[key]!r}" for key in _RECORDED
            if key in meta and key in cfg and meta[key] != cfg[key]]
     if cfg.kind == "spex" and not out:  # the budget is not recorded: compare the design it makes
@@ -54,7 +57,7 @@ def settings_differences(cfg, stored: Design) -> list[str]:
         if cfg.max_degree != spex["max_degree"]:
             out.append(f"design.max_degree: stored {spex['max_degree']!r}, now {cfg.max_degree!r}")
         else:
-            now = SpexDesign(stored.n_train, budget=cfg.m, max_degree=cfg.max_degree, random_state=cfg.seed)
+            now = SpexDesign(stored.n_units, budget=cfg.m, max_degree=cfg.max_degree, random_state=cfg.seed)
             if now.n_masks != spex["n_masks"]:
                 out.append(f"design.m: the stored SPEX design has {spex['n_masks']} masks, design.m={cfg.m} makes "
                            f"{now.n_masks}")

@@ -107,9 +107,9 @@ def extend_pairwise(existing: Design, cfg, screen) -> Design | None:
     """``existing`` plus the pairwise masks it lacks, under role ``pairwise`` (fresh ids; existing rows and ids
     untouched); None when it already has them all. ``meta["pairwise"]`` describes the latest screen, with
     ``all_candidates`` the union over every extension."""
-    masks, info = pairwise_masks(cfg, existing.n_train, screen)
+    masks, info = pairwise_masks(cfg, existing.n_units, screen)
     have = {row.tobytes() for row in existing.masks[existing.rows("pairwise")]}
-    new = np.array([row for row in masks if row.tobytes() not in have], dtype=np.uint8).reshape(-1, existing.n_train)
+    new = np.array([row for row in masks if row.tobytes() not in have], dtype=np.uint8).reshape(-1, existing.n_units)
     if not len(new):
         return None
     previous = (existing.meta.get("pairwise") or {}).get("all_candidates", [])

@@ -1,7 +1,8 @@
 """Validation designs: the training sets that retrain a pair directly, appended to a run's design.
 
 For a pair (i, j): full (every example), full minus i, full minus j, full minus both; and the full set minus every
-example of the harmful pairs (the curated set). Each is retrained ``validate.seeds`` times: under
+example of the harmful pairs (the curated set). In a design over units, i and j are units (``n_units`` is the
+number of units, and a unit's members are dropped together). Each is retrained ``validate.seeds`` times: under
 ``train.seed_policy=per_mask`` a mask's training seed is derived from ``(train.seed, mask id)``, so r replicates of
 one training set are r design rows with the same mask bits and different ids. They are appended under role
 ``validate`` (existing ids never change), so an interrupted ``validate`` resumes where it stopped.
@@ -16,31 +17,31 @@ ROLE = "validate"
 VARIANTS = ("full", "minus_i", "minus_j", "minus_both")
 
 
-def variant_masks(n_train: int, i: int, j: int) -> dict[str, np.ndarray]:
+def variant_masks(n_units: int, i: int, j: int) -> dict[str, np.ndarray]:
     """The four training sets of a pair: full, minus i, minus j, minus both."""
     out = {}
     for name, drop in zip(VARIANTS, ((), (i,), (j,), (i, j))):
-        mask = np.ones(n_train, dtype=np.uint8)
+        mask = np.ones(n_units, dtype=np.uint8)
         mask[list(drop)] = 0
         out[name] = mask
     return out
 
 
-def curated_mask(n_train: int, pairs: pd.DataFrame) -> np.ndarray | None:
+def curated_mask(n_units: int, pairs: pd.DataFrame) -> np.ndarray | None:
     """The full training set minus every example of the harmful pairs (None without harmful pairs)."""
     harmful = pairs[pairs["kind"] == "harmful"] if len(pairs) else pairs
     if not len(harmful):
         return None
-    mask = np.ones(n_train, dtype=np.uint8)
+    mask = np.ones(n_units, dtype=np.uint8)
     mask[np.unique(np.concatenate([harmful["i"].to_numpy(), harmful["j"].to_numpy()]))] = 0
     return mask if mask.any() else None
 
 
-def needed_masks(n_train: int, pairs: pd.DataFrame) -> list[np.ndarray]:
+def needed_masks(n_units: int, pairs: pd.DataFrame) -> list[np.ndarray]:
     """Every distinct training set the pairs need, in a stable order."""
     seen: dict[bytes, np.ndarray] = {}
     for row in pairs.itertuples():
-        for mask in variant_masks(n_train, int(row.i), int(row.j)).values():
+        for mask in variant_masks(n_units, int(row.i), int(row.j)).values():
             seen.setdefault(mask.tobytes(), mask)
     return list(seen.values())
 

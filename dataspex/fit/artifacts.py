@@ -62,8 +62,11 @@ def design_record(design) -> dict:
     h.update(np.ascontiguousarray(np.packbits(design.masks[keep], axis=1)).tobytes())
     h.update(np.ascontiguousarray(design.mask_ids[keep], dtype=np.int64).tobytes())
     h.update("\n".join(str(r) for r in design.roles[keep]).encode())
-    return {"kind": design.meta.get("kind"), "n_train": int(design.n_train), "n_masks": int(keep.sum()),
-            "hash": h.hexdigest()[:16]}
+    record = {"kind": design.meta.get("kind"), "n_train": int(design.n_train), "n_masks": int(keep.sum()),
+              "hash": h.hexdigest()[:16]}
+    if design.by_unit:  # fitted over units: which grouping (runs over examples keep their old record)
+        record.update(n_units=int(design.n_units), units=design.units.digest())
+    return record
 
 
 def _stamp(fitted: dict, faithfulness: dict, output: str, design: dict) -> str:

@@ -46,11 +46,39 @@ def load_trak(store, n_train: int, n_test: int):
 
 # ------------------------------------------------------------------------------------------- tables
 
-def describe_pairs(table: pd.DataFrame, data, columns=("i", "j")) -> pd.DataFrame:
+def unit_text(units, data, unit: int, shown: int = 2, width: int = 80) -> str:
+    """A unit in words: its name, member count and its first ``shown`` member texts (each cut to ``width``)."""
+    members = units.members(unit)
+    texts = " / ".join(_cut(data.train.texts[x], width) for x in members[:shown])
+    more = ", ..." if len(members) > shown else ""
+    return f"{units.names[unit]}, {len(members)} example{'s' if len(members) != 1 else ''}: {texts}{more}"
+
+
+def unit_label(units, data, unit: int) -> str:
+    """A unit's labels: the most common one and its share (``noun.food 14/17``); causal LM: the member count."""
+    members = units.members(unit)
+    if data.train.labels is None:
+        return f"{len(members)} completions"
+    counts = np.bincount(data.train.labels[members], minlength=len(data.label_names))
+    return f"{data.label_names[int(counts.argmax())]} {int(counts.max())}/{len(members)}"
+
+
+def _cut(text: str, width: int) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe_pairs(table: pd.DataFrame, data, columns=("i", "j"), units=None) -> pd.DataFrame:
+    """The pairs (or triples) with their training texts and labels, and the test example's; with ``units`` (a
+    design over units) the columns name units, described by :func:`unit_text` and :func:`unit_label`."""
     out = table.copy()
     for c in columns:
-        out[f"text_{c}"] = [data.train.texts[x] for x in out[c]]
-        out[f"label_{c}"] = [_label(data, data.train, x) for x in out[c]]
+        if units is None:
+            out[f"text_{c}"] = [data.train.texts[x] for x in out[c]]
+            out[f"label_{c}"] = [_label(data, data.train, x) for x in out[c]]
+        else:
+            out[f"text_{c}"] = [unit_text(units, data, int(x)) for x in out[c]]
+            out[f"label_{c}"] = [unit_label(units, data, int(x)) for x in out[c]]
     out["test_text"] = [data.test.texts[t] for t in out["test"]]
     out["test_label"] = [_label(data, data.test, t) for t in out["test"]]
     return out
@@ -68,9 +96,13 @@ def also_moves(table: pd.DataFrame, stack: np.ndarray, share: float = 0.5, most:
     return out
 
 
-def planted_recall(table: pd.DataFrame, planted: list[dict], kind: str) -> dict | None:
-    """Recall of the planted pairs of ``kind`` among the listed pairs (None when nothing was planted)."""
+def planted_recall(table: pd.DataFrame, planted: list[dict], kind: str, units=None) -> dict | None:
+    """Recall of the planted pairs of ``kind`` among the listed pairs (None when nothing was planted); with
+    ``units``, of the unit pairs that hold a planted pair in two different units."""
     truth = {(p["i"], p["j"]) for p in planted if p["kind"] == kind}
+    if units is not None:
+        truth = {tuple(sorted((int(units.unit_of[i]), int(units.unit_of[j])))) for i, j in truth
+                 if units.unit_of[i] != units.unit_of[j]}
     if not truth:
         return None
     found = {(int(min(i, j)), int(max(i, j))) for i, j in zip(table["i"], table["j"])} & truth
@@ -96,18 +128,19 @@ def load_models(cfg, store) -> tuple[dict, dict, str]:
     return fitted, faithfulness, name
 
 
-def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_scores) -> tuple[dict, dict]:
+def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_scores,
+                units=None) -> tuple[dict, dict]:
     """The top ``k`` pairs of each kind with their texts, also-moves, TRAK and validation columns, and the recall
-    of the planted pairs among them."""
+    of the planted pairs among them. ``trak_scores`` (n_units, n_test): per unit when the design has ``units``."""
     tables, recall = {}, {}
     for kind in KINDS:
-        table = describe_pairs(ranked_pairs(result, kind, k, estimand, data.n_test), data)
+        table = describe_pairs(ranked_pairs(result, kind, k, estimand, data.n_test), data, units=units)
         table["also_moves"] = also_moves(table, stack)
         if trak_scores is not None:
             table["trak_i"] = [float(trak_scores[i, t]) for i, t in zip(table["i"], table["test"])]
             table["trak_j"] = [float(trak_scores[j, t]) for j, t in zip(table["j"], table["test"])]
         tables[kind] = _merge_validation(table, validation)
-        recall[kind] = planted_recall(tables[kind], data.planted, kind)
+        recall[kind] = planted_recall(tables[kind], data.planted, kind, units)
     return tables, recall
 
 
@@ -149,30 +182,33 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     :func:`dataspex.report.write_report` once written). ``name`` is the estimator that ranks the pairs."""
     result, estimand, k = fitted[name], cfg.report.estimand, int(cfg.report.top_k)
     validation, vmeta = load_validation(store)
-    trak_scores = load_trak(store, data.n_train, data.n_test)
-    stack = score_stack(result, estimand)
-    tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores)
     design = store.load_design()
+    units = design.units  # None: pairs name training examples; else units (design.units)
+    trak_scores = load_trak(store, data.n_train, data.n_test)
+    if trak_scores is not None and units is not None:  # a unit's first-order effect: its members' sum
+        trak_scores = units.sum_rows(trak_scores)
+    stack = score_stack(result, estimand)
+    tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores, units)
     results = store.load_results(design)
     tables, evidence = pair_evidence(design, results, fitted, name, faithfulness[name].get("output", "loss"), tables,
                                      float(cfg.report.q_max))
     triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
     if triples is not None:
-        triples = describe_pairs(triples, data, columns=("i", "j", "l"))
+        triples = describe_pairs(triples, data, columns=("i", "j", "l"), units=units)
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
     trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, faithfulness[name].get(
         "output", "loss")), float(cfg.report.trust_r2))
-    actions = curation_actions(tables, result, data, validation)
+    actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]
     # Two lists, never one in place of the other: what the ranking model predicts, and (after `dataspex
     # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
     predicted = examples_to_review(actions, validated=False)
     validated = examples_to_review(actions, validated=True) if validation is not None else None
-    drop_effect = {"predicted": drop_all_effect(result, data.n_train, predicted),
-                   "validated": None if validated is None else drop_all_effect(result, data.n_train, validated)}
-    return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k,
+    drop_effect = {"predicted": drop_all_effect(result, design.n_units, predicted),
+                   "validated": None if validated is None else drop_all_effect(result, design.n_units, validated)}
+    return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k, "units": units,
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
@@ -189,10 +225,18 @@ def summary(ctx) -> dict:
     (``predicted_mean_loss_change_if_predicted_removed`` / ``..._if_validated_removed``; null for an empty or
     missing list). The measured change is ``validation.curated``."""
     validation, vmeta, faithfulness, triples = ctx["validation"], ctx["vmeta"], ctx["faithfulness"], ctx["triples"]
+    units = ctx.get("units")
+    by_unit = {}
+    if units is not None:  # the lists name units; the examples to review are their members
+        by_unit = {"units": {"spec": units.spec, "n_units": units.n_units},
+                   "units_to_review_predicted": ctx["examples_predicted"],
+                   "units_to_review_validated": ctx["examples_validated"]}
+    members = (lambda xs: xs) if units is None else (lambda xs: None if xs is None else units.members_of(xs))
     return {"estimator": ctx["name"], "estimand": ctx["estimand"], "top_k": ctx["k"], "recall_at_k": ctx["recall"],
             "faithfulness": {n: f["r2_mean_over_outputs"] for n, f in faithfulness.items()},
-            "examples_to_review_predicted": ctx["examples_predicted"],
-            "examples_to_review_validated": ctx["examples_validated"],
+            **by_unit,
+            "examples_to_review_predicted": members(ctx["examples_predicted"]),
+            "examples_to_review_validated": members(ctx["examples_validated"]),
             "predicted_mean_loss_change_if_predicted_removed": ctx["drop_effect"]["predicted"],
             "predicted_mean_loss_change_if_validated_removed": ctx["drop_effect"]["validated"],
             "validation": None if validation is None else {

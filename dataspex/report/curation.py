@@ -11,10 +11,11 @@ from dataspex.report.text import KINDS
 SUMMARY_ROWS = 5  # pairs per kind in the curation summary
 
 
-def curation_actions(tables: dict, result, data, validation) -> pd.DataFrame:
+def curation_actions(tables: dict, result, data, validation, units=None) -> pd.DataFrame:
     """What to do about each of the top pairs that are findings (held-out q-value at most ``report.q_max``; see
     :mod:`dataspex.fit.significance`), with the test-loss change to expect if both are removed. A pair the held-out
-    retrains do not support gets no action: it stays a candidate in the pair tables."""
+    retrains do not support gets no action: it stays a candidate in the pair tables. With ``units`` the pairs are
+    units and the actions act on every member (no relabelling: a unit's members need not share a label)."""
     rows = []
     vkey = {} if validation is None else {(r.i, r.j): r for r in validation.itertuples()}
     for kind in KINDS:
@@ -22,7 +23,7 @@ def curation_actions(tables: dict, result, data, validation) -> pd.DataFrame:
         for row in table[table["finding"].astype(bool)].head(SUMMARY_ROWS).itertuples():
             if kind == "harmful":
                 action = "drop both" if row.pattern == "masking" else "drop either"
-                if data.task == "classification" and all(
+                if units is None and data.task == "classification" and all(
                         label != row.test_label and _similar(text, row.test_text) >= 0.5
                         for text, label in ((row.text_i, row.label_i), (row.text_j, row.label_j))):
                     # both read like the test example but carry the other label: likely mislabelled copies
@@ -63,8 +64,9 @@ def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
     return sorted({int(x) for x in np.concatenate([harmful["i"].to_numpy(), harmful["j"].to_numpy()])})
 
 
-def drop_all_effect(result, n_train: int, examples: list[int]) -> float | None:
-    """Predicted change in the mean test loss from removing ``examples`` from the full training set; None when
+def drop_all_effect(result, n_units: int, examples: list[int]) -> float | None:
+    """Predicted change in the mean test loss from removing ``examples`` (columns of the masks: training examples,
+    or units) from the full training set; None when
     ``examples`` is empty or no coefficient of the mean test loss involves any of them (the model then predicts
     exactly 0 by construction, which is not a prediction that removing them is harmless)."""
     if not examples:
@@ -75,7 +77,7 @@ def drop_all_effect(result, n_train: int, examples: list[int]) -> float | None:
     chosen = set(int(x) for x in examples)
     if not any(c != 0 and chosen.intersection(key) for key, c in zip(result.keys, coef)):
         return None
-    full = np.ones((2, n_train), dtype=np.uint8)
+    full = np.ones((2, n_units), dtype=np.uint8)
     full[1, examples] = 0
     pred = result.predict(full)
     values = pred[:, column] if column is not None else pred.mean(axis=1)

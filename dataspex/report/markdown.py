@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataspex.report.text import (
-    ACTION_HEAD,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -24,6 +23,7 @@ from dataspex.report.text import (
     _triples_text,
     _validation_rows,
     _validation_text,
+    action_head,
 )
 
 
@@ -39,7 +39,7 @@ def render_markdown(ctx) -> str:
               "## Summary for the curation team", ""]
     lines += [f"* {b}" for b in _headline(ctx)]
     if not ctx["actions"].empty:
-        lines += [""] + _md_table(ACTION_HEAD, _action_rows(ctx))
+        lines += [""] + _md_table(action_head(ctx), _action_rows(ctx))
         lines += ["", ("Loss changes are in nats on the affected test example; positive = the loss goes up. Removal: "
                        "what removing both did to that loss in the retrains; interaction: whether the pair's "
                        "interaction was confirmed.")]
@@ -55,7 +55,8 @@ def render_markdown(ctx) -> str:
         if table.empty:
             lines.append("_None found._")
             continue
-        lines += _md_table(_pair_head(ctx["trak"], validated), _pair_rows(table, ctx["trak"], validated))
+        head = _pair_head(ctx["trak"], validated, ctx.get("units") is not None)
+        lines += _md_table(head, _pair_rows(table, ctx["trak"], validated))
         r = ctx["recall"][kind]
         if r is not None:
             lines += ["", (f"Planted {kind} pairs found in this top {len(table)}: **{r['found']} of "

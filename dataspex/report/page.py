@@ -8,7 +8,7 @@ import html
 import os
 
 from dataspex.report.text import (
-    ACTION_HEAD,
+    action_head,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -95,7 +95,7 @@ def render_html(ctx) -> str:
     items = "".join(f"<li>{_h(b)}</li>" for b in _headline(ctx))
     s = [f'<ul class="headline">{items}</ul>']
     if not ctx["actions"].empty:
-        s.append(_html_table(ACTION_HEAD, _action_rows(ctx),
+        s.append(_html_table(action_head(ctx), _action_rows(ctx),
                              numeric=("predicted loss change if both removed", "realised (interval)")))
         s.append('<p class="note">Loss changes are in nats on the affected test example; positive = the loss goes '
                  'up. Removal: what removing both did to that loss in the retrains; interaction: whether the pair\'s '
@@ -115,7 +115,8 @@ def render_html(ctx) -> str:
             body[kind] = '<p class="muted">None found.</p>'
             continue
         part = [f"<p>{_h(explanation.capitalize())}.</p>",
-                _html_table(_pair_head(ctx["trak"], validated), _pair_rows(table, ctx["trak"], validated),
+                _html_table(_pair_head(ctx["trak"], validated, ctx.get("units") is not None),
+                            _pair_rows(table, ctx["trak"], validated),
                             numeric=("score", "joint effect", "TRAK i / j"))]
         r = ctx["recall"][kind]
         if r is not None:

@@ -55,14 +55,21 @@ def _intro(ctx) -> list[tuple[str, str]]:
         ("Run", store.run_dir),
         ("Model", (f"{cfg.model.name_or_path} ({data.task}), LoRA r={cfg.lora.r} on {list(cfg.lora.target_modules)} "
                    f"(layers: {cfg.lora.layers or 'all'})")),
-        ("Data", f"{data.n_train} training and {data.n_test} test examples"),
+        ("Data", f"{data.n_train} training and {data.n_test} test examples" + (
+            "" if ctx.get("units") is None else
+            f"; masks over {ctx['units'].n_units} units ({ctx['units'].spec}): a pair is two units, each kept or "
+            "dropped with all its members")),
         ("Ranked by", (f"{ctx['name']} (held-out R^2 {r2}, {f['n_fit_masks']} retrains); score = interaction on "
                        f"the test loss in nats, estimand {ctx['estimand']}: {ESTIMANDS[ctx['estimand']]}")),
     ]
 
 
-def _ids(examples) -> str:
-    return ", ".join(f"#{x}" for x in examples)
+def _ids(examples, units=None) -> str:
+    """Training examples as ``#3, #7``; with ``units`` (the columns are units) ``#3 (source A, 12 examples)``."""
+    if units is None:
+        return ", ".join(f"#{x}" for x in examples)
+    sizes = units.sizes()
+    return ", ".join(f"#{x} ({units.names[x]}, {sizes[x]} examples)" for x in examples)
 
 
 def _headline(ctx) -> list[str]:
@@ -90,7 +97,9 @@ def _headline(ctx) -> list[str]:
     out.append(_evidence_line(ctx))
     predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
     if predicted:
-        out.append(f"Examples to drop or relabel, predicted (top harmful pairs): {_ids(predicted)}. "
+        what = "Examples to drop or relabel" if ctx.get("units") is None else "Units to drop (every member)"
+        out.append(f"{what}, predicted (top harmful pairs): "
+                   f"{_ids(predicted, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['predicted'])} (an extrapolation to the full training set "
                    "from half-size retrains).")
     elif not ctx["trust"]["trusted"] and ctx["tables"]["harmful"].get("finding", pd.Series(dtype=bool)).any():
@@ -103,15 +112,18 @@ def _headline(ctx) -> list[str]:
         out.append("Examples to drop or relabel, validated: none yet (not validated).")
     elif confirmed:
         out.append(f"Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in "
-                   f"the retrains): {_ids(confirmed)}. {_drop_sentence(ctx['drop_effect']['validated'])}.")
+                   f"the retrains): {_ids(confirmed, ctx.get('units'))}. "
+                   f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
     else:
         out.append("Examples to drop or relabel, validated: none. No validated harmful pair lowered the test loss "
                    "when removed: nothing to drop on this evidence.")
     cur = (vmeta or {}).get("curated") or {}
     if cur.get("status") == "done":
         n_confirmed = int(((validation["kind"] == "harmful") & (validation["verdict"] == "confirmed")).sum())
-        out.append(f"Measured: retraining without all {len(cur['dropped'])} examples of the top harmful pairs that "
-                   f"`dataspex validate` retrained ({n_confirmed} of them confirmed; {_ids(cur['dropped'])}) changed "
+        noun = "examples" if ctx.get("units") is None else "units"
+        out.append(f"Measured: retraining without all {len(cur['dropped'])} {noun} of the top harmful pairs that "
+                   f"`dataspex validate` retrained ({n_confirmed} of them confirmed; "
+                   f"{_ids(cur['dropped'], ctx.get('units'))}) changed "
                    "the mean test loss by "
                    f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
                    f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
@@ -240,6 +252,13 @@ def _action_rows(ctx) -> list[list[str]]:
 
 ACTION_HEAD = ["kind", "pair", "suggested action", "test example", "predicted loss change if both removed",
                "realised (interval)", "removal", "interaction", "example i", "example j", "affected test example"]
+
+
+def action_head(ctx) -> list[str]:
+    """:data:`ACTION_HEAD`, naming units where the design is over units."""
+    if ctx.get("units") is None:
+        return ACTION_HEAD
+    return [{"example i": "unit i (every member)", "example j": "unit j (every member)"}.get(h, h) for h in ACTION_HEAD]
 VALIDATION_HEAD = ["kind", "rank", "pair", "test example", "predicted (full)", "realised", "interval", "seeds",
                    "verdict", "removing both: test loss", "removal", "removing both: mean test loss"]
 
@@ -269,10 +288,11 @@ def _validation_text(ctx) -> str:
             "0) and averaged over all test examples.")
 
 
-def _pair_head(trak: bool, validated: bool) -> list[str]:
+def _pair_head(trak: bool, validated: bool, by_unit: bool = False) -> list[str]:
     head = ["rank", "pair", "pattern", "score", "joint effect", "held-out score", "q-value"]
     head += ["TRAK i / j"] if trak else []
-    head += ["training example i", "training example j", "test example", "also moves"]
+    head += (["unit i", "unit j"] if by_unit else ["training example i", "training example j"])
+    head += ["test example", "also moves"]
     head += ["validation"] if validated else []
     return head
 

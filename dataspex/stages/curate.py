@@ -70,8 +70,11 @@ def settings(cfg) -> dict:
             "format": str(block.format), "cleanlab_folds": int(block.cleanlab_folds)}
 
 
-def plan_changes(actions, data, source: str, relabel: bool, validated: bool) -> tuple[CurationPlan, list[dict]]:
-    """The curated set's changes from the report's actions table, and one manifest entry per changed example."""
+def plan_changes(actions, data, source: str, relabel: bool, validated: bool,
+                 units=None) -> tuple[CurationPlan, list[dict]]:
+    """The curated set's changes from the report's actions table, and one manifest entry per changed example.
+    With ``units`` (a design over units) a pair's ``i``, ``j`` are units: every member is dropped, and its entry
+    names its unit."""
     harmful = actions[actions["kind"] == "harmful"] if len(actions) else actions
     if source == "validated" and not validated and len(harmful):  # no harmful action: nothing to validate either
         raise DataspexError("curate.actions=validated acts on the pairs `dataspex validate` confirmed, and this run "
@@ -82,15 +85,19 @@ def plan_changes(actions, data, source: str, relabel: bool, validated: bool) -> 
     dropped, relabelled, entries = {}, {}, []
     for row in harmful.itertuples():
         suggest = relabel and str(row.action).startswith("relabel") and data.task == "classification"
-        for x in (int(row.i), int(row.j)):
+        pair = (int(row.i), int(row.j))
+        for x in (pair if units is None else units.members_of(pair)):
             if x in dropped or x in relabelled:
                 continue
-            evidence = {"pair": [int(row.i), int(row.j)], "test": int(row.test), "pattern": row.pattern,
+            evidence = {"pair": list(pair), "test": int(row.test), "pattern": row.pattern,
                         "report_action": row.action, "verdict": row.verdict, "removal": row.removal,
                         **{key: _number(getattr(row, key)) for key in (
                             "predicted_change_if_both_removed", "realised_change_if_both_removed",
                             "realised_low", "realised_high")}}
             entry = {"row": x, "text": data.train.texts[x]}
+            if units is not None:
+                entry["unit"] = units.names[int(units.unit_of[x])]
+                evidence["pair_units"] = [units.names[u] for u in pair]
             if suggest:
                 new = int(data.test.labels[int(row.test)])
                 relabelled[x] = new
@@ -253,8 +260,9 @@ def stage_curate(cfg) -> dict:
                             "to a finished run")
     fitted, faithfulness, name = load_models(cfg, store)
     ctx = gather(cfg, store, data, fitted, faithfulness, name)
+    units = ctx["units"]
     plan, entries = plan_changes(ctx["actions"], data, opts["actions"], opts["relabel"],
-                                 ctx["validation"] is not None)
+                                 ctx["validation"] is not None, units)
     out_dir = store.path("curate")
     os.makedirs(out_dir, exist_ok=True)
     meta = {"actions": opts["actions"], "relabel": opts["relabel"], "ranking_estimator": name,
@@ -274,6 +282,8 @@ def stage_curate(cfg) -> dict:
     removals = {f"random:{d}": draw for d, draw in
                 enumerate(random_removals(data.n_train, k, opts["random_draws"], int(cfg.train.seed)))}
     harms = harm_scores(fitted, load_trak(store, data.n_train, data.n_test) if "trak" in opts["baselines"] else None)
+    if units is not None and "linear" in harms:  # fitted over units: each member takes its unit's harm
+        harms["linear"] = harms["linear"][units.unit_of]
     model = RunModel(cfg, len(data.label_names) if data.label_names else None)
     flagged = None
     if "cleanlab" in opts["baselines"] and data.task == "classification":

@@ -14,18 +14,20 @@ from dataspex.design.replicate import extend_replicates
 from dataspex.fit.estimators import LinearDatamodel
 from dataspex.fit.trak import load_trak_scores
 from dataspex.stages.rundir import open_run
+from dataspex.stages.units import build_units
 
 log = logging.getLogger("dataspex")
 
 SCREENS = ("auto", "trak", "linear")
 
 
-def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
-    """First-order scores (n, T) that pick the pairwise design's candidates, and where they came from.
+def pairwise_screen(cfg, n_train: int, store, units=None) -> tuple[np.ndarray, str]:
+    """First-order scores (n_units, T) that pick the pairwise design's candidates, and where they came from.
 
-    ``design.screen``: ``trak`` (``<run_dir>/trak/scores.npz``, from ``dataspex trak``), ``linear`` (a linear
-    datamodel fitted to the run's finished ``fit`` masks, on ``design.output``), or ``auto``: TRAK when its
-    scores exist, else the linear datamodel; refuses when neither is available."""
+    ``design.screen``: ``trak`` (``<run_dir>/trak/scores.npz``, from ``dataspex trak``; per example, summed over
+    each unit's members when the design has ``units``), ``linear`` (a linear datamodel fitted to the run's
+    finished ``fit`` masks, on ``design.output``), or ``auto``: TRAK when its scores exist, else the linear
+    datamodel; refuses when neither is available."""
     screen = str(cfg.screen)
     if screen not in SCREENS:
         raise DataspexError(f"design.screen={screen!r} is not one of: {', '.join(SCREENS)}")
@@ -36,7 +38,7 @@ def pairwise_screen(cfg, n_train: int, store) -> tuple[np.ndarray, str]:
             if scores.shape[0] != n_train:
                 raise DataspexError(f"{store.path('trak', 'scores.npz')} scores {scores.shape[0]} training "
                                     f"examples, the data has {n_train}: re-run `dataspex trak {where}`")
-            return scores, "trak"
+            return (scores if units is None else units.sum_rows(scores)), "trak"
         if screen == "trak":
             raise DataspexError(f"design.screen=trak but {store.run_dir} has no TRAK scores: run "
                                 f"`dataspex trak {where}` first")
@@ -80,11 +82,14 @@ def stage_design(cfg) -> None:
 
 
 def _base_design(cfg, store, data) -> None:
+    extending = cfg.design.kind == "pairwise" and store.has_design()
+    # An extension keeps the stored grouping; a new design makes its own (clusters: embeddings once, then kept).
+    units = store.load_design().units if extending else build_units(cfg, store, data)
 
     def screen():
-        return pairwise_screen(cfg.design, data.n_train, store)
+        return pairwise_screen(cfg.design, data.n_train, store, units)
 
-    if cfg.design.kind == "pairwise" and store.has_design():  # pairwise masks extend the run's design
+    if extending:  # pairwise masks extend the run's design
         design = extend_pairwise(store.load_design(), cfg.design, screen)
         if design is None:
             log.info("design: %s already has these pairwise masks", store.run_dir)
@@ -94,7 +99,7 @@ def _base_design(cfg, store, data) -> None:
                      int((design.roles == "pairwise").sum()), design.meta["pairwise"]["screen"],
                      design.meta["pairwise"]["candidates"], store.path("design.npz"))
         return
-    design = make_design(cfg.design, data.n_train, screen=screen)
+    design = make_design(cfg.design, data.n_train if units is None else units.n_units, screen=screen).over_units(units)
     if store.has_design():
         # Compare without the rows later stages appended (pairwise designs, validation retrains).
         existing = store.load_design().without_extensions()
@@ -106,5 +111,6 @@ def _base_design(cfg, store, data) -> None:
         return
     store.save_design(design)
     counts = {str(r): int((design.roles == r).sum()) for r in np.unique(design.roles)}
-    log.info("design: %d masks over %d training examples %s -> %s", len(design), data.n_train, counts,
+    over = f"over {design.n_units} units ({design.units.spec}) of" if design.by_unit else "over"
+    log.info("design: %d masks %s %d training examples %s -> %s", len(design), over, data.n_train, counts,
              store.path("design.npz"))

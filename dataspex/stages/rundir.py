@@ -11,6 +11,7 @@ from dataspex.core.data import load_data
 from dataspex.core.errors import DataspexError
 from dataspex.core.settings import check_settings
 from dataspex.design import settings_differences
+from dataspex.design.units import check_units, units_setting
 from dataspex.store import RunStore
 
 __all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "shard_rows"]
@@ -20,17 +21,22 @@ TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed
 
 
 def fingerprint(cfg, data) -> dict:
-    """What a run's results depend on; stored at design time and checked by every later stage.
+    """What a run's results depend on; stored at design time and checked by every later stage. ``units``: the
+    ``design.units`` setting, when the masks are over groups (the assignment itself is in the design).
 
     ``data_summary`` (the data settings, row counts, label names, a hash per part) is recorded, not compared
     (``store.RECORDED_ONLY``): the content hash decides, the summary says what differs when it does."""
-    return {
+    out = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": data.content_hash(),
         "data_summary": data.summary(OmegaConf.to_container(cfg.data, resolve=True)),
         "lora": OmegaConf.to_container(cfg.lora, resolve=True),
         "train": {k: OmegaConf.to_container(cfg.train, resolve=True)[k] for k in TRAIN_RESULT_KEYS},
     }
+    units = units_setting(cfg)
+    if units != "example":  # stored masks are over units: results belong to that grouping (runs over examples,
+        out["units"] = units  # made before units existed, keep their fingerprint)
+    return out
 
 
 def open_run(cfg, create: bool = False):
@@ -41,6 +47,7 @@ def open_run(cfg, create: bool = False):
     if not create and not os.path.isdir(store.run_dir):
         raise DataspexError(f"run_dir={cfg.run_dir!r} does not exist: run `dataspex run` or `dataspex design` first")
     data = load_data(cfg.data, cfg.model.task)
+    check_units(units_setting(cfg), data.train.columns, str(cfg.data.source))
     store.check_fingerprint(fingerprint(cfg, data), create=create)
     if not create and store.has_design():
         check_design(cfg, store)

@@ -79,7 +79,8 @@ def run_status(run_dir: str, shard_count: int = 1) -> dict:
     roles = {str(r): {"done": int(done[design.roles == r].sum()), "total": int((design.roles == r).sum())}
              for r in dict.fromkeys(design.roles.tolist())}
     return {"run_dir": store.run_dir, "fingerprint_id": store.fingerprint_id(), "design": design.meta,
-            "n_train": design.n_train, "shard_count": shard_count, "shards": shards, "roles": roles,
+            "n_train": design.n_train, "n_units": design.n_units, "shard_count": shard_count, "shards": shards,
+            "roles": roles,
             "done": int(done.sum()), "total": len(design), "missing_ids": design.mask_ids[~done].tolist(),
             "files": len(scan.good), "results": scan.n_results, "duplicates": scan.duplicates,
             "rejected": {os.path.basename(p): why for p, why in scan.rejected.items()},
@@ -87,11 +88,19 @@ def run_status(run_dir: str, shard_count: int = 1) -> dict:
             "health": health.flag_results(store.load_results(design, quarantine=False))}
 
 
+def _over(status: dict) -> str:
+    """What the masks are over: the training examples, or units of them (design.units)."""
+    units = status["design"].get("units")
+    if not units:
+        return f"{status['n_train']} training examples"
+    return f"{units['n_units']} units ({units['spec']}) of {status['n_train']} training examples"
+
+
 def format_status(status: dict) -> str:
     """The human-readable ``dataspex status`` report."""
     kind = status["design"].get("kind", "?")
     lines = [f"run      {status['run_dir']}",
-             f"design   {kind}: {status['total']} masks over {status['n_train']} training examples; "
+             f"design   {kind}: {status['total']} masks over {_over(status)}; "
              f"fingerprint {status['fingerprint_id']}",
              "", f"{'shard':>9} {'done':>7} {'total':>7}"]
     count = status["shard_count"]

@@ -75,7 +75,9 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
         flags = health.merge(flags, found)
 
     with tqdm(total=len(todo), desc="retraining", unit="mask", disable=not cfg.progress) as bar:
-        for mask_id, loss, margin, curve in engine(base, cfg.lora, cfg.train, train, test, design.masks[todo],
+        # The engine trains on example masks (a unit's members kept or dropped with it); the store keeps the
+        # design's own masks, over units.
+        for mask_id, loss, margin, curve in engine(base, cfg.lora, cfg.train, train, test, design.example_masks(todo),
                                                    design.mask_ids[todo]):
             pending.append((mask_id, loss, margin, curve))
             bar.update(1)

@@ -44,8 +44,9 @@ def stage_validate(cfg) -> pd.DataFrame:
         replicates = 1
 
     design = store.load_design()
-    masks = needed_masks(data.n_train, pairs)
-    curated = curated_mask(data.n_train, pairs)
+    # Pairs name columns of the masks: units when the design is over units (their members are retrained together).
+    masks = needed_masks(design.n_units, pairs)
+    curated = curated_mask(design.n_units, pairs)
     if curated is not None:
         masks.append(curated)
     design, added = extend_design(design, masks, replicates)
@@ -59,7 +60,7 @@ def stage_validate(cfg) -> pd.DataFrame:
 
     results = store.load_results(design)
     output = faithfulness[ranking].get("output", "loss")
-    table = analyse(pairs, design, results, fitted, ranking, data.n_train, replicates, opts["level"], output)
+    table = analyse(pairs, design, results, fitted, ranking, design.n_units, replicates, opts["level"], output)
     curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output)
     save_validation(store, table, {
         "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],

@@ -5,7 +5,9 @@ Layout of a run directory::
     fingerprint.json     what the results depend on (model, data content, LoRA, training); checked on reuse
     overrides.json       the command-line overrides the run was created with (later stages start from them)
     config.yaml          the resolved config, for people
-    design.npz           masks (bit-packed), mask ids, roles, design metadata
+    design.npz           masks (bit-packed), mask ids, roles, design metadata, and each example's unit when the
+                         masks are over units (design.units)
+    embeddings.npz       design.units=cluster:K only: the base model's embeddings of the training texts
     results/part-*.npz   one file per finished chunk of masks: ids, the masks themselves, losses, margins,
                          the training-loss records (optional: older files have none), and the id of
                          the fingerprint they were trained under
@@ -41,6 +43,7 @@ from dataspex.core.data import summary_differences, summary_text
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import atomic_write_bytes, load_npz, read_json, save_npz, write_json
 from dataspex.design.base import Design
+from dataspex.design.units import Units
 
 
 class _Rejected(Exception):
@@ -275,16 +278,38 @@ class RunStore:
     def save_design(self, design: Design) -> None:
         arrays = {"masks_packed": np.packbits(design.masks, axis=1), "mask_ids": design.mask_ids,
                   "roles": design.roles}
+        # "n_train" is the masks' width (their columns: units when the design has them), as files always said.
+        header = {"n_train": design.n_units, "meta": design.meta, "fingerprint": self.stored_fingerprint()}
+        if design.units is not None:  # the grouping's names and spec are in design.meta["units"]
+            arrays["unit_of"] = design.units.unit_of
         # A copy of the fingerprint: what restores a lost fingerprint.json (see check_fingerprint).
-        save_npz(self.path("design.npz"), arrays, {"n_train": design.n_train, "meta": design.meta,
-                                                   "fingerprint": self.stored_fingerprint()})
+        save_npz(self.path("design.npz"), arrays, header)
 
     def load_design(self) -> Design:
         if not self.has_design():
             raise DataspexError(f"{self.run_dir} has no design.npz: run `dataspex design run_dir={self.run_dir}`")
         arrays, meta = load_npz(self.path("design.npz"))
         masks = np.unpackbits(arrays["masks_packed"], axis=1, count=meta["n_train"])
-        return Design(masks, arrays["mask_ids"], arrays["roles"], meta["meta"])
+        units = None
+        if "unit_of" in arrays:
+            record = meta["meta"]["units"]
+            units = Units(arrays["unit_of"], record["names"], record["spec"])
+        return Design(masks, arrays["mask_ids"], arrays["roles"], meta["meta"], units)
+
+    # embeddings (design.units=cluster:K) -------------------------------------------------------------------
+    def load_embeddings(self, source: dict) -> np.ndarray | None:
+        """The base model's embeddings of the training texts (n_train, hidden) float32 kept by
+        :meth:`save_embeddings`, or None when there are none or they were made from another ``source`` (model
+        and data: then they are recomputed)."""
+        path = self.path("embeddings.npz")
+        if not os.path.exists(path):
+            return None
+        arrays, meta = load_npz(path)
+        return arrays["embeddings"] if meta.get("source") == source else None
+
+    def save_embeddings(self, embeddings: np.ndarray, source: dict) -> None:
+        save_npz(self.path("embeddings.npz"), {"embeddings": np.asarray(embeddings, dtype=np.float32)},
+                 {"source": source})
 
     # results -----------------------------------------------------------------------------------------------
     def write_results(self, mask_ids, masks, losses, margins, meta: dict | None = None,
@@ -343,7 +368,7 @@ class RunStore:
             raise _Rejected(f"it was written under another fingerprint ({stamp}, this run has {fingerprint}): "
                             "results of a different model, data or training config")
         rows = [by_id.get(int(i)) for i in arrays["mask_ids"]]
-        if None in rows or masks.shape[1] != design.n_train or not np.array_equal(design.masks[rows], masks):
+        if None in rows or masks.shape[1] != design.n_units or not np.array_equal(design.masks[rows], masks):
             raise _Rejected("its masks do not match this run's design")
         curves = arrays.get("train_losses")  # optional: files written before it was recorded have none
         if curves is not None and (curves.ndim != 2 or len(curves) != len(rows)):
@@ -431,7 +456,9 @@ class RunStore:
         fingerprint = read_json(self.path("fingerprint.json")) if os.path.exists(self.path("fingerprint.json")) \
             else None
         info = {"run_dir": self.run_dir, "fingerprint": fingerprint, "fingerprint_id": self.fingerprint_id(),
-                "design": design.meta, "n_train": design.n_train, "n_masks": len(design), "n_results": len(frame),
+                "design": design.meta, "n_train": design.n_train, "n_units": design.n_units,
+                "unit_of": None if design.units is None else design.units.unit_of.tolist(),
+                "n_masks": len(design), "n_results": len(frame),
                 "complete": len(frame) == len(design)}
         table = pa.Table.from_pandas(frame, preserve_index=False)
         schema_meta = dict(table.schema.metadata or {})

@@ -111,18 +111,19 @@ def analyse_curated(mask, design, results, replicates: int, level: float, output
             "per_test_change": [float(v) for v in diff.mean(axis=0)], "level": level}
 
 
-def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_train: int, replicates: int,
+def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_units: int, replicates: int,
             level: float, output: str = "loss") -> pd.DataFrame:
     """One row per pair: predicted and realised interaction (full estimand) on its test example, with the
     interval, the verdict, and the realised effect of removing both on that test example and on the mean
-    test loss. Pairs whose retrains are not all finished get NaN and verdict "pending"."""
+    test loss. ``n_units``: the masks' columns (the training examples, or the design's units). Pairs whose retrains
+    are not all finished get NaN and verdict "pending"."""
     ids = replicate_ids(design)
     Y = results.outputs(output)
     row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
     rows = []
     for p in pairs.itertuples():
         i, j, t = int(p.i), int(p.j), int(p.test)
-        masks = variant_masks(n_train, i, j)
+        masks = variant_masks(n_units, i, j)
         got = {v: [row_of.get(m) for m in ids.get(mask.tobytes(), [])[:replicates]] for v, mask in masks.items()}
         r = min(len(v) for v in got.values())
         done = r > 0 and all(x is not None for v in got.values() for x in v[:r])

@@ -130,6 +130,8 @@ def trak_faithfulness(store, scores=None, outputs=("loss", "margin"), write: boo
     else:
         design = store.load_design()
         results = store.load_results(design)
+        if design.units is not None and scores.shape[0] == design.n_train:
+            scores = design.units.sum_rows(scores)  # masks over units: a unit's score is its members' sum
         fit_role = design.fit_role
         fit_keep = results.keep(design, "fit")
         ho_keep = results.keep(design, "heldout")
