@@ -2,8 +2,8 @@
 
 The columns are the data config's own names (``data.text_column`` and ``data.label_column``, or the prompt and
 completion columns), labels as their names, plus ``row``: each example's index in the training split as dataspex
-loaded it, so that the curated file can be joined back to the source (other columns of the source file are not
-carried over). Formats: csv, tsv, jsonl (JSON lines; also for ``.json`` sources), parquet, and ``datasets`` (a
+loaded it, so that the curated file can be joined back to the source; the source's other columns (a source, an
+annotator: ``Split.columns``) follow, so a curated set keeps what ``design.units=column:<name>`` grouped by. Formats: csv, tsv, jsonl (JSON lines; also for ``.json`` sources), parquet, and ``datasets`` (a
 ``datasets.Dataset.save_to_disk`` folder). Files are written atomically; a ``datasets`` folder is written beside
 its final name and moved into place.
 """
@@ -41,13 +41,19 @@ def format_for(data_cfg, requested: str = "auto") -> str:
 
 
 def split_frame(split: Split, rows: list[int], data_cfg, label_names: list[str] | None) -> pd.DataFrame:
-    """The split as a table under the data config's column names; ``rows``: each row's source index."""
+    """The split as a table under the data config's column names, then its other columns (``split.columns``, by
+    row of ``split``) as read; ``rows``: each row's source index."""
     if split.labels is not None:
         labels = [label_names[y] if label_names else int(y) for y in split.labels]
-        return pd.DataFrame({"row": rows, str(data_cfg.get("text_column", "text")): split.texts,
-                             str(data_cfg.get("label_column", "label")): labels})
-    return pd.DataFrame({"row": rows, str(data_cfg.get("prompt_column", "prompt")): split.texts,
-                         str(data_cfg.get("completion_column", "completion")): split.completions})
+        frame = pd.DataFrame({"row": rows, str(data_cfg.get("text_column", "text")): split.texts,
+                              str(data_cfg.get("label_column", "label")): labels})
+    else:
+        frame = pd.DataFrame({"row": rows, str(data_cfg.get("prompt_column", "prompt")): split.texts,
+                              str(data_cfg.get("completion_column", "completion")): split.completions})
+    for name, values in (split.columns or {}).items():
+        if name not in frame.columns:
+            frame[name] = values
+    return frame
 
 
 def write_split(frame: pd.DataFrame, path_stem: str, fmt: str) -> str:

@@ -121,11 +121,12 @@ def _write_curated(cfg, data, plan: CurationPlan, out_dir: str, fmt: str) -> str
     """The curated training set (dropped rows left out, relabelled rows with their new label) in ``fmt``."""
     keep = [i for i in range(data.n_train) if i not in set(plan.dropped)]
     texts = [data.train.texts[i] for i in keep]
+    columns = {name: [values[i] for i in keep] for name, values in (data.train.columns or {}).items()}
     if data.train.labels is not None:
         labels = np.array([plan.relabelled.get(i, int(data.train.labels[i])) for i in keep], dtype=np.int64)
-        split = type(data.train)(texts, labels)
+        split = type(data.train)(texts, labels, columns=columns)
     else:
-        split = type(data.train)(texts, completions=[data.train.completions[i] for i in keep])
+        split = type(data.train)(texts, completions=[data.train.completions[i] for i in keep], columns=columns)
     return write_split(split_frame(split, keep, cfg.data, data.label_names), os.path.join(out_dir, "train_curated"),
                        fmt)
 
