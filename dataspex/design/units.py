@@ -6,6 +6,8 @@ is over the groups; a mask keeps or drops every member of a unit together.
   file, any id), named by that value.
 * ``cluster:<K>``: K-means (K clusters, seeded by ``design.seed``) on the frozen base model's mean-pooled
   embeddings of the training texts; the embeddings are computed once and kept in the run directory.
+* ``drill`` (made by ``dataspex drill``, not set by hand): a drill-down inside a unit run, one unit per member of
+  its top unit pairs and every other example always kept (unit -1).
 
 Larger units carry larger effects than single examples (a source of 20 mislabelled texts moves the test loss more
 than one does), so a study over units needs fewer retrains per unit of signal, and scales to thousands of
@@ -23,7 +25,8 @@ import numpy as np
 
 from dataspex.core.errors import DataspexError
 
-UNIT_KINDS = ("example", "column", "cluster")
+UNIT_KINDS = ("example", "column", "cluster", "drill")
+ALWAYS_KEPT = -1  # the unit of examples that every mask keeps (a drill-down's examples outside its pairs)
 
 
 def units_setting(cfg) -> str:
@@ -39,7 +42,7 @@ def parse_units(spec) -> tuple[str, str | None]:
     text = str(spec).strip()
     kind, _, arg = text.partition(":")
     forms = "example, column:<name> (a column of the training data) or cluster:<K> (K-means on embeddings)"
-    if kind not in UNIT_KINDS or (kind == "example") != (arg == ""):
+    if kind not in UNIT_KINDS or (kind in ("example", "drill")) != (arg == ""):
         raise DataspexError(f"design.units={text!r} is not one of: {forms}")
     if kind == "cluster" and not (arg.isdigit() and int(arg) >= 2):
         raise DataspexError(f"design.units={text!r}: the number of clusters must be an integer >= 2")
@@ -65,9 +68,9 @@ def check_units(spec, columns: dict | None, source: str) -> tuple[str, str | Non
 class Units:
     """A grouping of the ``n_train`` training examples into ``n_units`` units.
 
-    ``unit_of`` (n_train,) int64 in [0, n_units): each example's unit; ``names`` (n_units,): what each unit is
-    (a column value, ``cluster 3``); ``spec``: the ``design.units`` setting that made it. Every unit has at least
-    one member."""
+    ``unit_of`` (n_train,) int64 in [0, n_units), or :data:`ALWAYS_KEPT` for an example every mask keeps: each
+    example's unit; ``names`` (n_units,): what each unit is (a column value, ``cluster 3``); ``spec``: the
+    ``design.units`` setting that made it. Every unit has at least one member."""
 
     unit_of: np.ndarray
     names: list[str]
@@ -78,9 +81,10 @@ class Units:
         self.names = [str(x) for x in self.names]
         if self.unit_of.ndim != 1 or len(self.unit_of) == 0:
             raise ValueError("unit_of must be a non-empty (n_train,) array")
-        if self.unit_of.min() < 0 or self.unit_of.max() >= len(self.names):
-            raise ValueError(f"unit_of must lie in [0, {len(self.names)}) (one name per unit)")
-        empty = np.flatnonzero(np.bincount(self.unit_of, minlength=len(self.names)) == 0)
+        if self.unit_of.min() < ALWAYS_KEPT or self.unit_of.max() >= len(self.names):
+            raise ValueError(f"unit_of must lie in [0, {len(self.names)}) (one name per unit), or be {ALWAYS_KEPT} "
+                             "(always kept)")
+        empty = np.flatnonzero(self.sizes() == 0)
         if empty.size:
             raise ValueError(f"units {empty[:5].tolist()} have no member")
 
@@ -103,15 +107,17 @@ class Units:
 
     def sizes(self) -> np.ndarray:
         """(n_units,) int64: members per unit."""
-        return np.bincount(self.unit_of, minlength=self.n_units)
+        return np.bincount(self.unit_of[self.unit_of >= 0], minlength=self.n_units)
 
     def expand(self, masks: np.ndarray) -> np.ndarray:
         """Masks over units (m, n_units) -> masks over the training examples (m, n_train) uint8: an example is kept
-        exactly when its unit is."""
+        exactly when its unit is (always, for :data:`ALWAYS_KEPT`)."""
         masks = np.asarray(masks, dtype=np.uint8)
         if masks.shape[-1] != self.n_units:
             raise ValueError(f"masks have {masks.shape[-1]} columns, the units are {self.n_units}")
-        return np.ascontiguousarray(masks[..., self.unit_of])
+        # one more column of ones, that ALWAYS_KEPT (-1) indexes
+        padded = np.concatenate([masks, np.ones((*masks.shape[:-1], 1), dtype=np.uint8)], axis=-1)
+        return np.ascontiguousarray(padded[..., self.unit_of])
 
     def units_of(self, examples) -> list[int]:
         """The distinct units (ascending) that the training examples ``examples`` belong to."""
@@ -128,7 +134,8 @@ class Units:
         if scores.shape[0] != self.n_train:
             raise ValueError(f"scores have {scores.shape[0]} rows, the training set has {self.n_train} examples")
         out = np.zeros((self.n_units, *scores.shape[1:]))
-        np.add.at(out, self.unit_of, scores)
+        studied = self.unit_of >= 0
+        np.add.at(out, self.unit_of[studied], scores[studied])
         return out
 
     def digest(self) -> str:
@@ -139,6 +146,15 @@ class Units:
     def record(self) -> dict:
         """What the design's metadata keeps about the units (the assignment itself is an array of design.npz)."""
         return {"spec": self.spec, "n_units": self.n_units, "digest": self.digest(), "names": self.names}
+
+
+def drill_units(n_train: int, members) -> Units:
+    """A drill-down's units: one per example of ``members`` (in that order, named ``#<example>``), every other
+    example of the ``n_train`` always kept."""
+    unit_of = np.full(int(n_train), ALWAYS_KEPT, dtype=np.int64)
+    members = [int(x) for x in members]
+    unit_of[members] = np.arange(len(members))
+    return Units(unit_of, [f"#{x}" for x in members], "drill")
 
 
 def example_units(n_train: int) -> Units:

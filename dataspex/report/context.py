@@ -18,6 +18,7 @@ from dataspex.fit.planning import CEILING_SHARE, estimator_curve, needed_retrain
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
+from dataspex.report.drill import load_drill
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
 from dataspex.validate.curation import load_curation
@@ -213,7 +214,8 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
             "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence, "trust": trust,
-            "result": result, "fitted": fitted, "stack": stack, "curation": load_curation(store)}
+            "result": result, "fitted": fitted, "stack": stack, "curation": load_curation(store),
+            "drill": load_drill(store, units)}
 
 
 def summary(ctx) -> dict:
@@ -230,7 +232,10 @@ def summary(ctx) -> dict:
     if units is not None:  # the lists name units; the examples to review are their members
         by_unit = {"units": {"spec": units.spec, "n_units": units.n_units},
                    "units_to_review_predicted": ctx["examples_predicted"],
-                   "units_to_review_validated": ctx["examples_validated"]}
+                   "units_to_review_validated": ctx["examples_validated"],
+                   "drill": None if ctx.get("drill") is None else {
+                       "run_dir": ctx["drill"]["run_dir"], "pairs": ctx["drill"]["pairs"],
+                       "example_pairs": [[int(r.x), int(r.y)] for r in ctx["drill"]["found"].itertuples()]}}
     members = (lambda xs: xs) if units is None else (lambda xs: None if xs is None else units.members_of(xs))
     return {"estimator": ctx["name"], "estimand": ctx["estimand"], "top_k": ctx["k"], "recall_at_k": ctx["recall"],
             "faithfulness": {n: f["r2_mean_over_outputs"] for n, f in faithfulness.items()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataspex.report.text import (
+    DRILL_HEAD,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -14,6 +15,8 @@ from dataspex.report.text import (
     _action_rows,
     _cell,
     _config_yaml,
+    _drill_rows,
+    _drill_text,
     _faith_rows,
     _headline,
     _intro,
@@ -24,6 +27,7 @@ from dataspex.report.text import (
     _validation_rows,
     _validation_text,
     action_head,
+    drillable,
 )
 
 
@@ -62,6 +66,13 @@ def render_markdown(ctx) -> str:
             lines += ["", (f"Planted {kind} pairs found in this top {len(table)}: **{r['found']} of "
                            f"{r['planted']}** (recall {r['recall']:.2f}).")]
     lines += ["", PAIR_NOTE + (" " + TRAK_NOTE if ctx["trak"] else "")]
+    if drillable(ctx):
+        lines += ["", "## Inside the top unit pairs (drill-down)", "", _drill_text(ctx)]
+        rows = _drill_rows(ctx)
+        if rows:
+            lines += [""] + _md_table(DRILL_HEAD, rows)
+        elif ctx.get("drill") is not None:
+            lines += ["", "_No example pair of the drill-down's report lies inside a drilled unit pair._"]
     lines += ["", "## Higher-order interactions (degree 3)", ""]
     if ctx["triples"] is None or ctx["triples"].empty:
         lines.append(f"_{ctx['name']} found no degree-3 interactions._")

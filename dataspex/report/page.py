@@ -8,7 +8,7 @@ import html
 import os
 
 from dataspex.report.text import (
-    action_head,
+    DRILL_HEAD,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -19,6 +19,8 @@ from dataspex.report.text import (
     VALIDATION_HEAD,
     _action_rows,
     _config_yaml,
+    _drill_rows,
+    _drill_text,
     _faith_rows,
     _headline,
     _intro,
@@ -28,6 +30,8 @@ from dataspex.report.text import (
     _triples_text,
     _validation_rows,
     _validation_text,
+    action_head,
+    drillable,
 )
 
 _CSS = """
@@ -129,6 +133,11 @@ def render_html(ctx) -> str:
     else:
         body["higher-order"] = f'<p class="note">{_h(_triples_text(ctx))}</p>' + _html_table(
             TRIPLE_HEAD, _triple_rows(ctx["triples"]), numeric=("score",))
+    if drillable(ctx):
+        rows = _drill_rows(ctx)
+        body["drill"] = f"<p>{_h(_drill_text(ctx))}</p>" + (_html_table(DRILL_HEAD, rows, numeric=("score",))
+                                                            if rows else "")
+        sections.insert(4, ("drill", "Inside the top unit pairs (drill-down)"))
     body["heatmaps"] = "".join(_img(out_dir, f, t) for f, t in ctx["images"].items() if f.startswith("heatmap"))
     faith = [_html_table(FAITH_HEAD, _faith_rows(ctx), numeric=("held-out R^2", "pooled R^2", "fit masks",
                                                                 "held-out masks", "fit seconds"))]

@@ -361,6 +361,43 @@ FILES = [("pairs.csv / pairs.parquet", "the ranked pair tables, with texts, TRAK
                            "InteractionValues"))]
 
 
+def drillable(ctx) -> bool:
+    """Whether the report has a drill-down section: a run over units that is not itself a drill-down."""
+    units = ctx.get("units")
+    return units is not None and units.spec != "drill"
+
+
+DRILL_HEAD = ["unit pair", "kind", "rank", "example pair", "score", "q-value", "example x", "example y",
+              "test example"]
+
+
+def _drill_text(ctx) -> str:
+    """The drill-down section's lead: where it is and how far to trust it (its ranking model's faithfulness)."""
+    drill = ctx["drill"]
+    if drill is None:
+        return ("Not drilled yet: `dataspex drill run_dir=...` retrains random subsets of the members of the top "
+                "unit pairs (the rest of the training set kept) and finds the example pairs inside them.")
+    trust = drill.get("trust") or {}
+    r2 = trust.get("r2_pooled")
+    trusted = "" if trust.get("trusted", True) else " (below report.trust_r2: candidates only)"
+    return (f"The drill-down `{drill['run_dir']}` retrained random subsets of the members of {len(drill['pairs'])} "
+            f"unit pairs, every other example kept; its ranking model {drill['estimator']} has pooled held-out R^2 "
+            f"{_fmt(r2, '.3f')} from {trust.get('n_fit_masks', 'n/a')} retrains{trusted}. Example pairs of its "
+            "report that lie inside a drilled unit pair (rank within the drill-down's list of that kind; its own "
+            "report has the rest):")
+
+
+def _drill_rows(ctx) -> list[list[str]]:
+    found = ctx["drill"]["found"] if ctx["drill"] is not None else []
+    rows = []
+    for r in getattr(found, "itertuples", lambda: [])():
+        q = "n/a" if r.q_value is None or _fmt(r.q_value) == "n/a" else \
+            f"{r.q_value:.3g}" + (" (finding)" if r.finding else "")
+        rows.append([r.unit_pair, r.kind, str(r.rank), f"(#{r.x}, #{r.y})", _fmt(r.score), q, _cell(r.text_x),
+                     _cell(r.text_y), f"#{r.test}"])
+    return rows
+
+
 def _config_yaml(cfg) -> str:
     try:
         return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,7 +1,7 @@
 """The CLI stages, one module each, as functions of the composed config: a thin composition of the layers below.
 
     design -> train -> fit -> report      (``run`` does all four)
-    trak, validate, curate, plan, status, collect   (on an existing run directory)
+    trak, validate, curate, plan, drill, status, collect   (on an existing run directory)
 
 Each stage reads what the previous one wrote into the run directory, so any stage can be re-run alone.
 :mod:`dataspex.stages.rundir` holds what every stage shares (the fingerprint, opening a run, shards).
@@ -27,6 +27,7 @@ STAGES = {
     "validate": "dataspex.stages.validate:stage_validate",
     "curate": "dataspex.stages.curate:stage_curate",
     "plan": "dataspex.stages.plan:stage_plan",
+    "drill": "dataspex.stages.drill:stage_drill",
 }
 STAGE_HELP = {
     "run": "design + train + fit + report (the whole job)",
@@ -40,6 +41,7 @@ STAGE_HELP = {
     "validate": "retrain the top pairs directly (full, minus i, minus j, minus both) to confirm them",
     "curate": "write the curated training set; retrain it, random removals and baselines; score on the eval split",
     "plan": "from a pilot run: the retrains and wall time a target faithfulness needs, and the study's commands",
+    "drill": "in a run over units: study the members of the top unit pairs, to find the example pairs inside",
 }
 
 

@@ -22,6 +22,9 @@ def build_units(cfg, store, data) -> Units | None:
     kind, arg = check_units(units_setting(cfg), data.train.columns, str(cfg.data.source))
     if kind == "example":
         return None
+    if kind == "drill":
+        raise DataspexError("design.units=drill is a drill-down's grouping, made by `dataspex drill run_dir=<a run "
+                            "over units>`: it is not set by hand")
     if kind == "column":
         units = column_units(data.train.columns[arg], arg)
     else:
