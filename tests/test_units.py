@@ -14,7 +14,16 @@ from omegaconf import OmegaConf
 from dataspex.core.demo import make_demo
 from dataspex.core.errors import DataspexError
 from dataspex.design.base import Design
-from dataspex.design.units import Units, check_units, cluster_units, column_units, example_units, parse_units
+from dataspex.design.units import (
+    ALWAYS_KEPT,
+    Units,
+    check_units,
+    cluster_units,
+    column_units,
+    drill_units,
+    example_units,
+    parse_units,
+)
 from dataspex.store import RunStore
 from tests.conftest import TINY, run_cli
 
@@ -65,6 +74,16 @@ def test_expand_keeps_exactly_the_members_of_kept_units():
         np.testing.assert_allclose(summed[u], scores[units.unit_of == u].sum(axis=0))
     with pytest.raises(ValueError, match="masks have 4 columns, the units are 3"):
         units.expand(np.ones((1, 4)))
+
+
+def test_a_drill_down_keeps_every_example_outside_its_members():
+    units = drill_units(6, [4, 1])
+    assert units.unit_of.tolist() == [ALWAYS_KEPT, 1, ALWAYS_KEPT, ALWAYS_KEPT, 0, ALWAYS_KEPT]
+    assert units.names == ["#4", "#1"] and units.spec == "drill" and not units.is_examples
+    masks = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.uint8)
+    assert units.expand(masks).tolist() == [[1, 0, 1, 1, 0, 1], [1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 1],
+                                            [1, 1, 1, 1, 1, 1]]
+    assert units.sum_rows(np.arange(6.0)).tolist() == [4.0, 1.0] and units.sizes().tolist() == [1, 1]
 
 
 def test_units_refuse_an_empty_unit_and_labels_out_of_range():
@@ -234,3 +253,41 @@ def test_a_unit_run_reports_validates_and_curates_unit_pairs(tmp_path):
     assert first["unit"] == f"src{design.units.unit_of[first['row']]}" and len(first["evidence"]["pair_units"]) == 2
     curated = pd.read_csv(os.path.join(run_dir, "curate", "train_curated.csv"))
     assert len(curated) == 10 - len(dropped) and set(curated["group"]) <= set(groups)
+
+    # drill-down: real fine-tunes of random subsets of the top unit pairs' members, the rest kept
+    drill_args = [*report_args, "drill.top_k=1", "drill.kinds=[harmful]", "drill.m=8", "drill.heldout=4",
+                  "drill.replicates=0"]
+    run_cli("drill", f"run_dir={run_dir}", *drill_args)
+    child = RunStore(os.path.join(run_dir, "drill"))
+    child_design = child.load_design()
+    members = design.units.members_of([unit_i, unit_j])
+    assert child_design.units.spec == "drill" and child_design.n_units == len(members) == 4
+    assert child_design.meta["drill"]["pairs"] == [[unit_i, unit_j]]
+    expanded = child_design.example_masks(np.arange(len(child_design)))
+    others = [x for x in range(10) if x not in members]
+    assert expanded[:, others].all() and not expanded[:, members].all()
+    assert len(child.load_results(child_design)) == len(child_design) == 12
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    assert summary["drill"]["pairs"] == [[unit_i, unit_j]]
+    assert all(set(p) <= set(members) for p in summary["drill"]["example_pairs"])
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert "## Inside the top unit pairs (drill-down)" in md and f"`{child.run_dir}` retrained" in md
+    again = run_cli("drill", f"run_dir={run_dir}", *drill_args)  # resumable: nothing left to train
+    assert "train: shard 0/1 has 12 masks, 12 already done, 0 to train" in again.stderr + again.stdout
+    refused = run_cli("drill", f"run_dir={child.run_dir}", check=False)
+    assert refused.returncode == 2 and "is itself a drill-down: drill from the run it is inside" in refused.stderr
+
+
+@pytest.mark.slow
+def test_drill_and_hand_made_drill_units_are_refused_with_their_reasons(tmp_path):
+    run_dir = str(tmp_path / "run")
+    run_cli("design", f"run_dir={run_dir}", *TINY)
+    refused = run_cli("drill", f"run_dir={run_dir}", check=False)
+    assert refused.returncode == 2
+    assert "masks are over the training examples (design.units=example): `dataspex drill` goes from unit pairs" \
+        in refused.stderr
+    by_hand = run_cli("design", f"run_dir={tmp_path / 'other'}", *TINY, "design.units=drill", check=False)
+    assert by_hand.returncode == 2 and "design.units=drill is a drill-down's grouping" in by_hand.stderr
+    bad = run_cli("design", f"run_dir={tmp_path / 'bad'}", *TINY, "design.units=column:source", check=False)
+    assert bad.returncode == 2 and "the demo data set has none besides its texts and labels" in bad.stderr
+    assert not os.path.exists(tmp_path / "bad" / "fingerprint.json")  # refused before the run was created

@@ -3,7 +3,8 @@
 The columns are the data config's own names (``data.text_column`` and ``data.label_column``, or the prompt and
 completion columns), labels as their names, plus ``row``: each example's index in the training split as dataspex
 loaded it, so that the curated file can be joined back to the source; the source's other columns (a source, an
-annotator: ``Split.columns``) follow, so a curated set keeps what ``design.units=column:<name>`` grouped by. Formats: csv, tsv, jsonl (JSON lines; also for ``.json`` sources), parquet, and ``datasets`` (a
+annotator: ``Split.columns``) follow, so a curated set keeps what ``design.units=column:<name>`` grouped by.
+Formats: csv, tsv, jsonl (JSON lines; also for ``.json`` sources), parquet, and ``datasets`` (a
 ``datasets.Dataset.save_to_disk`` folder). Files are written atomically; a ``datasets`` folder is written beside
 its final name and moved into place.
 """

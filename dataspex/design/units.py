@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from dataspex.core.errors import DataspexError
 
@@ -173,8 +174,6 @@ def cluster_units(embeddings: np.ndarray, k: int, seed: int) -> Units:
     """K-means on ``embeddings`` (n_train, d) into ``k`` units, seeded by ``seed``, rows L2-normalised first (the
     cosine geometry sentence embeddings are made for). Clusters that come out empty are dropped and the rest
     renumbered in order, so every unit has a member; a unit is named ``cluster <c>``."""
-    from sklearn.cluster import KMeans
-
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if not 2 <= int(k) <= len(embeddings):
         raise DataspexError(f"design.units=cluster:{k} needs 2 <= K <= n_train={len(embeddings)}")

@@ -67,7 +67,7 @@ def _record(child, parent_store) -> None:
     if os.path.exists(parent_store.path("overrides.json")):
         with open(parent_store.path("overrides.json")) as fh:
             stored = json.load(fh)
-    keep = [o for o in stored if not o.lstrip("+~").split("=", 1)[0].split(".")[0] in ("run_dir", "design")]
+    keep = [o for o in stored if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in ("run_dir", "design")]
     design = ["design=random", "design.units=drill"] + [f"design.{k}={child.design[k]}" for k in _DESIGN_KEYS]
     os.makedirs(child.run_dir, exist_ok=True)
     write_json(path, [f"run_dir={child.run_dir}", *keep, *design])
