@@ -82,15 +82,16 @@ def stage_design(cfg) -> None:
 
 
 def _base_design(cfg, store, data) -> None:
-    extending = cfg.design.kind == "pairwise" and store.has_design()
+    stored = store.load_design() if store.has_design() else None
+    extending = cfg.design.kind == "pairwise" and stored is not None
     # An extension keeps the stored grouping; a new design makes its own (clusters: embeddings once, then kept).
-    units = store.load_design().units if extending else build_units(cfg, store, data)
+    units = stored.units if extending else build_units(cfg, store, data)
 
     def screen():
         return pairwise_screen(cfg.design, data.n_train, store, units)
 
     if extending:  # pairwise masks extend the run's design
-        design = extend_pairwise(store.load_design(), cfg.design, screen)
+        design = extend_pairwise(stored, cfg.design, screen)
         if design is None:
             log.info("design: %s already has these pairwise masks", store.run_dir)
         else:
@@ -100,9 +101,9 @@ def _base_design(cfg, store, data) -> None:
                      design.meta["pairwise"]["candidates"], store.path("design.npz"))
         return
     design = make_design(cfg.design, data.n_train if units is None else units.n_units, screen=screen).over_units(units)
-    if store.has_design():
+    if stored is not None:
         # Compare without the rows later stages appended (pairwise designs, validation retrains).
-        existing = store.load_design().without_extensions()
+        existing = stored.without_extensions()
         if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
             differing = "; ".join(settings_differences(cfg.design, existing)) or f"stored {existing.meta}"
             raise DataspexError(f"{store.run_dir} already has a different design ({differing}); "

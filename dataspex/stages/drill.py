@@ -107,15 +107,16 @@ def stage_drill(cfg) -> str:
     made.meta["drill"] = {"pairs": [list(p) for p in pairs], "unit_names": [[units.names[u] for u in p]
                                                                             for p in pairs], "ranking": ranking}
     child_store = RunStore(child_dir)
-    if child_store.has_design():
-        existing = child_store.load_design().without_extensions()
+    existing = child_store.load_design() if child_store.has_design() else None
+    if existing is not None:
+        existing = existing.without_extensions()
         if existing.meta != made.meta or not np.array_equal(existing.masks, made.masks):
             raise DataspexError(f"{child_dir} already holds a drill-down into other unit pairs "
                                 f"({existing.meta.get('drill', {}).get('unit_names')}): remove it (or move it "
                                 "aside) to drill into the current top pairs")
     _record(child, store)
     child_store.check_fingerprint(fingerprint(child, data), create=True)
-    if not child_store.has_design():
+    if existing is None:
         child_store.save_design(made)
         add_replicates(child, child_store)
     log.info("drill: %d unit pairs by %s (%s) -> %d members, %d masks over them, the other %d examples always "
