@@ -265,3 +265,79 @@ def test_shared_seed_policy_matches_naive(minilm):
     cfg = train_cfg(seed_policy="shared")
     assert_same(run(naive, base, lora_cfg("top:1"), cfg, train, test),
                 run(engine, base, lora_cfg("top:1"), cfg, train, test))
+
+
+@pytest.mark.parametrize("lora_on, cached", [(True, True), (False, True), (True, False), (False, False)])
+def test_fused_kernel_matches_the_torch_ops(lora_on, cached):
+    """The fused [CLS] attention (train/kernels.py) against ``attend_first_packed`` in float64: same outputs,
+    same gradients, with keys and values read in place from a larger cache (in shuffled order, no gradient) or
+    given as packed tokens that need a gradient, with and without the value's LoRA."""
+    from dataspex.train.kernels import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        pytest.skip("numba does not import here")
+    torch.manual_seed(1)
+    heads, size, d, r, groups = 3, 4, 6, 2, 2
+    lengths = torch.tensor([3, 1, 5, 2, 4, 2])
+    pk = packing.Packing(lengths, groups)
+    t, n = int(lengths.sum()), len(lengths)
+    q = torch.randn(n, heads * size, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(t, d, dtype=torch.float64)
+    lora = modules.BatchedLoRA(torch.nn.Linear(d, heads * size)) if lora_on else None
+    params = [q]
+    if lora_on:
+        lora.A = torch.randn(groups, r, d, dtype=torch.float64, requires_grad=True)
+        lora.B = torch.randn(groups, heads * size, r, dtype=torch.float64, requires_grad=True)
+        params += [lora.A, lora.B]
+    if cached:
+        cache_k, cache_v = (torch.randn(t + 7, heads * size, dtype=torch.float64) for _ in range(2))
+        tokens = torch.randperm(t + 7)[:t]
+        k_in = v_in = None
+        k_fused, v_fused = packing.CachedTokens(cache_k, tokens), packing.CachedTokens(cache_v, tokens)
+        k_ref, v_ref = cache_k[tokens], cache_v[tokens]
+    else:
+        k_in, v_in = (torch.randn(t, heads * size, dtype=torch.float64, requires_grad=True) for _ in range(2))
+        k_fused, v_fused, k_ref, v_ref = k_in, v_in, k_in, v_in
+        params += [k_in, v_in]
+    mine = pk.attend_first_fused(q, k_fused, v_fused, heads, 0.6, lora, x)
+    expected = pk.attend_first_packed(q, k_ref, v_ref, heads, 0.6, lora, x)
+    torch.testing.assert_close(mine, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(mine)
+    got = torch.autograd.grad((mine * weights).sum(), params)
+    want = torch.autograd.grad((expected * weights).sum(), params)
+    for g1, g2 in zip(got, want):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)
+
+
+def test_the_attention_kernels_train_alike(minilm):
+    """The default setup (top:1, cached keys and values) with the fused kernel and with the torch ops: the same
+    losses to float32 rounding, and each engine's plan says which attention it ran."""
+    from dataspex.train.kernels import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        pytest.skip("numba does not import here")
+    base, train, test = minilm
+    lora = lora_cfg("top:1")
+    fused = run(engine, base, lora, train_cfg(attention_kernel="fused"), train, test)
+    plan_fused = engine._engine(base, lora, "classification", engine.settings(train_cfg(attention_kernel="fused")))
+    ops = run(engine, base, lora, train_cfg(attention_kernel="torch"), train, test)
+    plan_ops = engine._engine(base, lora, "classification", engine.settings(train_cfg(attention_kernel="torch")))
+    assert "its attention by the fused kernel" in plan_fused.runner.describe()
+    assert "its attention by torch ops" in plan_ops.runner.describe()
+    by_id = {m: rest for m, *rest in ops}
+    for mask_id, *values in fused:
+        for a, b in zip(values, by_id[mask_id]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_attention_kernel_settings(monkeypatch):
+    with pytest.raises(DataspexError, match="train.attention_kernel='numba' is not one of: auto, fused, torch"):
+        engine.settings(train_cfg(attention_kernel="numba"))
+    assert engine.settings(train_cfg(attention_kernel="torch")).attention_kernel == "torch"
+    # numba missing is mocked (it is installed here): auto falls back to the torch ops, fused refuses
+    from dataspex.train import kernels
+
+    monkeypatch.setattr(kernels, "HAVE_NUMBA", False)
+    assert engine.settings(train_cfg()).attention_kernel == "torch"
+    with pytest.raises(DataspexError, match="train.attention_kernel=fused needs numba"):
+        engine.settings(train_cfg(attention_kernel="fused"))

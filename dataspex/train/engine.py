@@ -18,7 +18,8 @@ its own batch, and AdamW (torch's defaults) with its own step count. What is sha
   query/key/value outputs are cached with its input.
 * **Only the rows the loss reads.** BERT's classifier reads the pooled [CLS] row, so the last layer works on
   the [CLS] query alone: with its keys and values cached (the default, top layer only) one dot product per token
-  and head, and the value's LoRA applied after the weighted sum (``Packing.attend_first_packed``); otherwise
+  and head, and the value's LoRA applied after the weighted sum (``Packing.attend_first_packed``; on CPU the
+  fused kernel of ``kernels``, which reads the cached keys and values in place, ``attend_first_fused``); otherwise
   with its keys and values folded into per-row sums (``Packing.attend_first_folded``). Causal LMs compute
   logits only at completion positions.
 
@@ -32,12 +33,14 @@ setup the batched layers cannot reproduce (a target that is not a linear layer, 
 parameters, DoRA...) falls back to the naive loop, with a warning.
 
 Config (``conf/train/default.yaml``): ``adapters_per_pass`` (auto or an int), ``prefix_cache``
-(auto/true/false), ``device`` (auto/cpu/cuda), ``precision`` (fp32/bf16/fp16; GPU only, CPU stays fp32).
+(auto/true/false), ``device`` (auto/cpu/cuda), ``precision`` (fp32/bf16/fp16; GPU only, CPU stays fp32),
+``attention_kernel`` (auto/fused/torch: auto is the fused kernel on CPU when numba imports).
 
 Where the pieces live: ``modules`` (what peft trains, the batched nn.Modules, the parameter layout),
 ``optimizer`` (batched AdamW, fp16 loss scaling), ``packing`` (splits on the device, packed tokens,
-attention masks), ``runners`` (one per architecture). This module holds the settings, the ``Engine``
-that puts them together, the scheduling of masks into passes, and ``train_masks``.
+attention masks), ``kernels`` (the fused CPU attention), ``runners`` (one per architecture). This module
+holds the settings, the ``Engine`` that puts them together, the scheduling of masks into passes, and
+``train_masks``.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from dataspex.train.modules import BatchedLinear, BatchedLoRA, Layout, Unsupport
 from dataspex.train.naive import train_masks as naive_train_masks
 from dataspex.train.optimizer import BatchedAdamW, _LossScale
 from dataspex.train.packing import DeviceSplit
-from dataspex.train.runners import RUNNERS, ModelRunner, split_layer
+from dataspex.train.runners import RUNNERS, BertRunner, ModelRunner, split_layer
 
 log = logging.getLogger("dataspex")
 
@@ -71,6 +74,7 @@ class Settings:
     autocast: torch.dtype | None  # None: fp32
     adapters_per_pass: int | None  # None: chosen from the device and memory
     prefix_cache: str  # "auto", "on" or "off"
+    attention_kernel: str = "torch"  # "fused" or "torch": the BERT runner's [CLS] attention (train/kernels.py)
 
 
 def settings(train_cfg) -> Settings:
@@ -106,7 +110,20 @@ def settings(train_cfg) -> Settings:
     cache = {"true": "on", "false": "off"}.get(cache, cache)
     if cache not in ("auto", "on", "off"):
         raise DataspexError(f"train.prefix_cache={train_cfg.get('prefix_cache')!r} is not one of: auto, true, false")
-    return Settings(device, autocast, k, cache)
+
+    from dataspex.train.kernels import HAVE_NUMBA  # the kernel module imports numba only, no compiling
+
+    kernel = str(train_cfg.get("attention_kernel", "auto") or "auto")
+    if kernel not in ("auto", "fused", "torch"):
+        raise DataspexError(f"train.attention_kernel={kernel!r} is not one of: auto, fused, torch")
+    if kernel == "fused" and device.type != "cpu":
+        raise DataspexError("train.attention_kernel=fused runs on CPU only: use auto or torch on a GPU")
+    if kernel == "fused" and not HAVE_NUMBA:
+        raise DataspexError("train.attention_kernel=fused needs numba, which does not import here: "
+                            "pip install numba, or use train.attention_kernel=torch")
+    if kernel == "auto":
+        kernel = "fused" if device.type == "cpu" and HAVE_NUMBA else "torch"
+    return Settings(device, autocast, k, cache, kernel)
 
 
 # ------------------------------------------------------------------------------------------ the engine
@@ -149,7 +166,10 @@ class Engine:
             if self.opts.prefix_cache == "on":
                 log.warning("train.prefix_cache=true but %s: training without prefix cache (same results)", reason)
             return ModelRunner(self.model, task)
-        return kind(self.model, first_trained, self.opts.prefix_cache != "off", self.opts.device)
+        cache = self.opts.prefix_cache != "off"
+        if kind is BertRunner:
+            return kind(self.model, first_trained, cache, self.opts.device, self.opts.attention_kernel == "fused")
+        return kind(self.model, first_trained, cache, self.opts.device)
 
     def split(self, enc: Encoded) -> DeviceSplit:
         """``enc`` on the device (and its prefix cache), made once per Encoded object."""
@@ -264,7 +284,7 @@ _ENGINE_CACHE: dict = {}
 
 
 def _engine(base, lora_cfg, task, opts: Settings) -> Engine:
-    key = (repr(lora_cfg), task, str(opts.device), opts.autocast, opts.prefix_cache)
+    key = (repr(lora_cfg), task, str(opts.device), opts.autocast, opts.prefix_cache, opts.attention_kernel)
     if _ENGINE_CACHE.get("key") == key and _ENGINE_CACHE["base"]() is base:
         return _ENGINE_CACHE["engine"]
     engine = Engine(base, lora_cfg, task, opts)

@@ -159,13 +159,30 @@ class Packing:
         weighted = weights[..., None] * v.view(t, heads, size)  # (T, H, dh)
         ctx = v.new_zeros(n, heads, size).index_add(0, row, weighted)
         if lora is not None:
-            g, r = lora.A.shape[0], lora.A.shape[1]
+            r = lora.A.shape[1]
             xa = lora.down(packed(x), self)  # (T, r)
             summed = v.new_zeros(n, heads, r).index_add(0, row, weights[..., None] * xa[:, None, :])  # (N, H, r)
-            update = torch.einsum("gbhr,gher->gbhe", summed.view(g, -1, heads, r),
-                                  lora.B.view(g, heads, size, r))
-            ctx = ctx + update.reshape(n, heads, size)
+            ctx = ctx + _value_update(lora, summed, size)
         return ctx.view(n, heads * size)
+
+    def attend_first_fused(self, q, k, v, heads: int, scale: float, lora=None, x=None):
+        """``attend_first_packed`` through the fused CPU kernel (``kernels.first_token_attention``), the same
+        numbers up to float rounding. k, v: packed tokens (T, H*dh) (tensors, which may need a gradient) or,
+        both, ``CachedTokens`` of one batch (rows of the prefix cache, read in place: no gathered copy)."""
+        from dataspex.train.kernels import first_token_attention  # lazy: numba compiles on first use
+
+        n = self.valid.shape[0]
+        size = q.shape[-1] // heads
+        if isinstance(k, CachedTokens) and isinstance(v, CachedTokens) and k.tokens is v.tokens:
+            k, v, tokens = k.cache, v.cache, k.tokens
+        else:
+            k, v, tokens = packed(k), packed(v), None
+        starts = torch.cat([self.first, self.first.new_tensor([int(self.lengths.sum())])])
+        xa = lora.down(packed(x), self) if lora is not None else None
+        ctx, summed = first_token_attention(q, k, v, tokens, starts, heads, scale, xa)
+        if lora is not None:
+            ctx = (ctx.view(n, heads, size) + _value_update(lora, summed, size)).view(n, heads * size)
+        return ctx
 
     def attend_first_folded(self, q, x, key: nn.Linear, value, heads: int, scale: float):
         """Attention context of each row's first token, (N, H*dh), from q (N, H*dh) and the layer input x
@@ -190,3 +207,11 @@ class Packing:
             lora = torch.einsum("gbhr,gher->gbhe", xa, value.B.view(g, heads, size, r))
             ctx = ctx + lora.reshape(n, heads, size)
         return ctx.reshape(n, heads * size)
+
+
+def _value_update(lora, summed, size: int):
+    """The value LoRA's share of the first tokens' context, B_h (sum_j p_hj A x_j): (N, H, dh) from the
+    weighted sums ``summed`` (N, H, r), adapter-major rows."""
+    g, heads, r = lora.A.shape[0], summed.shape[1], summed.shape[2]
+    update = torch.einsum("gbhr,gher->gbhe", summed.view(g, -1, heads, r), lora.B.view(g, heads, size, r))
+    return update.reshape(-1, heads, size)

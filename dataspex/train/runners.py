@@ -50,6 +50,11 @@ def _cache_budget(device) -> int:
 
 # -------------------------------------------------------------------------------- BERT, packed
 
+def _packed(t):
+    """``packed(t)``, None staying None."""
+    return None if t is None else packed(t)
+
+
 def _known(module, base_out) -> bool:
     """A frozen plain linear whose output is already known (cached): its input is not needed."""
     return base_out is not None and not isinstance(module, BatchedLoRA)
@@ -65,9 +70,10 @@ class BertRunner:
 
     prefix, after = "bert.encoder.layer", ("bert.pooler", "classifier")
 
-    def __init__(self, model, first_trained: int, cache: bool, device):
+    def __init__(self, model, first_trained: int, cache: bool, device, fused: bool = False):
         self.model, self.first_trained, self.cache, self.device = model, first_trained, cache, device
         self.layers = model.bert.encoder.layer
+        self.fused = fused  # the last layer's [CLS] attention through the fused CPU kernel (train/kernels.py)
 
     @staticmethod
     def supports(model, task) -> bool:
@@ -80,8 +86,9 @@ class BertRunner:
                 and model.bert.pooler is not None)
 
     def describe(self) -> str:
+        how = "the fused kernel" if self.fused else "torch ops"
         return _plan_text("BERT, packed tokens", self.first_trained, len(self.layers), self.cache,
-                         "; last layer on [CLS] queries only")
+                          f"; last layer on [CLS] queries only, its attention by {how}")
 
     # -- layers
 
@@ -113,15 +120,20 @@ class BertRunner:
         if first_only and base_k is None and self._foldable(sa):
             ctx = pk.attend_first_folded(q, packed(x), sa.key, sa.value, sa.num_attention_heads, sa.scaling)
         else:
-            k = base_k if _known(sa.key, base_k) else linear_forward(sa.key, packed(x), pk, base_k)
+            # cached keys and values may come as CachedTokens (rows of the cache): only the fused kernel reads
+            # them in place, everything else gets them gathered (packed)
+            k = base_k if _known(sa.key, base_k) else linear_forward(sa.key, packed(x), pk, _packed(base_k))
             if first_only:
                 lora = sa.value if isinstance(sa.value, BatchedLoRA) else None  # applied after the weighted sum
                 frozen = sa.value.base if lora is not None else sa.value
                 v = base_v if base_v is not None else frozen(packed(x))
-                ctx = pk.attend_first_packed(q, k, v, sa.num_attention_heads, sa.scaling, lora, x)
+                attend = pk.attend_first_fused if self.fused else pk.attend_first_packed
+                if not self.fused:
+                    k, v = packed(k), packed(v)
+                ctx = attend(q, k, v, sa.num_attention_heads, sa.scaling, lora, x)
             else:
-                v = linear_forward(sa.value, x, pk, base_v)
-                ctx = pk.attend(q, k, v, sa.num_attention_heads, sa.scaling)
+                v = linear_forward(sa.value, x, pk, _packed(base_v))
+                ctx = pk.attend(q, packed(k), v, sa.num_attention_heads, sa.scaling)
         block = pk if not first_only else None
         out = layer.attention.output
         a = out.LayerNorm(linear_forward(out.dense, ctx, block) + residual)
@@ -180,7 +192,7 @@ class BertRunner:
             tokens = (split.offsets[rows][:, None] + torch.arange(pk.valid.shape[1], device=rows.device))[pk.valid]
             x = CachedTokens(split.hidden, tokens)
             if split.qkv is not None:
-                qkv = tuple(t.index_select(0, tokens) for t in split.qkv[1:])
+                qkv = tuple(CachedTokens(t, tokens) for t in split.qkv[1:])  # gathered where read
                 # the last layer, run on first tokens only, needs its query there alone
                 at = split.offsets[rows] if self.first_trained == n - 1 else tokens
                 qkv = (split.qkv[0].index_select(0, at), *qkv)
