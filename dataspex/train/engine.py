@@ -57,6 +57,7 @@ import torch
 
 from dataspex.core.errors import DataspexError
 from dataspex.train.common import Encoded, check_finite, check_mask, loss_record, mask_schedule
+from dataspex.train import kernels
 from dataspex.train.modules import BatchedLinear, BatchedLoRA, Layout, Unsupported, find_targets, shared_copy
 from dataspex.train.naive import train_masks as naive_train_masks
 from dataspex.train.optimizer import BatchedAdamW, _LossScale
@@ -111,18 +112,16 @@ def settings(train_cfg) -> Settings:
     if cache not in ("auto", "on", "off"):
         raise DataspexError(f"train.prefix_cache={train_cfg.get('prefix_cache')!r} is not one of: auto, true, false")
 
-    from dataspex.train.kernels import HAVE_NUMBA  # the kernel module imports numba only, no compiling
-
     kernel = str(train_cfg.get("attention_kernel", "auto") or "auto")
     if kernel not in ("auto", "fused", "torch"):
         raise DataspexError(f"train.attention_kernel={kernel!r} is not one of: auto, fused, torch")
     if kernel == "fused" and device.type != "cpu":
         raise DataspexError("train.attention_kernel=fused runs on CPU only: use auto or torch on a GPU")
-    if kernel == "fused" and not HAVE_NUMBA:
+    if kernel == "fused" and not kernels.HAVE_NUMBA:
         raise DataspexError("train.attention_kernel=fused needs numba, which does not import here: "
                             "pip install numba, or use train.attention_kernel=torch")
     if kernel == "auto":
-        kernel = "fused" if device.type == "cpu" and HAVE_NUMBA else "torch"
+        kernel = "fused" if device.type == "cpu" and kernels.HAVE_NUMBA else "torch"
     return Settings(device, autocast, k, cache, kernel)
 
 

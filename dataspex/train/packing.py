@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataspex.train.common import Encoded
+from dataspex.train.kernels import first_token_attention
 from dataspex.train.modules import BatchedLoRA
 
 
@@ -169,8 +170,6 @@ class Packing:
         """``attend_first_packed`` through the fused CPU kernel (``kernels.first_token_attention``), the same
         numbers up to float rounding. k, v: packed tokens (T, H*dh) (tensors, which may need a gradient) or,
         both, ``CachedTokens`` of one batch (rows of the prefix cache, read in place: no gathered copy)."""
-        from dataspex.train.kernels import first_token_attention  # lazy: numba compiles on first use
-
         n = self.valid.shape[0]
         size = q.shape[-1] // heads
         if isinstance(k, CachedTokens) and isinstance(v, CachedTokens) and k.tokens is v.tokens:
