@@ -17,12 +17,12 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dataspex.core.errors import DataspexError
-from dataspex.core.files import atomic_write_text, write_json
 from dataspex.core.settings import check_settings
 from dataspex.stages import STAGE_HELP, STAGES, stage_function
+from dataspex.stages.rundir import record_creation
 
 USAGE = """usage: dataspex <stage> [overrides...]
 
@@ -88,14 +88,6 @@ def _with_stored_overrides(args: list[str]) -> list[str]:
     return args
 
 
-def _record_overrides(cfg, overrides: list[str]) -> None:
-    """At a run's creation, remember how it was made (later stages replay it) and save the config."""
-    path = os.path.join(cfg.run_dir, "overrides.json")
-    if not os.path.exists(path):
-        write_json(path, [o for o in overrides if _replayable(o)])
-        atomic_write_text(os.path.join(cfg.run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
-
-
 def _task(cfg: DictConfig) -> None:
     """The Hydra task function: one stage on one run directory."""
     try:
@@ -103,7 +95,7 @@ def _task(cfg: DictConfig) -> None:
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.stage in CREATING_STAGES:
             os.makedirs(cfg.run_dir, exist_ok=True)
-            _record_overrides(cfg, overrides)
+            record_creation(cfg.run_dir, [o for o in overrides if _replayable(o)], cfg)
         stage_function(cfg.stage)(cfg)
     except DataspexError as exc:
         logging.getLogger("dataspex").error("error: %s", exc)

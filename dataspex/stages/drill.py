@@ -21,7 +21,6 @@ import numpy as np
 from omegaconf import OmegaConf, open_dict
 
 from dataspex.core.errors import DataspexError
-from dataspex.core.files import atomic_write_text, write_json
 from dataspex.design import make_design
 from dataspex.design.units import drill_units
 from dataspex.fit.artifacts import choose_estimator, load_fitted
@@ -30,7 +29,7 @@ from dataspex.report.drill import DRILL_DIR
 from dataspex.stages.design import add_replicates
 from dataspex.stages.fit import stage_fit
 from dataspex.stages.report import report_run, stage_report
-from dataspex.stages.rundir import fingerprint, open_run
+from dataspex.stages.rundir import fingerprint, open_run, record_creation
 from dataspex.stages.train import stage_train
 from dataspex.store import RunStore
 
@@ -60,18 +59,13 @@ def drill_config(cfg, run_dir: str):
 def _record(child, parent_store) -> None:
     """The drill-down's overrides.json (the run's own creation overrides, its design replaced) and config.yaml,
     so that every stage on ``run_dir=<run_dir>/drill`` replays the drill-down's settings."""
-    path = os.path.join(child.run_dir, "overrides.json")
-    if os.path.exists(path):
-        return
     stored = []
     if os.path.exists(parent_store.path("overrides.json")):
         with open(parent_store.path("overrides.json")) as fh:
             stored = json.load(fh)
     keep = [o for o in stored if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in ("run_dir", "design")]
     design = ["design=random", "design.units=drill"] + [f"design.{k}={child.design[k]}" for k in _DESIGN_KEYS]
-    os.makedirs(child.run_dir, exist_ok=True)
-    write_json(path, [f"run_dir={child.run_dir}", *keep, *design])
-    atomic_write_text(os.path.join(child.run_dir, "config.yaml"), OmegaConf.to_yaml(child, resolve=True))
+    record_creation(child.run_dir, [f"run_dir={child.run_dir}", *keep, *design], child)
 
 
 def drill_pairs(cfg, store, n_test: int):

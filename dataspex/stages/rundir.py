@@ -9,12 +9,13 @@ from omegaconf import OmegaConf
 
 from dataspex.core.data import load_data
 from dataspex.core.errors import DataspexError
+from dataspex.core.files import atomic_write_text, write_json
 from dataspex.core.settings import check_settings
 from dataspex.design import settings_differences
 from dataspex.design.units import check_units, units_setting
 from dataspex.store import RunStore
 
-__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "shard_rows"]
+__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "shard_rows"]
 
 # Training settings that change results (the rest - engine, chunking, threads - only change speed).
 TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
@@ -67,3 +68,14 @@ def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:
     if count < 1 or not 0 <= index < count:
         raise DataspexError(f"shard.index={index} must be in [0, shard.count={count})")
     return np.arange(index, n_rows, count)
+
+
+def record_creation(run_dir: str, overrides: list[str], cfg) -> None:
+    """At a run's creation, remember how it was made: ``overrides.json`` (the overrides later stages replay)
+    and ``config.yaml`` (the resolved config), unless the run already has them (the first record stays)."""
+    path = os.path.join(run_dir, "overrides.json")
+    if os.path.exists(path):
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(path, list(overrides))
+    atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
