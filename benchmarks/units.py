@@ -166,6 +166,17 @@ def study(opts, log) -> dict:
     log(f"  drill-down ({best}'s top {opts.drill_pairs} harmful unit pairs, {len(members)} members): "
         f"{drill['estimator']} pooled R^2 {drill['pooled_r2']:.3f}; planted example pairs inside the drilled "
         f"pairs {len(inside)} of {len(truth)}, in its top-10 harmful {drill['found_top10']}")
+    # The drill-down ranks by the run's model (report.estimator above); its own most faithful pair model may
+    # differ: the recall of every pair model fitted there, beside its pooled R^2.
+    child_run = dataspex.load_run(child)
+    faith = json.load(open(os.path.join(child, "fit", "faithfulness.json")))
+    drill["by_estimator"] = {}
+    for name in recall:
+        top = child_run.pairs("harmful", k=10, estimator=name, texts=False)
+        found = {tuple(sorted(int(child_units.members(int(u))[0]) for u in (r.i, r.j))) for r in top.itertuples()}
+        drill["by_estimator"][name] = {"found_top10": len(found & inside), "pooled_r2": faith[name]["r2_pooled"]}
+        log(f"    {name} in the drill-down: pooled R^2 {faith[name]['r2_pooled']:.3f}, planted example pairs in "
+            f"its top-10 harmful {len(found & inside)} of {len(inside)}")
     total = sum(t["seconds"] for t in times.values())
     log(f"  total {total / 60:.1f} min; peak RSS {max(t['peak_rss_gb'] for t in times.values()):.2f} GB")
     result = {"m": m, "n_units": n_units, "recall": recall, "drill": drill, "ranking": best,
