@@ -154,3 +154,25 @@ def test_a_named_pair_model_less_faithful_than_linear_is_flagged():
         "datamodel linear (0.414)")
     ctx["faithfulness"]["quadratic"]["r2_pooled"] = 0.5
     assert _ranking_lines(ctx) == []
+
+
+def test_the_curve_refits_an_estimator_added_at_fit_time(tmp_path):
+    """`+estimator@estimators.quadratic=quadratic` given to `dataspex fit` only (such overrides are not replayed
+    on later stages): the fit set records each estimator's config, so the faithfulness curve refits the
+    quadratic model at a smaller budget instead of saying "not in this config"."""
+    from dataspex.fit.artifacts import load_faithfulness
+    from dataspex.fit.faithfulness import load_curve, update_curve
+    from dataspex.store import RunStore
+    from tests.conftest import run_cli
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)
+    run_cli("fit", f"run_dir={run_dir}", "+estimator@estimators.quadratic=quadratic")
+    store = RunStore(run_dir)
+    faithfulness = load_faithfulness(store)
+    assert faithfulness["quadratic"]["config"]["_target_"] == "dataspex.estimators.QuadraticProxy"
+    update_curve({}, store, faithfulness, [0.5])  # no estimator configured in this invocation
+    curve = load_curve(store, faithfulness, [0.5])
+    half = curve[(curve["estimator"] == "quadratic") & (curve["fraction"] == 0.5)].iloc[0]
+    assert half["note"] == "" and half["n_masks"] == round(0.5 * faithfulness["quadratic"]["n_fit_masks"])
+    assert half["r2_pooled"] is not None and np.isfinite(half["r2_pooled"])

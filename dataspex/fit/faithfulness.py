@@ -120,7 +120,9 @@ def _refit_points(estimators_cfg, store, faithfulness: dict, fractions) -> list[
     structured = design.fit_role != "fit"
     estimators = estimators_cfg or {}
     for name, f in faithfulness.items():
-        est_cfg = estimators.get(name)
+        # the stored fit's own config first (it is what the fit at fraction 1.0 used); a set written before
+        # fits recorded their config takes this invocation's
+        est_cfg = f.get("config") or estimators.get(name)
         if f.get("r2_mean_over_outputs") is None:
             continue  # no held-out score to track (e.g. the pairwise design's estimator)
         if est_cfg is None or structured:

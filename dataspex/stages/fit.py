@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from dataspex.core.errors import DataspexError
 from dataspex.design.base import UNFITTED_ROLES
@@ -61,7 +62,10 @@ def stage_fit(cfg) -> dict:
                               "r2_pooled": pooled,
                               "r2_per_output": None if r2 is None else [float(v) for v in r2],
                               "fit_seconds": seconds, "n_fit_masks": int(keep.sum()),
-                              "n_heldout_masks": n_heldout, "output": cfg.fit.output, **estimator.fit_summary()}
+                              "n_heldout_masks": n_heldout, "output": cfg.fit.output, **estimator.fit_summary(),
+                              # what this fit was made with, so later stages refit it (faithfulness curves) even
+                              # when they are not given the estimator again (+estimator@... is not replayed)
+                              "config": OmegaConf.to_container(cfg.estimators[name], resolve=True)}
         log.info("fit: %-10s heldout R^2 %s  (%.1f s, %d %s masks)", name,
                  "n/a" if r2 is None else f"{np.mean(r2):.3f}", seconds, int(keep.sum()), estimator.design_role)
     faithfulness = write_fit_set(store, fitted, faithfulness, str(cfg.fit.output), design)
