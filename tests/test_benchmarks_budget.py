@@ -95,3 +95,20 @@ def test_replicate_keeps_the_runs_head_and_varies_only_the_mask_seeds(tmp_path):
     with np.load(tmp_path / "replicate.npz", allow_pickle=False) as z:
         assert int(z["head_seed"]) == 0 and int(z["seed"]) == 1
     np.testing.assert_array_equal(budget.replicate(cfg, ids, masks, 1, str(tmp_path / "replicate.npz"), None), rep)
+
+
+def test_outputs_margin_model_predicts_the_loss_through_the_link():
+    """benchmarks/outputs.py: margins exactly linear in the mask -> the linear datamodel on the margin is exact
+    (R^2 1 on the margin and, through softplus(-margin), on the loss), while on the saturating loss it is not."""
+    from omegaconf import OmegaConf
+
+    outputs = _load("outputs")
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, (400, 8)).astype(np.uint8)
+    weights = rng.normal(0, 2.0, (8, 3))
+    margin = (X - 0.5) @ weights + 0.5
+    loss = np.logaddexp(0.0, -margin)
+    cfg = OmegaConf.load(BENCH.parent / "conf" / "estimator" / "linear.yaml")
+    got = outputs.scores(cfg, X[:300], loss[:300], margin[:300], X[300:], loss[300:], margin[300:])
+    assert got["margin"] > 0.999 and got["loss_via_margin"] > 0.999
+    assert got["loss"] < 0.99
