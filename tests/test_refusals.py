@@ -135,3 +135,14 @@ def test_a_writing_stage_refuses_a_read_only_run_mocked_access(trained_run, monk
         with pytest.raises(DataspexError, match="is read-only for you, and `dataspex .*` writes into it"):
             cli.check_run_dir(stage, trained_run)
     cli.check_run_dir("status", trained_run)  # reading is fine
+
+
+def test_per_block_results_belong_to_their_blocks(tmp_path):
+    """Under train.seed_policy=per_block the blocks decide which masks share a seed, so seed_block is part of
+    the fingerprint: the same run with other blocks is refused, and nothing stored changes."""
+    run_dir = str(tmp_path / "run")
+    run_cli("design", f"run_dir={run_dir}", *TINY, "train.seed_policy=per_block", "train.seed_block=2")
+    before = snapshot(run_dir)
+    refused("train", f"run_dir={run_dir}", "train.seed_block=3",
+            phrase="holds results for a different train (train.seed_block: stored 2, now 3)")
+    assert snapshot(run_dir) == before

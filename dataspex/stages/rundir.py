@@ -34,6 +34,8 @@ def fingerprint(cfg, data) -> dict:
         "lora": OmegaConf.to_container(cfg.lora, resolve=True),
         "train": {k: OmegaConf.to_container(cfg.train, resolve=True)[k] for k in TRAIN_RESULT_KEYS},
     }
+    if str(cfg.train.seed_policy) == "per_block":  # its blocks decide which masks share a seed (runs under the
+        out["train"]["seed_block"] = cfg.train.get("seed_block")  # other policies keep their fingerprint)
     units = units_setting(cfg)
     if units != "example":  # stored masks are over units: results belong to that grouping (runs over examples,
         out["units"] = units  # made before units existed, keep their fingerprint)
