@@ -26,6 +26,10 @@ Planted cases inside the real data (optional), in the demo's vocabulary (``datas
   Each half matches the test text only in part, so each alone should move its loss less than a near-copy does
   and both together more than the sum (synergy): the plant meant for what first-order scores miss.
 
+* ``--anchored``: each harmful pair also gets a third near-copy with the *true* label (``"anchor"``). The anchor
+  has the largest single effect at the test example, so first-order rankings (the two largest single effects)
+  should pair it with one wrong copy and miss the wrong pair; what the wrong pair does depends on the anchor.
+
 ``manifest.json`` lists them as ``{"kind", "i", "j", "test"}`` (training indices i < j, test index), like the
 demo's ground truth.
 
@@ -142,7 +146,7 @@ def near_copy(text: str, rng: np.random.Generator, variant: int) -> str:
 
 def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: int = 0, classes=None,
           min_chars: int = 40, max_chars: int = 400, harmful: int = 0, redundant: int = 0, rare=None,
-          flip: float = 0.0, halves: int = 0) -> dict:
+          flip: float = 0.0, halves: int = 0, anchored: bool = False) -> dict:
     """The splits as ``{"train": [(text, label)], "test": [...], "eval": [...], "planted": [...], "flipped": [...],
     "info": {...}}``.
 
@@ -152,7 +156,9 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     include them); the halves' texts come from the end of the draw, after the harmful pairs' (8+ words each).
     ``flip``: the share of the other (bulk) training examples whose label is replaced by another class, drawn
     from a stream of their own (``default_rng([seed, 3])``), so every split and plant is the same with or
-    without flips; ``flipped`` lists them (final train index, original and new label).
+    without flips; ``flipped`` lists them (final train index, original and new label). ``anchored``: each
+    harmful pair gets a third near-copy with the *true* label (one more training slot each, listed as the pair's
+    ``anchor``).
     """
     if not 0.0 <= flip < 1.0:
         raise ValueError(f"flip={flip} must be in [0, 1)")
@@ -166,7 +172,7 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     pool = [row for row in read(classes) if min_chars <= len(row[0]) <= max_chars]
     rare_pool = [row for row in read((rare,)) if min_chars <= len(row[0]) <= max_chars] if redundant else []
     n_planted = harmful + redundant + halves
-    n_bulk_train, n_bulk_test = n_train - 2 * n_planted, n_test - n_planted
+    n_bulk_train, n_bulk_test = n_train - 2 * n_planted - (harmful if anchored else 0), n_test - n_planted
     if n_bulk_train < 2 or n_bulk_test < 0:
         raise ValueError(f"n_train={n_train}, n_test={n_test} leave no room for {n_planted} planted pairs")
     need = n_bulk_train + n_bulk_test + n_eval + harmful
@@ -204,6 +210,10 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
             train += [(" ".join(words[:len(words) // 2]), copy_label), (" ".join(words[len(words) // 2:]), copy_label)]
         else:
             train += [(near_copy(text, rng, 0), copy_label), (near_copy(text, rng, 1), copy_label)]
+            if anchored and kind == "harmful":  # a correctly labelled near-copy beside the two wrong ones
+                planted_rows[-1]["anchor"] = len(train)
+                anchor = near_copy(text, rng, 1)
+                train.append((anchor if anchor not in (train[-1][0], train[-2][0]) else anchor + " indeed", label))
         test.append((text, label))
 
     # Shuffle the training and test sets so planted examples are not adjacent; remap the planted indices.
@@ -213,12 +223,13 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     for row in planted_rows:
         i, j = sorted(int(new_train[k]) for k in row["pair"])
         planted.append({"kind": row["kind"], "i": i, "j": j, "test": int(new_test[row["test"]]),
-                        **({"plant": row["plant"]} if "plant" in row else {})})
+                        **({"plant": row["plant"]} if "plant" in row else {}),
+                        **({"anchor": int(new_train[row["anchor"]])} if "anchor" in row else {})})
     train = [train[k] for k in train_order]
     test = [test[k] for k in test_order]
     flipped = []
     if flip:
-        planted_rows_train = {x for p in planted for x in (p["i"], p["j"])}
+        planted_rows_train = {x for p in planted for x in (p["i"], p["j"], p.get("anchor", p["i"]))}
         bulk = [k for k in range(len(train)) if k not in planted_rows_train]
         flip_rng = np.random.default_rng([seed, 3])
         for k in sorted(int(x) for x in flip_rng.choice(bulk, int(round(flip * len(bulk))), replace=False)):
@@ -286,13 +297,15 @@ def main(argv=None) -> int:
     parser.add_argument("--harmful", type=int, default=0, help="planted harmful (masking) pairs")
     parser.add_argument("--redundant", type=int, default=0, help="planted redundant pairs")
     parser.add_argument("--halves", type=int, default=0, help="planted halves pairs (a text cut in two, mislabelled)")
+    parser.add_argument("--anchored", action="store_true",
+                        help="each harmful pair also gets a correctly labelled near-copy (its anchor)")
     parser.add_argument("--flip", type=float, default=0.0, help="share of bulk training labels to flip (e.g. 0.1)")
     parser.add_argument("--rare", default=None, help="class of the redundant pairs (default: %s)" % DEFAULT_RARE)
     args = parser.parse_args(argv)
     try:
         splits = build(args.source, args.n_train, args.n_test, args.n_eval, args.seed,
                        args.classes.split(",") if args.classes else None, args.min_chars, args.max_chars,
-                       args.harmful, args.redundant, args.rare, args.flip, args.halves)
+                       args.harmful, args.redundant, args.rare, args.flip, args.halves, args.anchored)
     except (MissingSource, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -115,6 +115,22 @@ def test_halves_pairs_cut_an_unused_test_text_in_two_with_one_wrong_label():
     assert len(texts) == 40 + 12 + 20  # nothing drawn twice
 
 
+def test_anchored_harmful_pairs_get_a_correct_near_copy_beside_the_wrong_two():
+    plain = realdata.build("fortunes", n_train=40, n_test=12, n_eval=20, seed=3, harmful=2, flip=0.1)
+    splits = realdata.build("fortunes", n_train=40, n_test=12, n_eval=20, seed=3, harmful=2, flip=0.1,
+                            anchored=True)
+    assert len(splits["train"]) == 40 and len(splits["planted"]) == 2
+    flipped = {f["i"] for f in splits["flipped"]}
+    for p in splits["planted"]:
+        whole, true_label = splits["test"][p["test"]]
+        (copy_i, label_i), (copy_j, label_j) = splits["train"][p["i"]], splits["train"][p["j"]]
+        anchor, anchor_label = splits["train"][p["anchor"]]
+        assert label_i == label_j != true_label and anchor_label == true_label
+        assert len({whole, copy_i, copy_j, anchor}) == 4  # three different near-copies of the test text
+        assert p["anchor"] not in flipped  # flips never touch a plant
+    assert len(plain["train"]) == 40 and all("anchor" not in p for p in plain["planted"])
+
+
 def test_too_large_a_split_is_refused_with_the_pool_size():
     with pytest.raises(ValueError, match=r"fortunes has \d+ texts of 40-400 characters"):
         realdata.build("fortunes", n_train=100_000)
