@@ -94,7 +94,6 @@ def _task(cfg: DictConfig) -> None:
         check_settings(cfg)  # before a new run records its overrides: a bad value must not be replayed later
         overrides = list(HydraConfig.get().overrides.task)
         if cfg.stage in CREATING_STAGES:
-            os.makedirs(cfg.run_dir, exist_ok=True)
             record_creation(cfg.run_dir, [o for o in overrides if _replayable(o)], cfg)
         stage_function(cfg.stage)(cfg)
     except DataspexError as exc:

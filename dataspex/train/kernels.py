@@ -123,19 +123,20 @@ if HAVE_NUMBA:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
 def _run(kernel, starts: np.ndarray, args_before: tuple, args_after: tuple) -> None:
     """``kernel(*args_before, lo, hi, *args_after)`` over all rows, split into ``torch.get_num_threads()``
     ranges of about equal token counts (a thread per range, the kernels release the GIL)."""
-    global _POOL
+    global _POOL, _POOL_SIZE
     n = len(starts) - 1
     parts = max(1, min(torch.get_num_threads(), n))
     if parts == 1:
         kernel(*args_before, 0, n, *args_after)
         return
-    if _POOL is None or _POOL._max_workers < parts:
-        _POOL = ThreadPoolExecutor(max_workers=parts)
+    if _POOL_SIZE < parts:
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=parts), parts
     cuts = np.searchsorted(starts, np.linspace(0, starts[-1], parts + 1)).clip(0, n)
     cuts[0], cuts[-1] = 0, n
     jobs = [_POOL.submit(kernel, *args_before, int(lo), int(hi), *args_after)
@@ -144,16 +145,21 @@ def _run(kernel, starts: np.ndarray, args_before: tuple, args_after: tuple) -> N
         job.result()
 
 
+def _arrays(q, k, v, xa, tokens, starts, heads: int) -> tuple:
+    """NumPy views the kernels read: q (N, H, dh), k and v (Tk, H, dh), xa (T, r), tokens, starts."""
+    size = q.shape[1] // heads
+    return (q.detach().contiguous().view(q.shape[0], heads, size).numpy(),
+            k.detach().contiguous().view(k.shape[0], heads, size).numpy(),
+            v.detach().contiguous().view(v.shape[0], heads, size).numpy(),
+            xa.detach().contiguous().numpy(), tokens.numpy(), starts.numpy())
+
+
 class _FirstTokenAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, xa, tokens, starts, heads: int, scale: float):
         n, width = q.shape[0], q.shape[1]
         size = width // heads
-        qn = q.detach().contiguous().view(n, heads, size).numpy()
-        kn = k.detach().contiguous().view(k.shape[0], heads, size).numpy()
-        vn = v.detach().contiguous().view(v.shape[0], heads, size).numpy()
-        xan = xa.detach().contiguous().numpy()
-        tok, st = tokens.numpy(), starts.numpy()
+        qn, kn, vn, xan, tok, st = _arrays(q, k, v, xa, tokens, starts, heads)
         p = np.empty((len(tok), heads), dtype=qn.dtype)
         out = np.empty((n, heads, size), dtype=qn.dtype)
         summed = np.empty((n, heads, xan.shape[1]), dtype=qn.dtype)
@@ -168,11 +174,7 @@ class _FirstTokenAttention(torch.autograd.Function):
         heads, n, width = ctx.heads, q.shape[0], q.shape[1]
         size = width // heads
         kv_grads = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        qn = q.detach().contiguous().view(n, heads, size).numpy()
-        kn = k.detach().contiguous().view(k.shape[0], heads, size).numpy()
-        vn = v.detach().contiguous().view(v.shape[0], heads, size).numpy()
-        xan = xa.detach().contiguous().numpy()
-        tok, st = tokens.numpy(), starts.numpy()
+        qn, kn, vn, xan, tok, st = _arrays(q, k, v, xa, tokens, starts, heads)
         if d_out is None:
             d_out = q.new_zeros(n, width)
         if d_summed is None:

@@ -143,14 +143,15 @@ class Packing:
 
     def attend_first_packed(self, q, k, v, heads: int, scale: float, lora=None, x=None):
         """Attention context of each row's first token, (N, H*dh), from its query q (N, H*dh) and the packed keys
-        and values k, v (T, H*dh): scores token by token (one dot product per token and head), a softmax per
-        row on the (N, L, H) scores alone, and the weighted values summed into their rows. No (N, L, d) padded
-        copy and no attention kernel for one query.
+        and values k, v (T, H*dh; tensors or ``CachedTokens``): scores token by token (one dot product per token
+        and head), a softmax per row on the (N, L, H) scores alone, and the weighted values summed into their
+        rows. No (N, L, d) padded copy and no attention kernel for one query.
 
         ``lora``: a BatchedLoRA on the value whose frozen output ``v`` is; its update is applied after the
         weighted sum, sum_j p_hj B A x_j = B_h (sum_j p_hj A x_j), so per token only A x_j (r numbers) is formed
         from the packed inputs ``x`` (T, d) (a tensor or ``CachedTokens``), never a (T, d) update. Exact algebra."""
         n, width = self.valid.shape
+        k, v = packed(k), packed(v)
         t, size = k.shape[0], k.shape[-1] // heads
         row = self.row
         qt = q.view(n, heads, size).index_select(0, row)  # (T, H, dh)

@@ -120,16 +120,14 @@ class BertRunner:
         if first_only and base_k is None and self._foldable(sa):
             ctx = pk.attend_first_folded(q, packed(x), sa.key, sa.value, sa.num_attention_heads, sa.scaling)
         else:
-            # cached keys and values may come as CachedTokens (rows of the cache): only the fused kernel reads
-            # them in place, everything else gets them gathered (packed)
+            # cached keys and values may come as CachedTokens (rows of the cache): the fused kernel reads them
+            # in place, everything else gathers them (packed)
             k = base_k if _known(sa.key, base_k) else linear_forward(sa.key, packed(x), pk, _packed(base_k))
             if first_only:
                 lora = sa.value if isinstance(sa.value, BatchedLoRA) else None  # applied after the weighted sum
                 frozen = sa.value.base if lora is not None else sa.value
                 v = base_v if base_v is not None else frozen(packed(x))
                 attend = pk.attend_first_fused if self.fused else pk.attend_first_packed
-                if not self.fused:
-                    k, v = packed(k), packed(v)
                 ctx = attend(q, k, v, sa.num_attention_heads, sa.scaling, lora, x)
             else:
                 v = linear_forward(sa.value, x, pk, _packed(base_v))
