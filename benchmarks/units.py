@@ -3,6 +3,7 @@
     python benchmarks/units.py plant --out /tmp/units/w2000            # the splits (train.csv has a source column)
     python benchmarks/units.py study --data /tmp/units/w2000           # unit study + drill-down, times, memory
     python benchmarks/units.py scale --n-train 10000 --out /tmp/units/w10000   # embeddings, clusters, retrains
+    python benchmarks/units.py clusters --data /tmp/units/w2000        # do planted copies share a cluster?
 
 ``plant``: fixed-seed WordNet splits (``benchmarks/realdata.py``: noun glosses -> lexicographer class) with
 ``--n-train`` training rows in ``--sources`` sources (column ``source``). ``--unit-pairs`` P planted harmful unit
@@ -204,6 +205,26 @@ def scale(opts, log) -> dict:
             "train_rss_gb": train["peak_rss_gb"], "per_mask": per[-1] if per else None}
 
 
+def clusters(opts, log) -> dict:
+    """Where K-means puts the planted copies: ``dataspex design`` with ``design.units=cluster:K`` on planted
+    splits, then for each planted example pair whether both copies fall in one cluster."""
+    run_dir = opts.run_dir or os.path.join(opts.data, f"clusters{opts.clusters}")
+    _stage(["design", f"run_dir={run_dir}", *_data_args(opts.data)[:3], f"design.units=cluster:{opts.clusters}",
+            "design.m=8", "design.heldout=0", "design.replicates=0", "progress=false"], log)
+    import dataspex
+
+    manifest = json.load(open(os.path.join(opts.data, "manifest.json")))
+    units = dataspex.load_run(run_dir).design.units
+    sizes = units.sizes()
+    pairs = [(int(units.unit_of[p["i"]]), int(units.unit_of[p["j"]])) for p in manifest["example_pairs"]]
+    same = [a for a, b in pairs if a == b]
+    log(f"  cluster:{opts.clusters}: both copies in one cluster for {len(same)} of {len(pairs)} planted example "
+        f"pairs, in {len(set(same))} different clusters of {min(sizes[same], default=0)}-"
+        f"{max(sizes[same], default=0)} members")
+    return {"clusters": opts.clusters, "same_cluster": len(same), "pairs": len(pairs),
+            "distinct_clusters": len(set(same))}
+
+
 def main(argv=None, log=print) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,7 +252,13 @@ def main(argv=None, log=print) -> dict:
     c.add_argument("--retrains", type=int, default=8)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--no-eval", action="store_true")
+    k = sub.add_parser("clusters")
+    k.add_argument("--data", required=True)
+    k.add_argument("--clusters", type=int, default=128)
+    k.add_argument("--run-dir", default=None)
     opts = parser.parse_args(argv)
+    if opts.command == "clusters":
+        return clusters(opts, log)
     if opts.command == "plant":
         manifest = write_planted(plant(opts.n_train, opts.sources, opts.unit_pairs, opts.copies, opts.n_test,
                                        opts.n_eval, opts.seed), opts.out)
