@@ -38,9 +38,11 @@ def _soft(a: np.ndarray, thr: np.ndarray) -> np.ndarray:
     return np.sign(a) * np.maximum(np.abs(a) - thr, 0.0)
 
 
-def _alpha_grid(B: np.ndarray, n_alphas: int, eps: float) -> np.ndarray:
-    """(n_alphas, T) geometric grids from each output's alpha_max = max_j |B[j, t]| down."""
-    amax = np.maximum(np.abs(B).max(axis=0), 1e-12)
+def _alpha_grid(B: np.ndarray, n_alphas: int, eps: float, allowed: np.ndarray | None = None) -> np.ndarray:
+    """(n_alphas, T) geometric grids from each output's alpha_max = max_j |B[j, t]| (over its allowed
+    features j) down."""
+    absB = np.abs(B) if allowed is None else np.where(allowed, np.abs(B), 0.0)
+    amax = np.maximum(absB.max(axis=0), 1e-12)
     return np.logspace(0.0, np.log10(eps), n_alphas)[:, None] * amax[None, :]
 
 
@@ -281,7 +283,7 @@ def _solve_restricted(prob, S, W, B, alpha, tol, max_iter) -> np.ndarray:
     return W
 
 
-def _lasso_step(prob, cols, W, grad, alpha, alpha_prev, tol, max_iter):
+def _lasso_step(prob, cols, W, grad, alpha, alpha_prev, tol, max_iter, allowed=None):
     """Solve the lasso of outputs ``cols`` at penalties alpha (Tl,), warm-started at W (p, Tl).
 
     Working sets: the warm start's support plus the features that violate the KKT conditions
@@ -291,14 +293,17 @@ def _lasso_step(prob, cols, W, grad, alpha, alpha_prev, tol, max_iter):
     then the KKT conditions are checked on all p features and violators are added until none
     is left, so the answer is the exact lasso solution.
     ``grad = G W - B`` at the warm start; returns (W, grad) at the solution.
+    ``allowed`` (p, T) bool, if given, restricts output t to the features allowed[:, t] (the others stay 0
+    and are never KKT violators: the lasso of that output on its own columns).
     """
     del alpha_prev  # kept in the signature for the strong-rule variant
     B = prob.B[:, cols]
-    S = (W != 0) | (np.abs(grad) > alpha * (1.0 + 1e-6))
+    own = np.ones(W.shape, dtype=bool) if allowed is None else allowed[:, cols]
+    S = ((W != 0) | (np.abs(grad) > alpha * (1.0 + 1e-6))) & own
     for _ in range(100):
         W = _solve_restricted(prob, S, W, B, alpha, tol, max_iter)
         grad = prob.times(W) - B
-        viol = ~S & (np.abs(grad) > alpha * (1.0 + 1e-6))
+        viol = ~S & own & (np.abs(grad) > alpha * (1.0 + 1e-6))
         if not viol.any():
             break
         S |= viol
@@ -326,7 +331,9 @@ def lasso_cv_batched(X: np.ndarray, Y: np.ndarray, **kwargs) -> tuple[np.ndarray
     Objective per output: (1/2m) |y - c - Zw|^2 + alpha |w|_1 with Z the standardised X.
     Keywords: alpha (None: per-output alpha by ``cv``-fold CV (mean squared error) on a grid of
     ``n_alphas`` values from alpha_max down to eps * alpha_max; a float or (T,) array fixes it),
-    cv, n_alphas, eps, tol, max_iter, random_state, patience (CV path early stop).
+    cv, n_alphas, eps, tol, max_iter, random_state, patience (CV path early stop), allowed ((p, T) bool
+    or None: output t may use only the columns allowed[:, t]; its solution is the lasso of y_t on those
+    columns alone, with their standardisation, so outputs with their own candidate features share one Gram).
     X may be uint8 masks (never converted to floating point as a whole).
     Returns (coef (p, T) in X's units, intercept (T,), alpha (T,)).
     """
@@ -346,6 +353,7 @@ def _lasso_cv(
     max_iter: int = 3000,
     random_state: int | None = 0,
     patience: int = 2,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     X = np.asarray(X)
     if X.dtype != np.bool_ and not np.issubdtype(X.dtype, np.number):
@@ -353,6 +361,12 @@ def _lasso_cv(
     Y = np.asarray(Y, dtype=np.float64)
     m, p = X.shape
     T = Y.shape[1]
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (p, T):
+            raise DataspexInputError(f"allowed must have shape (p={p}, T={T}), got {allowed.shape}")
+        if allowed.all():
+            allowed = None
     y_off = Y.mean(axis=0)
     Yc = Y - y_off  # centred: the moment formulas below then lose no precision
     dtype = _gram_dtype(X, m)
@@ -378,7 +392,7 @@ def _lasso_cv(
     scale = np.sqrt(var)
     scale[var <= 1e-12 * np.maximum(np.diagonal(R_full) / m, 1e-300)] = 1.0  # constant columns
     full = _Problem([(1.0, R_full)], m, xsum, Sxy, ysum, scale)
-    grid = _alpha_grid(full.B, n_alphas, eps)
+    grid = _alpha_grid(full.B, n_alphas, eps, allowed)
     if alpha is None:
         folds = []
         for part in parts:
@@ -397,7 +411,8 @@ def _lasso_cv(
             err[k, live] = 0.0
             prev = grid[max(k - 1, 0), live]
             for prob, part, W, grad in folds:
-                Wl, gl = _lasso_step(prob, live, W[:, live], grad[:, live], grid[k, live], prev, tol, max_iter)
+                Wl, gl = _lasso_step(prob, live, W[:, live], grad[:, live], grid[k, live], prev, tol, max_iter,
+                                     allowed)
                 W[:, live], grad[:, live] = Wl, gl
                 err[k, live] += _val_sse(part, prob, Wl, live)
             # Stop an output's path once its CV error has not improved for `patience` steps:
@@ -423,7 +438,7 @@ def _lasso_cv(
         todo = np.flatnonzero(k < path_len)  # outputs whose path is not finished yet
         prev = steps[max(k - 1, 0), todo]
         W[:, todo], grad[:, todo] = _lasso_step(
-            full, todo, W[:, todo], grad[:, todo], steps[k, todo], prev, tol, max_iter
+            full, todo, W[:, todo], grad[:, todo], steps[k, todo], prev, tol, max_iter, allowed
         )
     coef = W / scale[:, None]
     intercept = y_off + full.ybar - full.mu @ coef
