@@ -15,7 +15,7 @@ refits every estimator of the run's config on the first m fit masks for each bud
 
     python benchmarks/realdata.py fortunes --n-train 256 --harmful 4 --redundant 4 --out /tmp/real/f256p
     dataspex run data=files data.train_file=/tmp/real/f256p/train.csv data.test_file=/tmp/real/f256p/test.csv \\
-        design.m=1024 design.heldout=256 run_dir=/tmp/runs/f256p '+estimator@estimators.quadratic=quadratic'
+        design.m=1024 design.heldout=256 run_dir=/tmp/runs/f256p
     python benchmarks/budget.py --run /tmp/runs/f256p --manifest /tmp/real/f256p/manifest.json --out /tmp/budget/f256p
 """
 
@@ -69,6 +69,28 @@ def recall(pairs, planted: list[dict], kind: str) -> float | None:
     if not truth:
         return None
     return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
+
+
+def estimator_config(cfg, spec: str):
+    """The Hydra config of estimator ``spec``: ``name`` (a key of the run's ``estimators``, else the package's
+    ``conf/estimator/<name>.yaml``), optionally with parameters: ``name:key=value:key=value`` (values read as
+    YAML, e.g. ``quadratic:screen=main:n_top=20``)."""
+    from omegaconf import OmegaConf
+
+    name, *settings = spec.split(":")
+    conf = os.path.join(HERE, "..", "conf", "estimator", f"{name}.yaml")
+    if name in cfg.estimators:
+        est_cfg = copy.deepcopy(cfg.estimators[name])
+    elif os.path.exists(conf):
+        est_cfg = OmegaConf.load(conf)
+    else:
+        raise SystemExit(f"error: estimator {name!r} is neither in the run's config nor in conf/estimator/")
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise SystemExit(f"error: {spec!r}: parameters are key=value, got {setting!r}")
+        est_cfg[key] = OmegaConf.create(f"v: {value}").v
+    return est_cfg
 
 
 def run_splits(run_dir: str) -> dict:
@@ -137,7 +159,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default="", help="comma-separated numbers of fit masks (default: n/2, n, 2n, 4n)")
     parser.add_argument("--replicate-seed", type=int, default=1, help="training seed of the ceiling's replicate")
     parser.add_argument("--no-replicate", action="store_true", help="skip the noise ceiling (no retraining)")
-    parser.add_argument("--estimators", default="", help="comma-separated keys of the run's estimators (default all)")
+    parser.add_argument("--estimators", default="",
+                        help="comma-separated estimators (default: the run's): a key of the run's config or of "
+                             "conf/estimator/, with parameters as name:key=value (estimator_config)")
     parser.add_argument("--out", default=None, help="folder for budget.json and the replicate's cache")
     opts = parser.parse_args(argv)
 
@@ -147,7 +171,7 @@ def main(argv=None) -> int:
     from dataspex.core.errors import DataspexError
     from dataspex.core.metrics import pooled_r2
     from dataspex.fit import trak
-    from dataspex.fit.faithfulness import pooled_ceiling
+    from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
     from dataspex.fit.ranking import ranked_pairs
     from dataspex.fit.significance import ranked_pair_tests
 
@@ -166,7 +190,10 @@ def main(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
 
     ceiling = {"pooled": None, "mean_loss": None}
-    if not opts.no_replicate:
+    own = noise_ceiling(run["design"], results, "loss")
+    if own["pooled"] is not None:  # the run's own seed replicates (design.replicates): no retraining
+        ceiling = {"pooled": own["pooled"], "mean_loss": own["mean"], "replicates": own["n_masks"]}
+    elif not opts.no_replicate:
         ids = results.mask_ids[ho_keep]
         rep = replicate(cfg, ids, X_ho, opts.replicate_seed, os.path.join(out_dir, "replicate.npz"), log)
         ceiling = {"pooled": pooled_ceiling(Y_ho[:, :T], rep),
@@ -177,12 +204,12 @@ def main(argv=None) -> int:
     except Exception as exc:  # a run without `dataspex trak`: the TRAK column is left out, and said so
         log(f"no TRAK scores ({exc})")
 
+    specs = [s for s in opts.estimators.split(",") if s] or list(cfg.estimators)
     rows = []
     for m in budgets:
         fitted = {}
-        for name, est_cfg in cfg.estimators.items():
-            if opts.estimators and name not in opts.estimators.split(","):
-                continue
+        for name in specs:
+            est_cfg = estimator_config(cfg, name)
             start = time.perf_counter()
             try:
                 with warnings.catch_warnings():
@@ -227,9 +254,10 @@ def main(argv=None) -> int:
         json.dump({"run": opts.run, "manifest": opts.manifest, "n_train": n, "n_test": T,
                    "n_heldout": int(ho_keep.sum()), "ceiling": ceiling, "top_k": k, "q_max": q_max,
                    "rows": rows}, fh, indent=1, default=float)
+    source = (f"the run's {ceiling['replicates']} seed replicates" if "replicates" in ceiling else
+              f"seed {cfg.train.seed} vs {opts.replicate_seed}")
     print(f"\n{opts.run}: n_train={n}, {T} test examples, {int(ho_keep.sum())} held-out masks; noise ceiling "
-          f"(seed {cfg.train.seed} vs {opts.replicate_seed}): pooled {ceiling['pooled']}, mean loss "
-          f"{ceiling['mean_loss']}\n")
+          f"({source}): pooled {ceiling['pooled']}, mean loss {ceiling['mean_loss']}\n")
     print("\n".join(markdown_table(table)))
     return 0
 

@@ -18,6 +18,7 @@ q-value <= ``report.q_max`` (findings). Variants:
   fortunes with such a replicate, 5 of 100 with the run's head).
 
     python benchmarks/null_pairs.py --run /tmp/runs/f256p --replicate /tmp/budget/f256p/replicate.npz --studies 30
+    python benchmarks/null_pairs.py --run /tmp/runs/f256p_4096 --fit-masks 1024 --studies 100   # own replicates
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget import markdown_table, read_replicate  # noqa: E402
+from budget import estimator_config, markdown_table, read_replicate  # noqa: E402
 
 
 def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=None) -> np.ndarray:
@@ -75,41 +76,57 @@ def main(argv=None) -> int:
     parser.add_argument("--replicate", default=None, help="replicate.npz of benchmarks/budget.py (variant seed)")
     parser.add_argument("--variants", default="permuted,additive,seed")
     parser.add_argument("--studies", type=int, default=30, help="null studies per variant")
-    parser.add_argument("--estimator", default="quadratic", help="the ranking estimator (a key of the run's config)")
+    parser.add_argument("--estimator", default="quadratic",
+                        help="the ranking estimator (budget.estimator_config: a key of the run's config or of "
+                             "conf/estimator/, name:key=value for parameters)")
+    parser.add_argument("--fit-masks", type=int, default=None,
+                        help="fit on the run's first M fit masks only (default: all of them)")
     parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from dataspex.design.replicate import replicate_pairs
     from dataspex.store import RunStore
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
     cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
-    est_cfg = cfg.estimators[opts.estimator]
+    est_cfg = estimator_config(cfg, opts.estimator)
     lin_cfg = OmegaConf.create({"_target_": "dataspex.estimators.LinearDatamodel"})
     k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
     store = RunStore(opts.run)
     design = store.load_design()
     results = store.load_results(design)
     fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
+    if opts.fit_masks is not None:  # the first M fit masks by id (the order a prefix of the design has)
+        fit_ids = np.sort(results.mask_ids[fit_keep])[: opts.fit_masks]
+        if len(fit_ids) < opts.fit_masks:
+            parser.error(f"--fit-masks {opts.fit_masks}: the run has {len(fit_ids)} finished fit masks")
+        fit_keep = np.isin(results.mask_ids, fit_ids)
     Y = results.outputs("loss")
+    at = {int(m): r for r, m in enumerate(results.mask_ids)}
     rows = []
     for variant in opts.variants.split(","):
         rng = np.random.default_rng(0)
         if variant == "seed":
-            if not opts.replicate:
-                log("variant seed skipped: no --replicate")
-                continue
-            cached = read_replicate(opts.replicate, cfg.train.seed)
-            if cached is None:
-                parser.error(f"--replicate {opts.replicate} is missing or was not trained from the run's base model "
-                             f"(train.seed={cfg.train.seed}; older caches drew a new head): rerun benchmarks/budget.py")
-            ids, _, rep = cached
-            at = {int(m): r for r, m in enumerate(results.mask_ids)}
-            rows_of = np.array([at[int(m)] for m in ids])
+            if opts.replicate:
+                cached = read_replicate(opts.replicate, cfg.train.seed)
+                if cached is None:
+                    parser.error(f"--replicate {opts.replicate} is missing or was not trained from the run's base "
+                                 f"model (train.seed={cfg.train.seed}; older caches drew a new head): rerun "
+                                 "benchmarks/budget.py")
+                ids, _, rep = cached
+                rows_of = np.array([at[int(m)] for m in ids])
+            else:  # the run's own seed replicates: the same base model by construction
+                done = [(at[a], at[b]) for a, b in replicate_pairs(design) if a in at and b in at]
+                if len(done) < 16:
+                    log(f"variant seed skipped: {len(done)} finished seed replicates in the run and no --replicate")
+                    continue
+                rows_of = np.array([a for a, _ in done])
+                rep = Y[np.array([b for _, b in done])]
             masks, null = results.masks[rows_of], (Y[rows_of] - rep) / np.sqrt(2.0)
         else:
             masks = results.masks
@@ -137,8 +154,8 @@ def main(argv=None) -> int:
     out_dir = opts.out or os.path.join(opts.run, "budget")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "null_pairs.json"), "w") as fh:
-        json.dump({"run": opts.run, "estimator": opts.estimator, "q_max": q_max, "top_k": k, "rows": rows}, fh,
-                  indent=1)
+        json.dump({"run": opts.run, "estimator": opts.estimator, "q_max": q_max, "top_k": k,
+                   "fit_masks": int(fit_keep.sum()), "rows": rows}, fh, indent=1)
     print(f"\n{opts.run}: null studies, ranking by {opts.estimator}, top {k} pairs per kind tested, q <= {q_max}\n")
     print("\n".join(markdown_table(summary)))
     return 0

@@ -27,6 +27,9 @@ import warnings
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from budget import estimator_config  # noqa: E402
+
 
 def scores(estimator_cfg, X_fit, loss_fit, margin_fit, X_ho, loss_ho, margin_ho) -> dict:
     """Pooled held-out R^2 of one estimator (a Hydra config with ``_target_``) fitted on the loss (``loss``), on
@@ -48,7 +51,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--budgets", default="256,512,1024", help="fit masks per refit, comma-separated")
-    parser.add_argument("--estimators", default="linear,quadratic", help="conf/estimator/<name>.yaml, or the run's")
+    parser.add_argument("--estimators", default="linear,quadratic",
+                        help="comma-separated: the run's or conf/estimator/<name>.yaml, name:key=value for parameters")
     opts = parser.parse_args(argv)
 
     from omegaconf import OmegaConf
@@ -72,15 +76,13 @@ def main(argv=None) -> dict:
           f"{loss.shape[1]} test examples; max |softplus(-margin) - loss| = {gap:.1e}; ceilings (from "
           f"{ceiling['loss']['n_masks']} seed replicates): loss {ceiling['loss']['pooled']:.3f}, margin "
           f"{ceiling['margin']['pooled']:.3f}", file=sys.stderr)
-    conf = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf", "estimator")
     rows = []
     for m in (int(b) for b in opts.budgets.split(",") if b):
         if m > fit.sum():
             print(f"m={m}: the run has only {int(fit.sum())} fit masks", file=sys.stderr)
             continue
         for name in opts.estimators.split(","):
-            est_cfg = cfg.estimators[name] if name in cfg.estimators else OmegaConf.load(os.path.join(conf,
-                                                                                                   f"{name}.yaml"))
+            est_cfg = estimator_config(cfg, name)
             started = time.perf_counter()
             row = {"m": m, "estimator": name, **scores(est_cfg, X[fit][:m], loss[fit][:m], margin[fit][:m],
                                                        X[ho], loss[ho], margin[ho])}

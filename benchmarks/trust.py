@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from budget import markdown_table, run_splits  # noqa: E402
+from budget import estimator_config, markdown_table, run_splits  # noqa: E402
 
 
 def read_cache(path: str) -> dict:
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", required=True, help="a finished dataspex run directory")
     parser.add_argument("--budgets", default="", help="comma-separated numbers of fit masks (default: 16 to 4n)")
     parser.add_argument("--seeds", default="100,101,102,103", help="training seeds of the validation retrains")
+    parser.add_argument("--estimator", default="quadratic",
+                        help="the pair model (budget.estimator_config: the run's, else conf/estimator/<name>.yaml)")
     parser.add_argument("--out", required=True, help="folder for trust.json and the retrain cache")
     opts = parser.parse_args(argv)
 
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             linear = instantiate(cfg.estimators.linear).fit(X_fit[:m], Y_fit[:m])
-            quad = instantiate(cfg.estimators.quadratic).fit(X_fit[:m], Y_fit[:m])
+            quad = instantiate(estimator_config(cfg, opts.estimator)).fit(X_fit[:m], Y_fit[:m])
         pairs = select_pairs(quad.result_, kinds, top_k, "uniform", T)
         tested = ranked_pair_tests(quad.result_, pairs[["i", "j", "test"]], X_ho, Y_ho, linear.predict(X_ho))
         pairs["q_value"] = tested["q_value"].to_numpy()

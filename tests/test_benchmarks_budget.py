@@ -112,3 +112,30 @@ def test_outputs_margin_model_predicts_the_loss_through_the_link():
     got = outputs.scores(cfg, X[:300], loss[:300], margin[:300], X[300:], loss[300:], margin[300:])
     assert got["margin"] > 0.999 and got["loss_via_margin"] > 0.999
     assert got["loss"] < 0.99
+
+
+def test_estimator_config_takes_the_runs_the_packages_and_parameters():
+    import pytest
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"estimators": {"linear": {"_target_": "dataspex.estimators.LinearDatamodel", "cv": 3}}})
+    assert budget.estimator_config(cfg, "linear") == {"_target_": "dataspex.estimators.LinearDatamodel", "cv": 3}
+    quad = budget.estimator_config(cfg, "quadratic:screen=main:n_top=20")  # not in the run: conf/estimator/
+    assert quad == {"_target_": "dataspex.estimators.QuadraticProxy", "screen": "main", "n_top": 20}
+    assert cfg.estimators.linear.cv == 3 and budget.estimator_config(cfg, "linear:cv=5").cv == 5
+    assert cfg.estimators.linear.cv == 3  # the run's config is not changed
+    with pytest.raises(SystemExit, match="'nosuch' is neither in the run's config nor in conf/estimator/"):
+        budget.estimator_config(cfg, "nosuch")
+    with pytest.raises(SystemExit, match="parameters are key=value, got 'screen'"):
+        budget.estimator_config(cfg, "quadratic:screen")
+
+
+def test_gap_pieces_against_brute_force():
+    gap = _load("gap")
+    rng = np.random.default_rng(3)
+    A, B = rng.integers(0, 2, size=(5, 7)), rng.integers(0, 2, size=(4, 7))
+    hamming = (A[:, None, :] != B[None, :, :]).sum(-1)
+    np.testing.assert_allclose(gap.diffusion_kernel(A, B, 0.3), np.exp(-0.3 * hamming))
+    Y, P = rng.normal(size=(30, 2)), rng.normal(size=(30, 2))
+    ref = [1 - np.sum((Y[:, t] - P[:, t]) ** 2) / np.sum((Y[:, t] - Y[:, t].mean()) ** 2) for t in range(2)]
+    np.testing.assert_allclose(gap.per_output_r2(Y, P), ref)
