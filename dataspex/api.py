@@ -116,8 +116,10 @@ class Run:
 
     @property
     def faithfulness(self) -> pd.DataFrame:
-        """Held-out faithfulness per estimator: r2 (mean over outputs), fit masks, held-out masks, seconds."""
-        rows = [{"estimator": n, "r2": f["r2_mean_over_outputs"], "n_fit_masks": f["n_fit_masks"],
+        """Held-out faithfulness per estimator: r2 (mean over outputs), r2_pooled (1 - total SSE / total SST over
+        the test examples: what ``report.estimator=auto`` ranks by), fit masks, held-out masks, seconds."""
+        rows = [{"estimator": n, "r2": f["r2_mean_over_outputs"], "r2_pooled": f.get("r2_pooled"),
+                 "n_fit_masks": f["n_fit_masks"],
                  "n_heldout_masks": f["n_heldout_masks"], "fit_seconds": f["fit_seconds"],
                  "output": f.get("output")} for n, f in self._fit[1].items()]
         return pd.DataFrame(rows)
@@ -182,8 +184,9 @@ class Run:
     def summary(self) -> dict | None:
         """report/summary.json (None before `dataspex report`): the headline numbers, with the training examples
         to review as two lists: ``examples_to_review_predicted`` (the top harmful pairs' examples, as the
-        ranking model predicts them) and ``examples_to_review_validated`` (those whose removal lowered the test
-        loss in the retrains; None before `dataspex validate`, [] when none did)."""
+        ranking model predicts them) and ``examples_to_review_validated`` (those of pairs whose interaction the
+        retrains confirmed and whose removal lowered the test loss; None before `dataspex validate`, [] when none
+        did)."""
         path = self.store.path("report", "summary.json")
         return read_json(path) if os.path.exists(path) else None
 

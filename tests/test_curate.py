@@ -147,16 +147,18 @@ def test_plan_changes_follows_the_source_and_the_relabel_choice():
         ("harmful", 1, 3, 0, "masking", "relabel both as 'neg'? (else drop both)", "lowered", "confirmed",
          -2.0, -1.5, -2.0, -1.0),
         ("harmful", 4, 6, 1, "synergy", "drop either", "unclear", "not confirmed", -0.5, 0.1, -0.4, 0.6),
+        ("harmful", 0, 7, 1, "masking", "drop both", "lowered", "not confirmed", -0.5, -1.0, -1.5, -0.5),
         ("redundant", 2, 5, 1, "redundant", "keep at least one", "-", "not validated", 1.0, np.nan, np.nan, np.nan),
     ])
     plan, entries = plan_changes(actions, _data(), "validated", relabel=False, validated=True)
-    assert plan.dropped == [1, 3] and plan.relabelled == {}  # only the pair whose removal lowered the loss
+    # only the pair whose interaction was confirmed and whose removal lowered the loss: (0, 7) helped unconfirmed
+    assert plan.dropped == [1, 3] and plan.relabelled == {}
     assert [e["change"] for e in entries] == ["drop", "drop"] and entries[0]["evidence"]["pair"] == [1, 3]
     plan, entries = plan_changes(actions, _data(), "validated", relabel=True, validated=True)
     assert plan.dropped == [] and plan.relabelled == {1: 0, 3: 0}
     assert entries[0]["label"] == "pos" and entries[0]["new_label"] == "neg"
     plan, entries = plan_changes(actions, _data(), "predicted", relabel=False, validated=False)
-    assert plan.dropped == [1, 3, 4, 6]  # every harmful finding; redundant pairs are kept
+    assert plan.dropped == [0, 1, 3, 4, 6, 7]  # every harmful finding; redundant pairs are kept
     assert entries[2]["evidence"]["realised_change_if_both_removed"] == 0.1
     with pytest.raises(DataspexError, match="this run has not been validated: run `dataspex validate"):
         plan_changes(actions, _data(), "validated", relabel=False, validated=False)
@@ -259,7 +261,7 @@ def test_curate_stage_end_to_end(tmp_path):
     from tests.test_report import copy_run, write_validation
 
     run_dir = copy_run(tmp_path)
-    validation = write_validation(run_dir, {("harmful", 1): "lowered"})
+    validation = write_validation(run_dir, {("harmful", 1): "lowered"}, confirmed={("harmful", 1)})
     pair = validation[(validation["kind"] == "harmful") & (validation["rank"] == 1)].iloc[0]
     args = ["curate", f"run_dir={run_dir}", "curate.seeds=2", "curate.random_draws=2"]
     proc = run_cli(*args)
@@ -356,13 +358,14 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
 
     write_validation(run_dir, {})  # validated, and no removal lowered the loss
     proc = run_cli("curate", f"run_dir={run_dir}")
-    assert "nothing to act on (`dataspex validate` confirmed no harmful pair's removal)" in proc.stderr
+    assert ("nothing to act on (`dataspex validate` confirmed no harmful pair (its interaction confirmed and its "
+            "removal lowering the test loss))") in proc.stderr
     summary = json.load(open(os.path.join(run_dir, "curate", "curation.json")))
     assert summary["verdict"] == "nothing to act on" and summary["changes"] == []
     assert not os.path.exists(os.path.join(run_dir, "curate", "manifest.json"))
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert "Curation (`dataspex curate`, curate.actions=validated): nothing to act on: `dataspex validate` " \
-        "confirmed no harmful pair's removal." in md
+        "confirmed no harmful pair (its interaction confirmed and its removal lowering the test loss)." in md
 
 
 def test_per_block_seed_policy_shares_a_seed_and_data_order_inside_a_block_of_ids():

@@ -79,10 +79,11 @@ def copy_run(tmp_path) -> str:
     return target
 
 
-def write_validation(run_dir: str, removal: dict) -> pd.DataFrame:
+def write_validation(run_dir: str, removal: dict, confirmed=()) -> pd.DataFrame:
     """Validation files as `dataspex validate` writes them, without its retrains: the report's top two harmful
-    and top redundant pair, each with verdict "not confirmed" and the ``removal`` given by kind and rank
-    (e.g. ``{("harmful", 1): "lowered"}``; "unclear" otherwise)."""
+    and top redundant pair, each with the ``removal`` given by kind and rank (e.g. ``{("harmful", 1):
+    "lowered"}``; "unclear" otherwise) and verdict "confirmed" for the (kind, rank) in ``confirmed``, "not
+    confirmed" otherwise."""
     from dataspex.store import RunStore
     from dataspex.validate import save_validation
 
@@ -94,7 +95,9 @@ def write_validation(run_dir: str, removal: dict) -> pd.DataFrame:
         change = {"lowered": -1.0, "raised": 1.0, "unclear": 0.0}[how]
         rows.append({"kind": p.kind, "rank": int(p.rank), "i": int(p.i), "j": int(p.j), "test": int(p.test),
                      "pattern": p.pattern, "predicted": float(p.score), "realised": 0.01, "se": 0.1, "ci_low": -0.2,
-                     "ci_high": 0.2, "seeds": 2, "verdict": "not confirmed", "realised_removal": change,
+                     "ci_high": 0.2, "seeds": 2,
+                     "verdict": "confirmed" if (p.kind, int(p.rank)) in set(confirmed) else "not confirmed",
+                     "realised_removal": change,
                      "removal_ci_low": change - 0.5 if how != "unclear" else -0.5,
                      "removal_ci_high": change + 0.5 if how != "unclear" else 0.5, "removal": how,
                      "realised_removal_mean_loss": change / 4, "removal_mean_ci_low": -0.5,
@@ -205,14 +208,15 @@ def test_load_run_api():
     assert len(run.design) == 80 and set(run.design.roles) == {"fit", "heldout", "replicate"}  # 48 + 16 + 16
     res = run.results
     assert len(res) == 80 and {"mask_id", "role", "n_kept", "loss_0", "margin_0"} <= set(res.columns)
-    assert set(run.fitted) == {"linear", "proxyspex"}
+    assert set(run.fitted) == {"linear", "quadratic", "proxyspex"}
     assert isinstance(run.fitted["proxyspex"], InteractionResult)
-    assert run.ranking_estimator == "proxyspex"
-    assert set(run.faithfulness["estimator"]) == {"linear", "proxyspex"}
+    faith = run.faithfulness.set_index("estimator")["r2_pooled"]
+    assert set(faith.index) == {"linear", "quadratic", "proxyspex"}
+    assert run.ranking_estimator == faith.idxmax()  # report.estimator=auto: the best pooled held-out R^2
     live = run.pairs("harmful", k=3)
     assert {"i", "j", "text_i", "text_j", "test_text"} <= set(live.columns)
     assert run.report_pairs is not None and run.triples is not None and run.validation is None
-    assert run.summary["estimator"] == "proxyspex" and run.report_html.endswith("report.html")
+    assert run.summary["estimator"] == faith.idxmax() and run.report_html.endswith("report.html")
     assert run.faithfulness_curve is not None
     coefs = run.coefficients()
     assert {"output", "key", "order", "fourier"} <= set(coefs.columns)
@@ -264,9 +268,15 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     ids = ", ".join(f"#{x}" for x in predicted)
     for text in (md, page):
         assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in text
-        assert "Examples to drop or relabel, validated: none. No validated harmful pair lowered" in text
+        assert ("Examples to drop or relabel, validated: none. No harmful pair was both confirmed as a pair and "
+                "lowered the test loss when removed") in text
 
-    table = write_validation(run_dir, {("harmful", 1): "lowered"})  # the top harmful pair's removal helped
+    # a removal that helped without a confirmed interaction is not a validated pair action
+    write_validation(run_dir, {("harmful", 1): "lowered"})
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    assert dataspex.load_run(run_dir).summary["examples_to_review_validated"] == []
+
+    table = write_validation(run_dir, {("harmful", 1): "lowered"}, confirmed={("harmful", 1)})  # confirmed, helped
     run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
     summary = dataspex.load_run(run_dir).summary
     first = table[table["kind"] == "harmful"].iloc[0]
@@ -277,8 +287,8 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in md
     validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])
-    assert ("Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in the "
-            f"retrains): {validated}.") in md
+    assert ("Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed and "
+            f"whose removal lowered the test loss): {validated}.") in md
 
 
 def test_report_warns_about_diverged_masks(tmp_path):

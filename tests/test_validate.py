@@ -153,8 +153,8 @@ def test_validate_stage_end_to_end(tmp_path):
     # the summary keeps what the model predicts and what the retrains confirmed as two lists
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
     assert summary["examples_to_review_predicted"] and "examples_to_review" not in summary
-    lowered = table[(table["kind"] == "harmful") & (table["removal"] == "lowered")]
-    assert summary["examples_to_review_validated"] == sorted({int(x) for x in [*lowered["i"], *lowered["j"]]})
+    acted = table[(table["kind"] == "harmful") & (table["removal"] == "lowered") & (table["verdict"] == "confirmed")]
+    assert summary["examples_to_review_validated"] == sorted({int(x) for x in [*acted["i"], *acted["j"]]})
     assert "Examples to drop or relabel, predicted (top harmful pairs):" in md
     assert "Examples to drop or relabel, validated" in md
 

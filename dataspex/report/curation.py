@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from dataspex.report.text import KINDS
+from dataspex.validate.analysis import validated_harmful
 
 SUMMARY_ROWS = 5  # pairs per kind in the curation summary
 
@@ -54,13 +55,11 @@ def _similar(a: str, b: str) -> float:
 
 def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
     """The training examples of the summary's harmful pairs: with ``validated=False`` all of them (what the
-    ranking model predicts), with ``validated=True`` only those of pairs whose removal lowered the test loss in
-    the retrains of ``dataspex validate`` (possibly none)."""
+    ranking model predicts), with ``validated=True`` only those of pairs whose interaction ``dataspex validate``
+    confirmed and whose removal lowered the test loss in its retrains (possibly none; ``validated_harmful``)."""
     if actions.empty:
         return []
-    harmful = actions[actions["kind"] == "harmful"]
-    if validated:  # the pairs whose removal lowered the test loss in the retrains
-        harmful = harmful[harmful["removal"] == "lowered"]
+    harmful = validated_harmful(actions) if validated else actions[actions["kind"] == "harmful"]
     return sorted({int(x) for x in np.concatenate([harmful["i"].to_numpy(), harmful["j"].to_numpy()])})
 
 

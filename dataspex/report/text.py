@@ -111,12 +111,12 @@ def _headline(ctx) -> list[str]:
     if confirmed is None:
         out.append("Examples to drop or relabel, validated: none yet (not validated).")
     elif confirmed:
-        out.append(f"Examples to drop or relabel, validated (harmful pairs whose removal lowered the test loss in "
-                   f"the retrains): {_ids(confirmed, ctx.get('units'))}. "
+        out.append(f"Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed "
+                   f"and whose removal lowered the test loss): {_ids(confirmed, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
     else:
-        out.append("Examples to drop or relabel, validated: none. No validated harmful pair lowered the test loss "
-                   "when removed: nothing to drop on this evidence.")
+        out.append("Examples to drop or relabel, validated: none. No harmful pair was both confirmed as a pair and "
+                   "lowered the test loss when removed: nothing to drop on this evidence.")
     cur = (vmeta or {}).get("curated") or {}
     if cur.get("status") == "done":
         n_confirmed = int(((validation["kind"] == "harmful") & (validation["verdict"] == "confirmed")).sum())

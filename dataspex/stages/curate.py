@@ -1,7 +1,8 @@
 """``dataspex curate``: act on the report, and measure whether acting helped, on data the ranking never saw.
 
-1. The changes: the report's harmful findings (``curate.actions=validated``: only the pairs whose removal
-   ``dataspex validate`` confirmed; ``predicted``: every harmful finding), each pair dropped, or relabelled where
+1. The changes: the report's harmful findings (``curate.actions=validated``: only the pairs whose interaction
+   ``dataspex validate`` confirmed and whose removal lowered the test loss; ``predicted``: every harmful finding),
+   each pair dropped, or relabelled where
    the report suggests it and ``curate.relabel=true``.
 2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
    (``<run_dir>/curate/``).
@@ -45,6 +46,7 @@ from dataspex.train import get_engine
 from dataspex.train.common import encode
 from dataspex.train.naive import finetune
 from dataspex.stages.report import report_run
+from dataspex.validate.analysis import validated_harmful
 from dataspex.validate.curation import analyse_curation, save_curation
 
 __all__ = ["RunModel", "cleanlab_baseline", "datainf_baseline", "open_study", "plan_changes", "settings",
@@ -81,7 +83,7 @@ def plan_changes(actions, data, source: str, relabel: bool, validated: bool,
                             "has not been validated: run `dataspex validate run_dir=...` first, or set "
                             "curate.actions=predicted to act on the ranking model's findings unconfirmed")
     if source == "validated" and len(harmful):
-        harmful = harmful[harmful["removal"] == "lowered"]
+        harmful = validated_harmful(harmful)
     dropped, relabelled, entries = {}, {}, []
     for row in harmful.itertuples():
         suggest = relabel and str(row.action).startswith("relabel") and data.task == "classification"
@@ -248,7 +250,8 @@ def _nothing_to_act_on(ctx, name: str, source: str) -> str:
         return f"the most faithful model, {name}, has no pair terms: the report lists no pair"
     if source == "predicted" or ctx["actions"].empty:
         return "no harmful pair is a finding of the report"
-    return "`dataspex validate` confirmed no harmful pair's removal"
+    return ("`dataspex validate` confirmed no harmful pair (its interaction confirmed and its removal lowering "
+            "the test loss)")
 
 
 def stage_curate(cfg) -> dict:
