@@ -127,13 +127,12 @@ def study(opts, log) -> dict:
     m = opts.m or 4 * n_units
     common = [f"run_dir={run_dir}", *_data_args(opts.data), "design.units=column:source", f"design.m={m}",
               f"design.heldout={opts.heldout}", f"design.replicates={opts.replicates}", "progress=false"]
-    fit_extra = ["+estimator@estimators.quadratic=quadratic"]
     log(f"# units study: {manifest['sizes']['train']} training glosses in {n_units} sources, "
         f"{len(manifest['unit_pairs'])} planted unit pairs x {manifest['copies']} copies; m={m}, "
         f"held-out {opts.heldout}, replicates {opts.replicates}; load {os.getloadavg()[0]:.1f}")
     times = {"design": _stage(["design", *common], log)}
     times["train"] = _stage(["train", f"run_dir={run_dir}", "progress=false"], log)
-    times["fit"] = _stage(["fit", f"run_dir={run_dir}", *fit_extra], log)
+    times["fit"] = _stage(["fit", f"run_dir={run_dir}"], log)  # the defaults: linear, quadratic, ProxySPEX
     times["report"] = _stage(["report", f"run_dir={run_dir}"], log)
     recall = unit_recall(run_dir, manifest)
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
@@ -143,7 +142,7 @@ def study(opts, log) -> dict:
         log(f"  {name}: planted unit pairs in its top-10 harmful: {r['found']} of {r['planted']} "
             f"(pooled R^2 {r['pooled_r2']:.3f})")
     best = max(recall, key=lambda n: recall[n]["pooled_r2"])
-    drill_args = ["drill", f"run_dir={run_dir}", f"report.estimator={best}", *fit_extra,
+    drill_args = ["drill", f"run_dir={run_dir}", f"report.estimator={best}",
                   f"drill.top_k={opts.drill_pairs}", "drill.kinds=[harmful]", f"drill.m={opts.drill_m}",
                   "progress=false"]
     times["drill"] = _stage(drill_args, log)

@@ -26,7 +26,7 @@ def finished_run(tmp_path_factory):
 def test_run_writes_every_stage(finished_run):
     run_dir, proc = finished_run
     for name in ("design.npz", "fingerprint.json", "overrides.json", "config.yaml", "fit/faithfulness.json",
-                 "fit/linear.npz", "fit/proxyspex.npz", "report/report.md", "report/pairs.csv",
+                 "fit/linear.npz", "fit/quadratic.npz", "fit/proxyspex.npz", "report/report.md", "report/pairs.csv",
                  "report/heatmap.png", "report/summary.json"):
         assert os.path.exists(os.path.join(run_dir, name)), name
     results = RunStore(run_dir).load_results()
@@ -64,7 +64,7 @@ def test_later_stages_reuse_the_run_config(finished_run):
     run_dir, _ = finished_run
     # the run was made with data.n_train=10 etc.; `fit` without repeating them must find the same data
     run_cli("fit", f"run_dir={run_dir}", "~estimators.proxyspex")
-    assert json.load(open(os.path.join(run_dir, "fit", "faithfulness.json"))).keys() == {"linear"}
+    assert json.load(open(os.path.join(run_dir, "fit", "faithfulness.json"))).keys() == {"linear", "quadratic"}
 
 
 def test_mismatching_config_is_refused(finished_run):

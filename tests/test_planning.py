@@ -157,9 +157,9 @@ def test_a_named_pair_model_less_faithful_than_linear_is_flagged():
 
 
 def test_the_curve_refits_an_estimator_added_at_fit_time(tmp_path):
-    """`+estimator@estimators.quadratic=quadratic` given to `dataspex fit` only (such overrides are not replayed
-    on later stages): the fit set records each estimator's config, so the faithfulness curve refits the
-    quadratic model at a smaller budget instead of saying "not in this config"."""
+    """`+estimator@estimators.shared_pairs=quadratic` (a second quadratic model, under its own name) given to
+    `dataspex fit` only (such overrides are not replayed on later stages): the fit set records each estimator's
+    config, so the faithfulness curve refits it at a smaller budget instead of saying "not in this config"."""
     from dataspex.fit.artifacts import load_faithfulness
     from dataspex.fit.faithfulness import load_curve, update_curve
     from dataspex.store import RunStore
@@ -167,12 +167,14 @@ def test_the_curve_refits_an_estimator_added_at_fit_time(tmp_path):
     from tests.test_report import copy_run
 
     run_dir = copy_run(tmp_path)
-    run_cli("fit", f"run_dir={run_dir}", "+estimator@estimators.quadratic=quadratic")
+    run_cli("fit", f"run_dir={run_dir}", "+estimator@estimators.shared_pairs=quadratic",
+            "estimators.shared_pairs.screen=main")
     store = RunStore(run_dir)
     faithfulness = load_faithfulness(store)
-    assert faithfulness["quadratic"]["config"]["_target_"] == "dataspex.estimators.QuadraticProxy"
+    assert faithfulness["shared_pairs"]["config"]["_target_"] == "dataspex.estimators.QuadraticProxy"
+    assert faithfulness["shared_pairs"]["config"]["screen"] == "main"
     update_curve({}, store, faithfulness, [0.5])  # no estimator configured in this invocation
     curve = load_curve(store, faithfulness, [0.5])
-    half = curve[(curve["estimator"] == "quadratic") & (curve["fraction"] == 0.5)].iloc[0]
-    assert half["note"] == "" and half["n_masks"] == round(0.5 * faithfulness["quadratic"]["n_fit_masks"])
+    half = curve[(curve["estimator"] == "shared_pairs") & (curve["fraction"] == 0.5)].iloc[0]
+    assert half["note"] == "" and half["n_masks"] == round(0.5 * faithfulness["shared_pairs"]["n_fit_masks"])
     assert half["r2_pooled"] is not None and np.isfinite(half["r2_pooled"])

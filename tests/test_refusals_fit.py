@@ -143,7 +143,8 @@ def test_refit_on_margin_replaces_the_set_and_rekeys_the_curve(tmp_path):
     write_validation(run_dir, {})
     assert load_validation(store)[1]["stale"] is False
     run_cli("fit", f"run_dir={run_dir}", "fit.output=margin")
-    assert set(_fit_files(run_dir)) == {"faithfulness.json", "linear.npz", "proxyspex.npz"}  # old cache gone
+    assert set(_fit_files(run_dir)) == {"faithfulness.json", "linear.npz", "quadratic.npz",
+                                        "proxyspex.npz"}  # old cache gone
     assert load_validation(store)[1]["stale"] is True
     run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
     with open(store.path("fit", "faithfulness_curve.json")) as fh:

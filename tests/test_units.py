@@ -227,7 +227,7 @@ def test_a_unit_run_reports_validates_and_curates_unit_pairs(tmp_path):
     unit_i, unit_j = sorted(int(design.units.unit_of[x]) for x in (harmful["i"], harmful["j"]))
     Y = synthetic_losses(design.example_masks(np.arange(len(design))), demo.planted, len(demo.test_texts))
     store.write_results(design.mask_ids, design.masks, Y, -Y)
-    run_cli("fit", f"run_dir={run_dir}", "+estimator@estimators.quadratic=quadratic")
+    run_cli("fit", f"run_dir={run_dir}")  # the quadratic model is one of the default estimators
     report_args = [*REPORT_ARGS, "report.estimator=quadratic"]
     run_cli("report", f"run_dir={run_dir}", *report_args)
 
