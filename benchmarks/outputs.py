@@ -76,6 +76,11 @@ def main(argv=None) -> dict:
           f"{loss.shape[1]} test examples; max |softplus(-margin) - loss| = {gap:.1e}; ceilings (from "
           f"{ceiling['loss']['n_masks']} seed replicates): loss {ceiling['loss']['pooled']:.3f}, margin "
           f"{ceiling['margin']['pooled']:.3f}", file=sys.stderr)
+    # How good the retrained models are, whatever their attributability: over the held-out masks (half-size
+    # training sets at p = 0.5), the mean test loss and the accuracy (margin > 0: gold logit above every other).
+    quality = {"heldout_mean_loss": float(loss[ho].mean()), "heldout_accuracy": float((margin[ho] > 0).mean())}
+    print(f"held-out retrains: mean test loss {quality['heldout_mean_loss']:.3f}, accuracy "
+          f"{quality['heldout_accuracy']:.3f}", file=sys.stderr)
     rows = []
     for m in (int(b) for b in opts.budgets.split(",") if b):
         if m > fit.sum():
@@ -93,7 +98,7 @@ def main(argv=None) -> dict:
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   file=sys.stderr, flush=True)
-    out = {"run": opts.run, "ceiling": ceiling, "max_link_gap": gap, "rows": rows}
+    out = {"run": opts.run, "ceiling": ceiling, "max_link_gap": gap, **quality, "rows": rows}
     with open(os.path.join(opts.run, "outputs_study.json"), "w") as fh:
         json.dump(out, fh, indent=1, default=float)
     print("| m | estimator | loss R^2 (share of ceiling) | margin R^2 (share) | loss via margin (share) |")
