@@ -147,7 +147,9 @@ def test_validate_stage_end_to_end(tmp_path):
     # the report now has the validation section and the verdicts beside the pairs
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert "2 seeds each" in md and re.search(r"\| harmful \| 1 \| \(\d+, \d+\) \| #\d+ \|", md)
-    assert "pairs confirmed by retraining" in md and "Measured: retraining without all 2 examples" in md
+    for kind in ("harmful", "redundant"):  # validate.select=findings: the summary names what it retrained
+        assert re.search(rf"[01] of 1 {kind} findings confirmed by retraining \(2 seeds", md)
+    assert "Measured: retraining without all 2 examples" in md
     pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
     assert pairs["validated_verdict"].notna().sum() == 2
     # the summary keeps what the model predicts and what the retrains confirmed as two lists
@@ -180,3 +182,64 @@ def test_validate_refuses_bad_settings(tmp_path):
     run_dir = copy_run(tmp_path)
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.seeds=0", check=False)
     assert proc.returncode == 2 and "validate.seeds=0 must be at least 1" in proc.stderr
+    proc = run_cli("validate", f"run_dir={run_dir}", "validate.select=best", check=False)
+    assert proc.returncode == 2 and "validate.select=best must be findings or top" in proc.stderr
+    proc = run_cli("validate", f"run_dir={run_dir}", "validate.kinds=[complementary]", check=False)
+    assert proc.returncode == 2 and ("validate.kinds has ['complementary'] and validate.select=findings: the report "
+                                     "tests only harmful and redundant pairs for findings") in proc.stderr
+
+
+def _validate_cfg(run_dir: str, *extra: str):
+    """The config `dataspex validate run_dir=<run_dir> <extra>` composes (the run's stored overrides first)."""
+    from hydra import compose, initialize_config_dir
+
+    from dataspex.cli import config_dir
+
+    stored = json.load(open(os.path.join(run_dir, "overrides.json")))
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        return compose("config", overrides=[*stored, f"run_dir={run_dir}", "stage=validate", *extra])
+
+
+def test_validate_takes_the_reports_findings_not_the_top_of_each_list(tmp_path):
+    """validate.select=findings (the default) picks, of each kind, the first top_k findings of the report's own
+    lists, in its order: the pairs its actions name. select=top takes the top_k of each ranked list, findings or
+    not. On the synthetic run the second redundant pair is listed but no finding (q 0.23), so the two differ."""
+    from dataspex.fit.artifacts import choose_estimator, load_fitted
+    from dataspex.fit.ranking import select_pairs
+    from dataspex.stages.rundir import open_run
+    from dataspex.stages.validate import report_findings
+    from dataspex.validate import settings
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)
+    listed = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
+    cfg = _validate_cfg(run_dir, "validate.top_k=2")
+    opts = settings(cfg)
+    assert opts["select"] == "findings"
+    store, data = open_run(cfg)
+    fitted, faithfulness = load_fitted(store)
+    ranking = choose_estimator(fitted, faithfulness, cfg.report.estimator)
+    got = report_findings(cfg, store, store.load_design(), data, fitted, faithfulness, ranking, opts)
+    expected = pd.concat([listed[(listed["kind"] == k) & listed["finding"]].head(2) for k in ("harmful", "redundant")])
+    key = ["kind", "rank", "i", "j", "test"]
+    assert got[key].values.tolist() == expected[key].values.tolist()
+    assert (got.groupby("kind").size() <= 2).all() and len(got) >= 2
+    top = select_pairs(fitted[ranking], opts["kinds"], 2, cfg.report.estimand, data.n_test)
+    assert sorted(map(tuple, top[["kind", "i", "j"]].values.tolist())) != sorted(
+        map(tuple, got[["kind", "i", "j"]].values.tolist()))  # a listed pair that is no finding: only `top` takes it
+    findings = listed[listed["finding"]]
+    assert set(map(tuple, got[["i", "j"]].values.tolist())) <= set(map(tuple, findings[["i", "j"]].values.tolist()))
+
+
+def test_validate_with_no_finding_retrains_nothing(tmp_path):
+    """When no listed pair is a finding the report names no action, so validate says so and trains nothing."""
+    from dataspex.store import RunStore
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)
+    before = len(RunStore(run_dir).load_design())
+    proc = run_cli("validate", f"run_dir={run_dir}", "report.q_max=1e-12", "validate.seeds=2",
+                   "report.curve_fractions=[0.5]")
+    assert ("validate: nothing to validate: none of the report's listed harmful or redundant pairs is a "
+            "finding") in proc.stderr
+    assert len(RunStore(run_dir).load_design()) == before and not os.path.exists(os.path.join(run_dir, "validate"))

@@ -86,14 +86,15 @@ def _headline(ctx) -> list[str]:
         level = round(100 * vmeta["level"])
         for kind in KINDS:
             part = validation[validation["kind"] == kind]
-            if len(part):
-                out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} top {kind} pairs "
+            if len(part):  # validations written before validate.select existed took the top of each list
+                what = f"{kind} findings" if vmeta.get("select", "top") == "findings" else f"top {kind} pairs"
+                out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} {what} "
                            f"confirmed by retraining ({vmeta['seeds']} seeds, {level}% interval).")
         if vmeta.get("stale"):
             out.append("The fit changed after validation: predictions in the validation table may be out of date; "
                        "re-run `dataspex validate`.")
     else:
-        out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the top pairs directly.")
+        out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the findings directly.")
     out.append(_evidence_line(ctx))
     predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
     if predicted:
@@ -121,7 +122,7 @@ def _headline(ctx) -> list[str]:
     if cur.get("status") == "done":
         n_confirmed = int(((validation["kind"] == "harmful") & (validation["verdict"] == "confirmed")).sum())
         noun = "examples" if ctx.get("units") is None else "units"
-        out.append(f"Measured: retraining without all {len(cur['dropped'])} {noun} of the top harmful pairs that "
+        out.append(f"Measured: retraining without all {len(cur['dropped'])} {noun} of the harmful pairs that "
                    f"`dataspex validate` retrained ({n_confirmed} of them confirmed; "
                    f"{_ids(cur['dropped'], ctx.get('units'))}) changed "
                    "the mean test loss by "

@@ -38,7 +38,7 @@ STAGE_HELP = {
     "status": "show done/total masks per shard",
     "collect": "consolidate all results into one table (Parquet) for pandas / datasets",
     "trak": "TRAK influence scores on the LoRA parameters (first-order baseline and screen)",
-    "validate": "retrain the top pairs directly (full, minus i, minus j, minus both) to confirm them",
+    "validate": "retrain the report's findings directly (full, minus i, minus j, minus both) to confirm them",
     "curate": "write the curated training set; retrain it, random removals and baselines; score on the eval split",
     "plan": "from a pilot run: the retrains and wall time a target faithfulness needs, and the study's commands",
     "drill": "in a run over units: study the members of the top unit pairs, to find the example pairs inside",

@@ -1,5 +1,5 @@
-"""``dataspex validate``: retrain the report's top pairs directly (full, minus i, minus j, minus both) and check
-that their interaction is real; then rewrite the report with the verdicts.
+"""``dataspex validate``: retrain the report's findings (the pairs its actions name) directly (full, minus i,
+minus j, minus both) and check that their interaction is real; then rewrite the report with the verdicts.
 
 The statistics are :mod:`dataspex.validate`, the training sets :mod:`dataspex.design.validation`; this stage
 appends those sets to the design, retrains what is missing through the normal store (so it resumes, and
@@ -15,7 +15,9 @@ import pandas as pd
 from dataspex.core.errors import DataspexError
 from dataspex.design.validation import ROLE, curated_mask, extend_design, needed_masks
 from dataspex.fit.artifacts import choose_estimator, load_fitted
-from dataspex.fit.ranking import select_pairs
+from dataspex.fit.ranking import ranked_pairs, select_pairs
+from dataspex.report.context import pair_evidence
+from dataspex.report.text import KINDS
 from dataspex.stages.report import report_run
 from dataspex.stages.rundir import open_run
 from dataspex.stages.train import train_role
@@ -30,20 +32,29 @@ def stage_validate(cfg) -> pd.DataFrame:
     fitted, faithfulness = load_fitted(store)
     ranking = choose_estimator(fitted, faithfulness, cfg.report.estimator)
     estimand = cfg.report.estimand
-    pairs = select_pairs(fitted[ranking], opts["kinds"], opts["top_k"], estimand, data.n_test)
-    if pairs.empty:
-        if fitted[ranking].degree < 2:  # auto chose a model without pair terms: the honest answer, not an error
-            log.warning("validate: nothing to validate: the most faithful model, %s, has no pair terms (pairs do "
-                        "not improve the held-out fit), so the report lists no pair", ranking)
+    if fitted[ranking].degree < 2:  # auto chose a model without pair terms: the honest answer, not an error
+        log.warning("validate: nothing to validate: the most faithful model, %s, has no pair terms (pairs do "
+                    "not improve the held-out fit), so the report lists no pair", ranking)
+        return pd.DataFrame()
+    design = store.load_design()
+    if opts["select"] == "findings":
+        pairs = report_findings(cfg, store, design, data, fitted, faithfulness, ranking, opts)
+        if pairs.empty:
+            log.warning("validate: nothing to validate: none of the report's listed %s pairs is a finding "
+                        "(held-out q-value <= report.q_max=%s), so the report names no action; "
+                        "validate.select=top retrains the top pairs anyway", " or ".join(opts["kinds"]),
+                        cfg.report.q_max)
             return pd.DataFrame()
-        raise DataspexError(f"{ranking} lists no {' or '.join(opts['kinds'])} pairs to validate")
+    else:
+        pairs = select_pairs(fitted[ranking], opts["kinds"], opts["top_k"], estimand, data.n_test)
+        if pairs.empty:
+            raise DataspexError(f"{ranking} lists no {' or '.join(opts['kinds'])} pairs to validate")
     replicates = opts["seeds"]
     if cfg.train.seed_policy == "shared" and replicates > 1:
         log.warning("validate: train.seed_policy=shared gives every replicate the same seed: training one "
                     "replicate per training set, no interval")
         replicates = 1
 
-    design = store.load_design()
     # Pairs name columns of the masks: units when the design is over units (their members are retrained together).
     masks = needed_masks(design.n_units, pairs)
     curated = curated_mask(design.n_units, pairs)
@@ -64,7 +75,7 @@ def stage_validate(cfg) -> pd.DataFrame:
     curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output)
     save_validation(store, table, {
         "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],
-        "kinds": opts["kinds"], "seeds": replicates, "level": opts["level"], "output": output,
+        "kinds": opts["kinds"], "select": opts["select"], "seeds": replicates, "level": opts["level"], "output": output,
         "seed_policy": str(cfg.train.seed_policy), "engine": str(cfg.train.engine), "n_training_sets": len(masks),
         "curated": curated_effect})
     for row in table.itertuples():
@@ -77,3 +88,26 @@ def stage_validate(cfg) -> pd.DataFrame:
                  curated_effect["ci_high"])
     report_run(cfg, store, data)
     return table
+
+
+def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, ranking: str,
+                    opts: dict) -> pd.DataFrame:
+    """The pairs the report acts on, in its order: of each kind in ``validate.kinds``, the first ``validate.top_k``
+    findings (held-out BH q-value at most ``report.q_max``) among the report's ``report.top_k`` listed pairs, with
+    the q-values computed over the same lists the report tests (:func:`dataspex.report.context.pair_evidence`).
+    The top of a ranked list need not be a finding: validating it instead (``validate.select=top``) spends the
+    retrains on pairs the report names no action for, while its actions stay unvalidated (on unplanted WordNet,
+    2026-12-06, the three top harmful pairs by score were validated and none of the report's harmful findings)."""
+    other = [k for k in opts["kinds"] if k not in KINDS]
+    if other:
+        raise DataspexError(f"validate.kinds has {other} and validate.select=findings: the report tests only "
+                            f"{' and '.join(KINDS)} pairs for findings; use validate.select=top for {other}")
+    result, estimand, k = fitted[ranking], cfg.report.estimand, int(cfg.report.top_k)
+    listed = {kind: ranked_pairs(result, kind, k, estimand, data.n_test) for kind in KINDS}
+    output = faithfulness[ranking].get("output", "loss")
+    tested, _ = pair_evidence(design, store.load_results(design), fitted, ranking, output, listed,
+                              float(cfg.report.q_max))
+    tables = [tested[kind][tested[kind]["finding"].astype(bool)].head(opts["top_k"]).assign(kind=kind)
+              for kind in opts["kinds"]]
+    pairs = pd.concat(tables, ignore_index=True)
+    return pairs.drop_duplicates(subset=["i", "j"], keep="first").reset_index(drop=True)

@@ -43,7 +43,8 @@ from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 
 __all__ = ["analyse", "analyse_curated", "removal_verdict", "settings", "t_interval", "validated_harmful", "verdict"]
 
-SETTINGS = ("top_k", "seeds", "level", "kinds")
+SETTINGS = ("top_k", "seeds", "level", "kinds", "select")
+SELECT = ("findings", "top")
 
 
 def settings(cfg) -> dict:
@@ -58,6 +59,9 @@ def settings(cfg) -> dict:
         raise DataspexError(f"validate.seeds={out['seeds']} must be at least 1 (2 or more for an interval)")
     if not 0.5 <= out["level"] < 1:
         raise DataspexError(f"validate.level={out['level']} must be in [0.5, 1)")
+    out["select"] = str(out["select"])
+    if out["select"] not in SELECT:
+        raise DataspexError(f"validate.select={out['select']} must be findings or top")
     bad = [k for k in out["kinds"] if k not in PAIR_KINDS]
     if bad:
         raise DataspexError(f"validate.kinds has {bad}: use harmful, redundant, complementary or interaction")
