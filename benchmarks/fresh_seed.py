@@ -26,7 +26,7 @@ def main(argv=None) -> list[dict]:
     from omegaconf import OmegaConf
 
     from dataspex.core.metrics import pooled_r2
-    from dataspex.design.replicate import replicate_pairs
+    from dataspex.design.replicate import finished_replicate_rows
     from dataspex.fit.faithfulness import noise_ceiling
     from dataspex.store import RunStore
 
@@ -38,8 +38,7 @@ def main(argv=None) -> list[dict]:
         results = store.load_results(design)
         fit, heldout = results.keep(design, "fit"), results.keep(design, "heldout")
         loss, masks = results.outputs("loss"), results.masks
-        row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
-        pairs = [(row_of[a], row_of[b]) for a, b in replicate_pairs(design) if a in row_of and b in row_of]
+        pairs = finished_replicate_rows(design, results.mask_ids)
         originals, replicates = [a for a, _ in pairs], [b for _, b in pairs]
         ceiling = noise_ceiling(design, results, "loss")["pooled"]
         policy = OmegaConf.load(os.path.join(run, "config.yaml")).train.seed_policy

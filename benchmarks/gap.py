@@ -31,11 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from budget import markdown_table  # noqa: E402
 
 
-def per_output_r2(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """1 - SSE_t / SST_t for every column t of (m, T) outputs and predictions."""
-    return 1.0 - ((Y - P) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0)
-
-
 def diffusion_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
     """exp(-gamma * Hamming distance) between the 0/1 rows of A (a, n) and B (b, n): (a, b)."""
     A, B = A.astype(np.float64), B.astype(np.float64)
@@ -84,13 +79,13 @@ def main(argv=None) -> int:
     from hydra.utils import instantiate
 
     from budget import estimator_config, run_splits
-    from dataspex.design.replicate import replicate_pairs
+    from dataspex.core.metrics import faithfulness_r2, pooled_r2
+    from dataspex.design.replicate import finished_replicate_rows
 
     run = run_splits(opts.run)
     cfg, results, design, T = run["cfg"], run["results"], run["design"], run["T"]
     X_fit, Y_fit, X_ho, Y_ho = run["X_fit"], run["Y_fit"][:, :T], run["X_ho"], run["Y_ho"][:, :T]
-    at = {int(m): r for r, m in enumerate(results.mask_ids)}
-    done = [(at[a], at[b]) for a, b in replicate_pairs(design) if a in at and b in at]
+    done = finished_replicate_rows(design, results.mask_ids)
     if len(done) < 16:
         raise SystemExit(f"error: {opts.run} has {len(done)} finished seed replicates; 16 or more needed")
     Y = results.outputs("loss")
@@ -103,10 +98,11 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             est = instantiate(estimator_config(cfg, opts.estimator)).fit(X_fit[:m], Y_fit[:m])
-        r2[m] = per_output_r2(Y_ho, est.predict(X_ho))
+        predicted = est.predict(X_ho)
+        r2[m] = faithfulness_r2(Y_ho, predicted, multioutput="raw_values")
         fitted[m] = est
         unexplained = var * np.maximum(rho - r2[m], 0.0)
-        print(f"m={m}: pooled R^2 {1 - ((Y_ho - est.predict(X_ho)) ** 2).sum() / (var.sum() * len(Y_ho)):.3f}; "
+        print(f"m={m}: pooled R^2 {pooled_r2(Y_ho, predicted):.3f}; "
               f"mask-determined variance left unexplained {unexplained.sum():.2f} of {(var * rho).sum():.2f} "
               f"(the {opts.top} largest test examples: {np.sort(unexplained)[::-1][:opts.top].sum():.2f})",
               file=sys.stderr)
@@ -120,7 +116,7 @@ def main(argv=None) -> int:
             warnings.simplefilter("ignore")
             alt = alternatives(X_fit[:m], Y_fit[:m, t], X_ho, fitted[m].predict(X_fit[:m])[:, t],
                                fitted[m].predict(X_ho)[:, t])
-        row.update({f"{k} m={m}": float(per_output_r2(Y_ho[:, [t]], p[:, None])[0]) for k, p in alt.items()})
+        row.update({f"{k} m={m}": float(faithfulness_r2(Y_ho[:, t], p)) for k, p in alt.items()})
         rows.append(row)
         print(f"test {t}: {row}", file=sys.stderr, flush=True)
     import pandas as pd

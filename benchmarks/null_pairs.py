@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from dataspex.design.replicate import replicate_pairs
+    from dataspex.design.replicate import finished_replicate_rows
     from dataspex.store import RunStore
 
     def log(msg):
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                 ids, _, rep = cached
                 rows_of = np.array([at[int(m)] for m in ids])
             else:  # the run's own seed replicates: the same base model by construction
-                done = [(at[a], at[b]) for a, b in replicate_pairs(design) if a in at and b in at]
+                done = finished_replicate_rows(design, results.mask_ids)
                 if len(done) < 16:
                     log(f"variant seed skipped: {len(done)} finished seed replicates in the run and no --replicate")
                     continue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dataspex.design.base import Design
-from dataspex.design.replicate import ROLE, extend_replicates, replicate_pairs
+from dataspex.design.replicate import ROLE, extend_replicates, finished_replicate_rows, replicate_pairs
 from dataspex.fit.artifacts import design_record
 from dataspex.fit.estimators import InteractionResult
 from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
@@ -42,6 +42,13 @@ def test_replicates_copy_the_first_heldout_masks_once_and_leave_the_fit_record_a
     assert design_record(more) == design_record(design)  # replicates never make a fit stale
     assert len(more.without_extensions()) == len(design)
     assert extend_replicates(design, 50)[1] == 12  # no more than there are held-out masks
+
+
+def test_finished_replicate_rows_pair_result_rows_of_finished_retrains_only():
+    extended, _ = extend_replicates(_design(), 3)  # ids 18, 19, 20 replicate held-out ids of[0..2]
+    of = [a for a, _ in replicate_pairs(extended)]
+    stored = np.array([20, of[0], 5, 18, of[2], 19])  # results in any order; of[1] not finished
+    assert finished_replicate_rows(extended, stored) == [(1, 3), (4, 0)]
 
 
 def _results(design, losses):

@@ -36,3 +36,10 @@ def replicate_pairs(design) -> list[tuple[int, int]]:
     of = (design.meta.get(ROLE) or {}).get("of", [])
     ids = design.mask_ids[design.rows(ROLE)]
     return [(int(a), int(b)) for a, b in zip(of, ids)]
+
+
+def finished_replicate_rows(design, mask_ids) -> list[tuple[int, int]]:
+    """(row of the held-out retrain, row of its replicate) in results whose masks are ``mask_ids`` (the stored
+    results' order), for every replicate pair with both retrains finished, in the order they were appended."""
+    row_of = {int(m): r for r, m in enumerate(mask_ids)}
+    return [(row_of[a], row_of[b]) for a, b in replicate_pairs(design) if a in row_of and b in row_of]

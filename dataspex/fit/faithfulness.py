@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import read_json, write_json
 from dataspex.core.metrics import faithfulness_r2, pooled_r2
-from dataspex.design.replicate import replicate_pairs
+from dataspex.design.replicate import finished_replicate_rows, replicate_pairs
 from dataspex.fit.artifacts import fit_stamp
 
 __all__ = ["fit_outputs", "heldout_r2", "load_curve", "noise_ceiling", "update_curve"]
@@ -52,8 +52,7 @@ def noise_ceiling(design, results, output: str) -> dict:
     ``n_planned``; ``pooled``/``mean`` are None with fewer than 8 finished pairs (the correlation of fewer has a
     standard error above ~0.3), and ``why`` then says what is missing."""
     pairs = replicate_pairs(design)
-    row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
-    done = [(row_of[a], row_of[b]) for a, b in pairs if a in row_of and b in row_of]
+    done = finished_replicate_rows(design, results.mask_ids)
     out = {"pooled": None, "mean": None, "n_masks": len(done), "n_planned": len(pairs)}
     if len(done) < 8:
         out["why"] = ("no seed replicates in the design (design.replicates=0)" if not pairs else

@@ -38,6 +38,12 @@ from dataspex.fit.estimators.transforms import ParityEncoder
 __all__ = ["QuadraticProxy"]
 
 
+def _strongest(col: np.ndarray, n_top: int) -> np.ndarray:
+    """Indices of the n_top largest entries of col (>= 0) that are non-zero, ascending (ties: lower index)."""
+    top = np.argsort(-col, kind="stable")[:n_top]
+    return np.sort(top[col[top] > 0])
+
+
 def _top_pairs_per_output(weights: np.ndarray, n_top: int) -> dict[tuple[int, int], float]:
     """Pairs among each output's n_top largest |weights[:, t]|, scored by max_t |w_i w_j|."""
     scores: dict[tuple[int, int], float] = {}
@@ -45,8 +51,7 @@ def _top_pairs_per_output(weights: np.ndarray, n_top: int) -> dict[tuple[int, in
     rel = np.abs(weights) / norm  # comparable across outputs of different scales
     for t in range(weights.shape[1]):
         col = rel[:, t]
-        top = np.argsort(-col, kind="stable")[:n_top]
-        top = np.sort(top[col[top] > 0])
+        top = _strongest(col, n_top)
         for a in range(len(top)):
             for b in range(a + 1, len(top)):
                 i, j = int(top[a]), int(top[b])
@@ -60,9 +65,7 @@ def _own_pairs(weights: np.ndarray, n_top: int) -> list[list[tuple[int, int]]]:
     """Per output t, the pairs (i < j) among its n_top largest non-zero |weights[:, t]| (ties: lower index)."""
     out = []
     for t in range(weights.shape[1]):
-        col = np.abs(weights[:, t])
-        top = np.argsort(-col, kind="stable")[:n_top]
-        top = np.sort(top[col[top] > 0])
+        top = _strongest(np.abs(weights[:, t]), n_top)
         out.append([(int(i), int(j)) for i, j in combinations(top.tolist(), 2)])
     return out
 
