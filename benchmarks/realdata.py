@@ -146,7 +146,7 @@ def near_copy(text: str, rng: np.random.Generator, variant: int) -> str:
 
 def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: int = 0, classes=None,
           min_chars: int = 40, max_chars: int = 400, harmful: int = 0, redundant: int = 0, rare=None,
-          flip: float = 0.0, halves: int = 0, anchored: bool = False) -> dict:
+          flip: float = 0.0, halves: int = 0, anchored: bool = False, eval_planted: bool = False) -> dict:
     """The splits as ``{"train": [(text, label)], "test": [...], "eval": [...], "planted": [...], "flipped": [...],
     "info": {...}}``.
 
@@ -158,7 +158,12 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
     from a stream of their own (``default_rng([seed, 3])``), so every split and plant is the same with or
     without flips; ``flipped`` lists them (final train index, original and new label). ``anchored``: each
     harmful pair gets a third near-copy with the *true* label (one more training slot each, listed as the pair's
-    ``anchor``).
+    ``anchor``). ``eval_planted``: the eval split holds the population the plants act on at the test split's rate,
+    as the demo's eval split does: ``round(n_eval / n_test)`` near-copies of each planted test text with its true
+    label (drawn from a stream of their own, ``default_rng([seed, 5])``), then the bulk eval rows, ``n_eval`` in
+    all; train and test are the same with or without it. Without it the eval split holds no text like a planted
+    target, so it measures only what a plant does to the rest of the data (``eval_planted`` in the result lists
+    the copies' eval rows by planted pair).
     """
     if not 0.0 <= flip < 1.0:
         raise ValueError(f"flip={flip} must be in [0, 1)")
@@ -215,6 +220,9 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
                 anchor = near_copy(text, rng, 1)
                 train.append((anchor if anchor not in (train[-1][0], train[-2][0]) else anchor + " indeed", label))
         test.append((text, label))
+    restated, eval_of = _eval_copies(test[n_bulk_test:], round(n_eval / max(n_test, 1)), seed) if eval_planted \
+        else ([], [])
+    eval_rows = (restated + eval_rows)[:n_eval]
 
     # Shuffle the training and test sets so planted examples are not adjacent; remap the planted indices.
     train_order, test_order = rng.permutation(len(train)), rng.permutation(len(test))
@@ -244,7 +252,28 @@ def build(source: str, n_train: int, n_test: int = 64, n_eval: int = 256, seed: 
             "label_counts": {name: _counts(rows) for name, rows in
                              (("train", train), ("test", test), ("eval", eval_rows))},
             "source_sha256": _source_digest(source, classes + ((rare,) if redundant else ())), "flip": flip}
+    info["eval_planted"] = bool(eval_planted)
+    for row, rows in zip(planted, eval_of):  # the planted rows are in plant order, as the copies are
+        row["eval"] = [k for k in rows if k < len(eval_rows)]
     return {"train": train, "test": test, "eval": eval_rows, "planted": planted, "flipped": flipped, "info": info}
+
+
+def _eval_copies(targets, per_target: int, seed: int) -> tuple[list, list]:
+    """``per_target`` (at least 1) distinct near-copies of each planted test text with its true label, different
+    from the text itself; and, per target, their rows in the returned list."""
+    rng = np.random.default_rng([seed, 5])
+    rows, where = [], []
+    for text, label in targets:
+        made = []
+        for attempt in range(50 * max(per_target, 1)):
+            copy = near_copy(text, rng, attempt % 2)
+            if copy != text and copy not in made:
+                made.append(copy)
+            if len(made) == max(per_target, 1):
+                break
+        where.append(list(range(len(rows), len(rows) + len(made))))
+        rows += [(copy, label) for copy in made]
+    return rows, where
 
 
 def _counts(rows) -> dict:
@@ -301,11 +330,14 @@ def main(argv=None) -> int:
                         help="each harmful pair also gets a correctly labelled near-copy (its anchor)")
     parser.add_argument("--flip", type=float, default=0.0, help="share of bulk training labels to flip (e.g. 0.1)")
     parser.add_argument("--rare", default=None, help="class of the redundant pairs (default: %s)" % DEFAULT_RARE)
+    parser.add_argument("--eval-planted", action="store_true",
+                        help="the eval split holds near-copies of the planted test texts at the test split's rate")
     args = parser.parse_args(argv)
     try:
         splits = build(args.source, args.n_train, args.n_test, args.n_eval, args.seed,
                        args.classes.split(",") if args.classes else None, args.min_chars, args.max_chars,
-                       args.harmful, args.redundant, args.rare, args.flip, args.halves, args.anchored)
+                       args.harmful, args.redundant, args.rare, args.flip, args.halves, args.anchored,
+                       args.eval_planted)
     except (MissingSource, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

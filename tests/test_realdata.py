@@ -131,6 +131,27 @@ def test_anchored_harmful_pairs_get_a_correct_near_copy_beside_the_wrong_two():
     assert len(plain["train"]) == 40 and all("anchor" not in p for p in plain["planted"])
 
 
+def test_eval_planted_holds_near_copies_of_the_planted_test_texts_at_the_test_rate():
+    kw = dict(n_train=40, n_test=12, n_eval=30, seed=3, harmful=2, redundant=1, flip=0.1)
+    plain = realdata.build("fortunes", **kw)
+    splits = realdata.build("fortunes", eval_planted=True, **kw)
+    assert splits["train"] == plain["train"] and splits["test"] == plain["test"]  # only eval changes
+    assert splits["flipped"] == plain["flipped"] and all("eval" not in p for p in plain["planted"])
+    per_target = round(30 / 12)  # n_eval / n_test = 2.5 -> 2 copies per planted test text
+    copies = []
+    for p in splits["planted"]:
+        whole, true_label = splits["test"][p["test"]]
+        assert len(p["eval"]) == per_target
+        rows = [splits["eval"][k] for k in p["eval"]]
+        assert all(label == true_label for _, label in rows)
+        assert all(text != whole and word_edits(text, whole) == 1 for text, _ in rows)  # one word dropped or added
+        assert len({text for text, _ in rows}) == per_target
+        copies += p["eval"]
+    assert sorted(copies) == list(range(3 * per_target))  # the copies come first, then the plain eval's bulk rows
+    assert len(splits["eval"]) == 30 and splits["eval"][len(copies):] == plain["eval"][:30 - len(copies)]
+    assert splits["info"]["eval_planted"] and not plain["info"]["eval_planted"]
+
+
 def test_too_large_a_split_is_refused_with_the_pool_size():
     with pytest.raises(ValueError, match=r"fortunes has \d+ texts of 40-400 characters"):
         realdata.build("fortunes", n_train=100_000)

@@ -12,6 +12,7 @@ import atexit
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -79,11 +80,13 @@ def copy_run(tmp_path) -> str:
     return target
 
 
-def write_validation(run_dir: str, removal: dict, confirmed=()) -> pd.DataFrame:
+def write_validation(run_dir: str, removal: dict, confirmed=(), elsewhere: dict | None = None) -> pd.DataFrame:
     """Validation files as `dataspex validate` writes them, without its retrains: the report's top two harmful
     and top redundant pair, each with the ``removal`` given by kind and rank (e.g. ``{("harmful", 1):
     "lowered"}``; "unclear" otherwise) and verdict "confirmed" for the (kind, rank) in ``confirmed``, "not
-    confirmed" otherwise."""
+    confirmed" otherwise. ``elsewhere``: the removal's verdict on the other test examples by kind and rank
+    ("unclear" otherwise: change +0.01 [-0.04, +0.06]); None writes no such columns, as validations did before
+    they were measured."""
     from dataspex.store import RunStore
     from dataspex.validate import save_validation
 
@@ -102,6 +105,12 @@ def write_validation(run_dir: str, removal: dict, confirmed=()) -> pd.DataFrame:
                      "removal_ci_high": change + 0.5 if how != "unclear" else 0.5, "removal": how,
                      "realised_removal_mean_loss": change / 4, "removal_mean_ci_low": -0.5,
                      "removal_mean_ci_high": 0.5, "level": 0.9})
+        if elsewhere is not None:
+            away = elsewhere.get((p.kind, int(p.rank)), "unclear")
+            shift = {"lowered": -0.1, "raised": 0.1, "unclear": 0.0}[away]
+            rows[-1].update(removal_elsewhere=away, realised_removal_elsewhere=0.01 + shift,
+                            removal_elsewhere_ci_low=-0.04 + shift, removal_elsewhere_ci_high=0.06 + shift,
+                            n_elsewhere=3)
     table = pd.DataFrame(rows)
     save_validation(RunStore(run_dir), table, {"estimator": "proxyspex", "ranking_estimand": "uniform",
                                                "compared_estimand": "full", "top_k": 2, "kinds": ["harmful", "redundant"],
@@ -289,6 +298,60 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])
     assert ("Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed and "
             f"whose removal lowered the test loss): {validated}.") in md
+
+
+def test_report_says_what_each_validated_removal_did_beyond_its_test_example(tmp_path):
+    """A validated removal is described by what it did to the mean loss of the test examples its pair was not
+    chosen on (lowered, no measurable change, raised), with the caution that only the eval split speaks for unseen
+    data; a validation written before that was measured is named as such, not guessed."""
+    run_dir = copy_run(tmp_path)
+    harmful1 = {("harmful", 1): "lowered"}
+    table = write_validation(run_dir, harmful1, confirmed={("harmful", 1)})  # no columns: an older validation
+    first = table[table["kind"] == "harmful"].iloc[0]
+    pair, test = f"#{int(first['i'])} + #{int(first['j'])}", f"#{int(first['test'])}"
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert ("What these removals did to the other test examples is not measured (validated before dataspex "
+            "measured it): re-run `dataspex validate run_dir=...`, which reuses its retrains.") in md
+    caution = (" The test set chose these pairs, so only `dataspex curate`'s eval split says whether a removal helps "
+               "data the ranking never saw.")
+    expected = {
+        "unclear": (f"Beyond their own test examples: removing {pair} (test {test}; the others +0.010 [-0.040, "
+                    "+0.060]) did not measurably change the mean loss of the other test examples." + caution),
+        "lowered": (f"Beyond their own test examples: removing {pair} (test {test}; the others -0.090 [-0.140, "
+                    "-0.040]) lowered the mean loss of the other test examples too." + caution),
+        "raised": (f"Beyond their own test examples: removing {pair} (test {test}; the others +0.110 [+0.060, "
+                   "+0.160]) raised the mean loss of the other test examples." + caution),
+    }
+    for away, sentence in expected.items():
+        write_validation(run_dir, harmful1, confirmed={("harmful", 1)}, elsewhere={("harmful", 1): away})
+        run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+        md = open(os.path.join(run_dir, "report", "report.md")).read()
+        assert sentence in md
+        assert "removing both: other test examples" in md  # the validation table's column
+    # the actions table carries the same verdict and numbers
+    assert re.search(rf"\| {re.escape(pair)} \| [^|]+ \| {test} \| [^|]+ \| [^|]+ \| lowered \| "
+                     r"raised \+0\.110 \[\+0\.060, \+0\.160\] \|", md)
+
+
+def test_curation_line_explains_a_still_eval_split_by_removals_measured_only_at_their_test_examples():
+    """curate's sentence adds why the eval split may not have moved only when no removal acted on lowered the
+    other test examples' loss and curation did not help."""
+    from dataspex.report.text import _curation_line
+
+    def cur(verdict, scopes):
+        changes = [{"row": k, "evidence": {"test": 5 + k, **({} if s is None else {"removal_elsewhere": s})}}
+                   for k, s in enumerate(scopes)]
+        return {"verdict": verdict, "changes": changes, "actions": "validated", "n_eval": 10, "seeds": 4,
+                "level": 0.9, "curated_vs_full": {"mean": 0.001, "low": -0.01, "high": 0.012}}
+
+    why = ("None of the removals acted on lowered the mean loss of the test examples its pair was not chosen on "
+           "(`dataspex validate`): they were measured to help test #5, #6, so an eval split without texts like "
+           "those has little to gain.")
+    assert _curation_line(cur("no measurable effect", ["unclear", "raised"])).endswith(why)
+    assert why not in _curation_line(cur("no measurable effect", ["unclear", "lowered"]))
+    assert why not in _curation_line(cur("helped", ["unclear", "unclear"]))
+    assert why not in _curation_line(cur("no measurable effect", [None, None]))  # curated before it was measured
 
 
 def test_report_warns_about_diverged_masks(tmp_path):

@@ -118,6 +118,47 @@ def test_analyse_confirms_a_real_interaction_and_not_noise():
     assert table.iloc[0]["verdict"] == "pending"
 
 
+def test_elsewhere_is_the_mean_change_over_the_test_examples_not_chosen_on():
+    from dataspex.validate import elsewhere
+
+    change = np.array([[-5.0, 0.1, 0.3, -0.2], [-4.0, -0.1, 0.2, -0.4], [-6.0, 0.0, 0.1, -0.3]])  # (r=3, T=4)
+    got = elsewhere(change, [0], 0.9)
+    per_replicate = [(0.1 + 0.3 - 0.2) / 3, (-0.1 + 0.2 - 0.4) / 3, (0.0 + 0.1 - 0.3) / 3]
+    mean, _, lo, hi = t_interval(per_replicate, 0.9)
+    assert got["realised_removal_elsewhere"] == pytest.approx(mean)
+    assert got["removal_elsewhere_ci_low"] == pytest.approx(lo)
+    assert got["removal_elsewhere_ci_high"] == pytest.approx(hi)
+    assert got["removal_elsewhere"] == removal_verdict(lo, hi) and got["n_elsewhere"] == 3
+    assert elsewhere(change, [0, 2], 0.9)["n_elsewhere"] == 2  # several pairs' test examples, each left out once
+    assert elsewhere(change, [0, 0, 2], 0.9)["realised_removal_elsewhere"] == pytest.approx(np.mean(change[:, [1, 3]]))
+    none = elsewhere(change, [0, 1, 2, 3], 0.9)
+    assert none["removal_elsewhere"] == "n/a" and none["n_elsewhere"] == 0
+    assert np.isnan(none["realised_removal_elsewhere"])
+
+
+def test_analyse_measures_the_removal_on_the_other_test_examples():
+    """Test 0 is the pair's (masking); test 1 loses 0.5 nats whenever example 0 is dropped: removing both lowers
+    it, so the removal acts beyond the pair's own test example, exactly -0.5."""
+    base = Design(np.ones((1, 4)), [0], ["fit"])
+    pairs = _pairs([("harmful", 1, 0, 1, 0)])
+    design, _ = extend_design(base, needed_masks(4, pairs) + [curated_mask(4, pairs)], 4)
+    rng = np.random.default_rng(1)
+    losses = np.array([[2.0 * max(m[0], m[1]) + 0.05 * rng.standard_normal(), 1.0 - 0.5 * (1 - m[0])]
+                       for m in design.masks])
+    results = Results(design.mask_ids, design.masks, losses, -losses)
+    row = analyse(pairs, design, results, {"est": _FakeResult(-2.0)}, "est", 4, 4, 0.9).iloc[0]
+    assert row["realised_removal_elsewhere"] == pytest.approx(-0.5) and row["n_elsewhere"] == 1
+    assert row["removal_elsewhere"] == "lowered"
+    cur = analyse_curated(curated_mask(4, pairs), design, results, 4, 0.9, tests=[0])
+    assert cur["elsewhere_change"] == pytest.approx(-0.5) and cur["elsewhere"] == "lowered" and cur["tests"] == [0]
+    # the test example a pair was chosen on is its own: without the tests, both count
+    assert analyse_curated(curated_mask(4, pairs), design, results, 4, 0.9)["n_elsewhere"] == 2
+    # with only its own test example moving, the others show nothing
+    flat = Results(design.mask_ids, design.masks, np.c_[losses[:, 0], np.ones(len(losses))], -losses)
+    assert analyse(pairs, design, flat, {"est": _FakeResult(-2.0)}, "est", 4, 4, 0.9).iloc[0]["removal_elsewhere"] \
+        == "unclear"
+
+
 @pytest.mark.slow
 def test_validate_stage_end_to_end(tmp_path):
     """On a synthetic run: retrains through the engine, resumes, leaves `fit` alone, and feeds the report."""
@@ -143,6 +184,8 @@ def test_validate_stage_end_to_end(tmp_path):
     assert cur["status"] == "done" and cur["dropped"] == sorted([int(harmful["i"]), int(harmful["j"])])
     assert cur["ci_low"] <= cur["mean_loss_change"] <= cur["ci_high"] and len(cur["per_test_change"]) == 4
     assert set(table["removal"]) <= {"lowered", "raised", "unclear"}
+    assert set(table["removal_elsewhere"]) <= {"lowered", "raised", "unclear"} and (table["n_elsewhere"] == 3).all()
+    assert cur["n_elsewhere"] == 3 and cur["tests"] == [int(harmful["test"])]
 
     # the report now has the validation section and the verdicts beside the pairs
     md = open(os.path.join(run_dir, "report", "report.md")).read()

@@ -129,13 +129,20 @@ def load_models(cfg, store) -> tuple[dict, dict, str]:
     return fitted, faithfulness, name
 
 
+def listed_pairs(result, k: int, estimand: str, n_test: int) -> dict:
+    """The pairs the report lists, by kind (:data:`~dataspex.report.text.KINDS`): the top ``k`` of each ranked
+    list (:func:`dataspex.fit.ranking.ranked_pairs`). The report's tables and ``dataspex validate``'s choice of
+    findings both start from this, so they test and name the same pairs."""
+    return {kind: ranked_pairs(result, kind, k, estimand, n_test) for kind in KINDS}
+
+
 def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_scores,
                 units=None) -> tuple[dict, dict]:
     """The top ``k`` pairs of each kind with their texts, also-moves, TRAK and validation columns, and the recall
     of the planted pairs among them. ``trak_scores`` (n_units, n_test): per unit when the design has ``units``."""
     tables, recall = {}, {}
-    for kind in KINDS:
-        table = describe_pairs(ranked_pairs(result, kind, k, estimand, data.n_test), data, units=units)
+    for kind, listed in listed_pairs(result, k, estimand, data.n_test).items():
+        table = describe_pairs(listed, data, units=units)
         table["also_moves"] = also_moves(table, stack)
         if trak_scores is not None:
             table["trak_i"] = [float(trak_scores[i, t]) for i, t in zip(table["i"], table["test"])]

@@ -35,6 +35,8 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
             v = vkey.get((row.i, row.j))
             done = v is not None and v.verdict != "pending"
             removal = getattr(v, "removal", "unclear") if done else "-"
+            # validations written before the other test examples were measured have no such column: "-"
+            away = getattr(v, "removal_elsewhere", "-") if done else "-"
             rows.append({"kind": kind, "rank": row.rank, "i": row.i, "j": row.j, "pattern": row.pattern,
                          "action": action, "test": row.test,
                          "predicted_change_if_both_removed": predicted,
@@ -42,6 +44,9 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
                          "realised_low": getattr(v, "removal_ci_low", np.nan) if done else np.nan,
                          "realised_high": getattr(v, "removal_ci_high", np.nan) if done else np.nan,
                          "verdict": v.verdict if v is not None else "not validated", "removal": removal,
+                         "removal_elsewhere": away if isinstance(away, str) else "-",
+                         **{key: getattr(v, key, np.nan) if done else np.nan for key in (
+                             "realised_removal_elsewhere", "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")},
                          "text_i": row.text_i, "label_i": row.label_i, "text_j": row.text_j,
                          "label_j": row.label_j, "test_text": row.test_text, "test_label": row.test_label})
     return pd.DataFrame(rows)

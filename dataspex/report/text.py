@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 from dataspex.fit.planning import CEILING_SHARE
 from dataspex.store import health
+from dataspex.validate.analysis import validated_harmful
 
 # The pair lists the report shows, with what each kind means for the test loss.
 KINDS = {kind: PAIR_KINDS[kind] for kind in ("harmful", "redundant")}
@@ -115,6 +116,7 @@ def _headline(ctx) -> list[str]:
         out.append(f"Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed "
                    f"and whose removal lowered the test loss): {_ids(confirmed, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
+        out.append(_scope_sentence(validated_harmful(ctx["actions"]), ctx.get("units")))
     else:
         out.append("Examples to drop or relabel, validated: none. No harmful pair was both confirmed as a pair and "
                    "lowered the test loss when removed: nothing to drop on this evidence.")
@@ -126,12 +128,45 @@ def _headline(ctx) -> list[str]:
                    f"`dataspex validate` retrained ({n_confirmed} of them confirmed; "
                    f"{_ids(cur['dropped'], ctx.get('units'))}) changed "
                    "the mean test loss by "
-                   f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])} "
-                   f"({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
+                   f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])}"
+                   f"{_curated_elsewhere(cur)} ({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
     line = _curation_line(ctx.get("curation"))
     if line:
         out.append(line)
     return out
+
+
+def _scope_sentence(validated: pd.DataFrame, units=None) -> str:
+    """What each validated removal did to the test examples its pair was not chosen on (their mean loss: lowered,
+    no measurable change, raised), and a caution that only an eval split says whether it helps unseen data."""
+    if "removal_elsewhere" not in validated or (validated["removal_elsewhere"] == "-").any():
+        return ("What these removals did to the other test examples is not measured (validated before dataspex "
+                "measured it): re-run `dataspex validate run_dir=...`, which reuses its retrains.")
+    parts = []
+    for what, text in (("lowered", "lowered the mean loss of the other test examples too"),
+                       ("unclear", "did not measurably change the mean loss of the other test examples"),
+                       ("raised", "raised the mean loss of the other test examples"),
+                       ("n/a", "has no other test example to measure")):
+        rows = validated[validated["removal_elsewhere"] == what]
+        if len(rows):
+            pairs = " and ".join(f"{' + '.join(_ids([x], units) for x in (r.i, r.j))} (test #{r.test}; the others "
+                                 f"{_fmt(r.realised_removal_elsewhere)} "
+                                 f"{_ci(r.removal_elsewhere_ci_low, r.removal_elsewhere_ci_high)})"
+                                 for r in rows.itertuples())
+            parts.append(f"removing {pairs}{' each' if len(rows) > 1 else ''} {text}")
+    return ("Beyond their own test examples: " + ". ".join(p if k == 0 else p[0].upper() + p[1:]
+                                                          for k, p in enumerate(parts))
+            + ". The test set chose these pairs, so only `dataspex curate`'s eval split says whether a removal "
+            "helps data the ranking never saw.")
+
+
+def _curated_elsewhere(cur: dict) -> str:
+    """The curated removal's change on the test examples its pairs were not chosen on ('' for validations written
+    before it was measured)."""
+    if "elsewhere_change" not in cur or not cur.get("n_elsewhere"):
+        return ""
+    return (f", and that of the {cur['n_elsewhere']} test examples the pairs were not chosen on by "
+            f"{_fmt(cur['elsewhere_change'])} {_ci(cur['elsewhere_ci_low'], cur['elsewhere_ci_high'])}")
 
 
 def _drop_sentence(effect: float | None) -> str:
@@ -163,7 +198,21 @@ def _curation_line(cur: dict | None) -> str | None:
             parts.append(f"{what} {_fmt(cur[key]['mean'])} {_ci(cur[key]['low'], cur[key]['high'])}")
     return (f"Curation (`dataspex curate`, {n_changed} examples changed, curate.actions={cur['actions']}), scored on "
             f"the {cur['n_eval']} eval examples no attribution used, {cur['seeds']} paired seeds, {level}% "
-            f"intervals: **{cur['verdict']}**. Eval loss change of the curated set: {'; '.join(parts)} nats{stale}.")
+            f"intervals: **{cur['verdict']}**. Eval loss change of the curated set: {'; '.join(parts)} nats{stale}."
+            f"{_curation_scope(cur)}")
+
+
+def _curation_scope(cur: dict) -> str:
+    """Why an eval split may not move: no removal acted on lowered the other test examples' loss in `validate`'s
+    retrains, so what it was measured to help is its own test example (an eval split holding texts like those
+    can still gain: the demo's does)."""
+    scopes = {(c.get("evidence") or {}).get("removal_elsewhere") for c in cur.get("changes", [])}
+    if cur.get("verdict") == "helped" or not scopes or not scopes <= {"unclear", "raised"}:
+        return ""
+    tests = sorted({int(c["evidence"]["test"]) for c in cur["changes"]})
+    return (" None of the removals acted on lowered the mean loss of the test examples its pair was not chosen on "
+            f"(`dataspex validate`): they were measured to help test {', '.join(f'#{t}' for t in tests)}, so an "
+            "eval split without texts like those has little to gain.")
 
 
 def _need(need: dict | None, what: str) -> str:
@@ -245,14 +294,25 @@ def _action_rows(ctx) -> list[list[str]]:
         realised = "n/a" if _fmt(a.realised_change_if_both_removed) == "n/a" else \
             f"{_fmt(a.realised_change_if_both_removed)} {_ci(a.realised_low, a.realised_high)}"
         rows.append([a.kind, f"#{a.i} + #{a.j}", a.action, f"#{a.test}",
-                     _fmt(a.predicted_change_if_both_removed), realised, a.removal, a.verdict,
+                     _fmt(a.predicted_change_if_both_removed), realised, a.removal, _elsewhere_cell(a), a.verdict,
                      f"#{a.i}: {a.text_i} [{a.label_i}]", f"#{a.j}: {a.text_j} [{a.label_j}]",
                      f"#{a.test}: {a.test_text} [{a.test_label}]"])
     return rows
 
 
 ACTION_HEAD = ["kind", "pair", "suggested action", "test example", "predicted loss change if both removed",
-               "realised (interval)", "removal", "interaction", "example i", "example j", "affected test example"]
+               "realised (interval)", "removal", "other test examples", "interaction", "example i", "example j",
+               "affected test example"]
+
+
+def _elsewhere_cell(row) -> str:
+    """The removal's verdict on the test examples the pair was not chosen on, with its mean change and interval
+    (``-`` before validation, or for a validation written before it was measured)."""
+    what = str(getattr(row, "removal_elsewhere", "-"))
+    if what in ("-", "pending", "n/a"):
+        return what
+    low, high = getattr(row, "removal_elsewhere_ci_low", np.nan), getattr(row, "removal_elsewhere_ci_high", np.nan)
+    return f"{what} {_fmt(getattr(row, 'realised_removal_elsewhere', np.nan))} {_ci(low, high)}"
 
 
 def action_head(ctx) -> list[str]:
@@ -261,7 +321,8 @@ def action_head(ctx) -> list[str]:
         return ACTION_HEAD
     return [{"example i": "unit i (every member)", "example j": "unit j (every member)"}.get(h, h) for h in ACTION_HEAD]
 VALIDATION_HEAD = ["kind", "rank", "pair", "test example", "predicted (full)", "realised", "interval", "seeds",
-                   "verdict", "removing both: test loss", "removal", "removing both: mean test loss"]
+                   "verdict", "removing both: test loss", "removal", "removing both: mean test loss",
+                   "removing both: other test examples"]
 
 
 def _validation_rows(ctx) -> list[list[str]]:
@@ -273,7 +334,8 @@ def _validation_rows(ctx) -> list[list[str]]:
                       f"{_ci(getattr(v, 'removal_ci_low', np.nan), getattr(v, 'removal_ci_high', np.nan))}"),
                      str(getattr(v, "removal", "-")),
                      (f"{_fmt(getattr(v, 'realised_removal_mean_loss', np.nan))} "
-                      f"{_ci(getattr(v, 'removal_mean_ci_low', np.nan), getattr(v, 'removal_mean_ci_high', np.nan))}")])
+                      f"{_ci(getattr(v, 'removal_mean_ci_low', np.nan), getattr(v, 'removal_mean_ci_high', np.nan))}"),
+                     _elsewhere_cell(v)])
     return rows
 
 
@@ -286,7 +348,8 @@ def _validation_text(ctx) -> str:
             f"{level}%; predicted = the same quantity from {vm['estimator']} (full estimand). **confirmed**: the "
             "interval excludes 0 on the predicted side. Removing both: realised change in the test loss "
             "f(all-i-j) - f(all), on the pair's test example (removal: lowered / raised when its interval excludes "
-            "0) and averaged over all test examples.")
+            "0), averaged over all test examples, and averaged over the other test examples (those the pair was not "
+            "chosen on).")
 
 
 def _pair_head(trak: bool, validated: bool, by_unit: bool = False) -> list[str]:

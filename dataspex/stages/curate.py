@@ -93,9 +93,11 @@ def plan_changes(actions, data, source: str, relabel: bool, validated: bool,
                 continue
             evidence = {"pair": list(pair), "test": int(row.test), "pattern": row.pattern,
                         "report_action": row.action, "verdict": row.verdict, "removal": row.removal,
-                        **{key: _number(getattr(row, key)) for key in (
+                        "removal_elsewhere": str(getattr(row, "removal_elsewhere", "-")),
+                        **{key: _number(getattr(row, key, np.nan)) for key in (
                             "predicted_change_if_both_removed", "realised_change_if_both_removed",
-                            "realised_low", "realised_high")}}
+                            "realised_low", "realised_high", "realised_removal_elsewhere",
+                            "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")}}
             entry = {"row": x, "text": data.train.texts[x]}
             if units is not None:
                 entry["unit"] = units.names[int(units.unit_of[x])]

@@ -15,8 +15,8 @@ import pandas as pd
 from dataspex.core.errors import DataspexError
 from dataspex.design.validation import ROLE, curated_mask, extend_design, needed_masks
 from dataspex.fit.artifacts import choose_estimator, load_fitted
-from dataspex.fit.ranking import ranked_pairs, select_pairs
-from dataspex.report.context import pair_evidence
+from dataspex.fit.ranking import select_pairs
+from dataspex.report.context import listed_pairs, pair_evidence
 from dataspex.report.text import KINDS
 from dataspex.stages.report import report_run
 from dataspex.stages.rundir import open_run
@@ -72,20 +72,25 @@ def stage_validate(cfg) -> pd.DataFrame:
     results = store.load_results(design)
     output = faithfulness[ranking].get("output", "loss")
     table = analyse(pairs, design, results, fitted, ranking, design.n_units, replicates, opts["level"], output)
-    curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output)
+    harmful_tests = pairs.loc[pairs["kind"] == "harmful", "test"].tolist()
+    curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output, harmful_tests)
     save_validation(store, table, {
         "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],
         "kinds": opts["kinds"], "select": opts["select"], "seeds": replicates, "level": opts["level"], "output": output,
         "seed_policy": str(cfg.train.seed_policy), "engine": str(cfg.train.engine), "n_training_sets": len(masks),
         "curated": curated_effect})
     for row in table.itertuples():
-        log.info("validate: %-9s (%d, %d) on test %d: predicted %+.3f, realised %+.3f [%+.3f, %+.3f] -> %s",
+        log.info("validate: %-9s (%d, %d) on test %d: predicted %+.3f, realised %+.3f [%+.3f, %+.3f] -> %s; "
+                 "removing both: its test loss %s, the other test losses %s (%+.3f [%+.3f, %+.3f])",
                  row.kind, row.i, row.j, row.test, row.predicted, row.realised, row.ci_low, row.ci_high,
-                 row.verdict)
+                 row.verdict, row.removal, row.removal_elsewhere, row.realised_removal_elsewhere,
+                 row.removal_elsewhere_ci_low, row.removal_elsewhere_ci_high)
     if curated_effect and curated_effect["status"] == "done":
-        log.info("validate: dropping %s changes the mean test loss by %+.3f [%+.3f, %+.3f]",
+        log.info("validate: dropping %s changes the mean test loss by %+.3f [%+.3f, %+.3f], the loss of the %d "
+                 "test examples the pairs were not chosen on by %+.3f [%+.3f, %+.3f]",
                  curated_effect["dropped"], curated_effect["mean_loss_change"], curated_effect["ci_low"],
-                 curated_effect["ci_high"])
+                 curated_effect["ci_high"], curated_effect["n_elsewhere"], curated_effect["elsewhere_change"],
+                 curated_effect["elsewhere_ci_low"], curated_effect["elsewhere_ci_high"])
     report_run(cfg, store, data)
     return table
 
@@ -102,8 +107,7 @@ def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, 
     if other:
         raise DataspexError(f"validate.kinds has {other} and validate.select=findings: the report tests only "
                             f"{' and '.join(KINDS)} pairs for findings; use validate.select=top for {other}")
-    result, estimand, k = fitted[ranking], cfg.report.estimand, int(cfg.report.top_k)
-    listed = {kind: ranked_pairs(result, kind, k, estimand, data.n_test) for kind in KINDS}
+    listed = listed_pairs(fitted[ranking], int(cfg.report.top_k), cfg.report.estimand, data.n_test)
     output = faithfulness[ranking].get("output", "loss")
     tested, _ = pair_evidence(design, store.load_results(design), fitted, ranking, output, listed,
                               float(cfg.report.q_max))
