@@ -185,8 +185,8 @@ class Run:
         """report/summary.json (None before `dataspex report`): the headline numbers, with the training examples
         to review as two lists: ``examples_to_review_predicted`` (the top harmful pairs' examples, as the
         ranking model predicts them) and ``examples_to_review_validated`` (those of pairs whose interaction the
-        retrains confirmed and whose removal lowered the test loss; None before `dataspex validate`, [] when none
-        did)."""
+        retrains confirmed and whose removal lowered its test example's loss and the mean test loss; None before
+        `dataspex validate`, [] when none did)."""
         path = self.store.path("report", "summary.json")
         return read_json(path) if os.path.exists(path) else None
 

@@ -130,9 +130,11 @@ def test_top_harmful_takes_the_largest_harm_lower_index_on_ties():
 # ------------------------------------------------------------------------------------------- the changes
 
 def _actions(rows):
+    """An actions table; the mean test loss moved as the pair's test example's loss did (``removal_mean`` =
+    ``removal``) unless a row gives its own ``removal_mean`` as a 13th value."""
     cols = ["kind", "i", "j", "test", "pattern", "action", "removal", "verdict", "predicted_change_if_both_removed",
-            "realised_change_if_both_removed", "realised_low", "realised_high"]
-    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols)
+            "realised_change_if_both_removed", "realised_low", "realised_high", "removal_mean"]
+    return pd.DataFrame([dict(zip(cols, r if len(r) == len(cols) else (*r, r[6]))) for r in rows], columns=cols)
 
 
 def _data():
@@ -148,17 +150,19 @@ def test_plan_changes_follows_the_source_and_the_relabel_choice():
          -2.0, -1.5, -2.0, -1.0),
         ("harmful", 4, 6, 1, "synergy", "drop either", "unclear", "not confirmed", -0.5, 0.1, -0.4, 0.6),
         ("harmful", 0, 7, 1, "masking", "drop both", "lowered", "not confirmed", -0.5, -1.0, -1.5, -0.5),
+        ("harmful", 2, 4, 0, "masking", "drop both", "lowered", "confirmed", -0.5, -1.0, -1.5, -0.5, "unclear"),
         ("redundant", 2, 5, 1, "redundant", "keep at least one", "-", "not validated", 1.0, np.nan, np.nan, np.nan),
     ])
     plan, entries = plan_changes(actions, _data(), "validated", relabel=False, validated=True)
-    # only the pair whose interaction was confirmed and whose removal lowered the loss: (0, 7) helped unconfirmed
+    # only the pair whose interaction was confirmed and whose removal lowered its test loss and the mean test
+    # loss: (0, 7) helped unconfirmed, (2, 4) confirmed but the mean test loss did not measurably fall
     assert plan.dropped == [1, 3] and plan.relabelled == {}
     assert [e["change"] for e in entries] == ["drop", "drop"] and entries[0]["evidence"]["pair"] == [1, 3]
     plan, entries = plan_changes(actions, _data(), "validated", relabel=True, validated=True)
     assert plan.dropped == [] and plan.relabelled == {1: 0, 3: 0}
     assert entries[0]["label"] == "pos" and entries[0]["new_label"] == "neg"
     plan, entries = plan_changes(actions, _data(), "predicted", relabel=False, validated=False)
-    assert plan.dropped == [0, 1, 3, 4, 6, 7]  # every harmful finding; redundant pairs are kept
+    assert plan.dropped == [0, 1, 2, 3, 4, 6, 7]  # every harmful finding; redundant pairs are kept
     assert entries[2]["evidence"]["realised_change_if_both_removed"] == 0.1
     with pytest.raises(DataspexError, match="this run has not been validated: run `dataspex validate"):
         plan_changes(actions, _data(), "validated", relabel=False, validated=False)
@@ -359,13 +363,14 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
     write_validation(run_dir, {})  # validated, and no removal lowered the loss
     proc = run_cli("curate", f"run_dir={run_dir}")
     assert ("nothing to act on (`dataspex validate` confirmed no harmful pair (its interaction confirmed and its "
-            "removal lowering the test loss))") in proc.stderr
+            "removal lowering both its test example's loss and the mean test loss))") in proc.stderr
     summary = json.load(open(os.path.join(run_dir, "curate", "curation.json")))
     assert summary["verdict"] == "nothing to act on" and summary["changes"] == []
     assert not os.path.exists(os.path.join(run_dir, "curate", "manifest.json"))
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert "Curation (`dataspex curate`, curate.actions=validated): nothing to act on: `dataspex validate` " \
-        "confirmed no harmful pair (its interaction confirmed and its removal lowering the test loss)." in md
+        "confirmed no harmful pair (its interaction confirmed and its removal lowering both its test example's " \
+        "loss and the mean test loss)." in md
 
 
 def test_per_block_seed_policy_shares_a_seed_and_data_order_inside_a_block_of_ids():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import html
 import json
 import os
 import re
@@ -80,11 +81,13 @@ def copy_run(tmp_path) -> str:
     return target
 
 
-def write_validation(run_dir: str, removal: dict, confirmed=(), elsewhere: dict | None = None) -> pd.DataFrame:
+def write_validation(run_dir: str, removal: dict, confirmed=(), elsewhere: dict | None = None,
+                     mean_unclear=()) -> pd.DataFrame:
     """Validation files as `dataspex validate` writes them, without its retrains: the report's top two harmful
     and top redundant pair, each with the ``removal`` given by kind and rank (e.g. ``{("harmful", 1):
     "lowered"}``; "unclear" otherwise) and verdict "confirmed" for the (kind, rank) in ``confirmed``, "not
-    confirmed" otherwise. ``elsewhere``: the removal's verdict on the other test examples by kind and rank
+    confirmed" otherwise; the mean test loss moves as the test example's loss does (interval change/4 +- 0.1),
+    except for the (kind, rank) in ``mean_unclear`` (-0.25 [-0.3, +0.05]). ``elsewhere``: the removal's verdict on the other test examples by kind and rank
     ("unclear" otherwise: change +0.01 [-0.04, +0.06]); None writes no such columns, as validations did before
     they were measured."""
     from dataspex.store import RunStore
@@ -103,8 +106,11 @@ def write_validation(run_dir: str, removal: dict, confirmed=(), elsewhere: dict 
                      "realised_removal": change,
                      "removal_ci_low": change - 0.5 if how != "unclear" else -0.5,
                      "removal_ci_high": change + 0.5 if how != "unclear" else 0.5, "removal": how,
-                     "realised_removal_mean_loss": change / 4, "removal_mean_ci_low": -0.5,
-                     "removal_mean_ci_high": 0.5, "level": 0.9})
+                     "realised_removal_mean_loss": change / 4,
+                     "removal_mean_ci_low": change / 4 - 0.1 if how != "unclear" else -0.5,
+                     "removal_mean_ci_high": change / 4 + 0.1 if how != "unclear" else 0.5, "level": 0.9})
+        if (p.kind, int(p.rank)) in mean_unclear:  # its own test example only: the mean interval holds 0
+            rows[-1].update(removal_mean_ci_low=-0.3, removal_mean_ci_high=0.05)
         if elsewhere is not None:
             away = elsewhere.get((p.kind, int(p.rank)), "unclear")
             shift = {"lowered": -0.1, "raised": 0.1, "unclear": 0.0}[away]
@@ -275,10 +281,11 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     page = open(os.path.join(run_dir, "report", "report.html")).read()
     ids = ", ".join(f"#{x}" for x in predicted)
-    for text in (md, page):
+    for text in (md, html.unescape(page)):  # the page escapes the apostrophes
         assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in text
-        assert ("Examples to drop or relabel, validated: none. No harmful pair was both confirmed as a pair and "
-                "lowered the test loss when removed") in text
+        assert ("Examples to drop or relabel, validated: none. No harmful pair was confirmed as a pair and "
+                "lowered both its test example's loss and the mean test loss when removed: nothing to drop on this "
+                "evidence.") in text
 
     # a removal that helped without a confirmed interaction is not a validated pair action
     write_validation(run_dir, {("harmful", 1): "lowered"})
@@ -297,7 +304,19 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in md
     validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])
     assert ("Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed and "
-            f"whose removal lowered the test loss): {validated}.") in md
+            f"whose removal lowered both its test example's loss and the mean test loss): {validated}.") in md
+
+    # confirmed, and its test example's loss fell, but the mean test loss did not measurably: a one-example fix,
+    # named as such, and not an action on the data set
+    table = write_validation(run_dir, {("harmful", 1): "lowered"}, confirmed={("harmful", 1)},
+                             mean_unclear={("harmful", 1)})
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS)
+    assert dataspex.load_run(run_dir).summary["examples_to_review_validated"] == []
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    first = table[table["kind"] == "harmful"].iloc[0]
+    assert ("nothing to drop on this evidence. Confirmed, but a fix for one test example only (the mean test loss "
+            f"did not measurably fall): #{int(first['i'])} + #{int(first['j'])} (test #{int(first['test'])}: "
+            "-1.000; mean test loss -0.250 [-0.300, +0.050]).") in md
 
 
 def test_report_says_what_each_validated_removal_did_beyond_its_test_example(tmp_path):
@@ -331,7 +350,7 @@ def test_report_says_what_each_validated_removal_did_beyond_its_test_example(tmp
         assert "removing both: other test examples" in md  # the validation table's column
     # the actions table carries the same verdict and numbers
     assert re.search(rf"\| {re.escape(pair)} \| [^|]+ \| {test} \| [^|]+ \| [^|]+ \| lowered \| "
-                     r"raised \+0\.110 \[\+0\.060, \+0\.160\] \|", md)
+                     r"lowered -0\.250 \[-0\.350, -0\.150\] \| raised \+0\.110 \[\+0\.060, \+0\.160\] \|", md)
 
 
 def test_curation_line_explains_a_still_eval_split_by_removals_measured_only_at_their_test_examples():

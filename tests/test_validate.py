@@ -99,6 +99,7 @@ def test_analyse_confirms_a_real_interaction_and_not_noise():
     assert row["realised"] == pytest.approx(-2.0, abs=0.2) and row["ci_low"] < -2.0 + 0.5 < row["ci_high"] + 0.5
     assert row["realised_removal"] == pytest.approx(-2.0, abs=0.2)  # removing both lowers the loss by 2
     assert row["removal"] == "lowered"
+    assert row["realised_removal_mean_loss"] == pytest.approx(-1.0, abs=0.1) and row["removal_mean"] == "lowered"
     assert row["predicted"] == -2.0
     cur = analyse_curated(curated_mask(4, pairs), design, _results_for(design, masking, 0.05), 4, 0.9)
     assert cur["dropped"] == [0, 1] and cur["mean_loss_change"] == pytest.approx(-1.0, abs=0.1)  # mean of (-2, 0)
@@ -184,6 +185,7 @@ def test_validate_stage_end_to_end(tmp_path):
     assert cur["status"] == "done" and cur["dropped"] == sorted([int(harmful["i"]), int(harmful["j"])])
     assert cur["ci_low"] <= cur["mean_loss_change"] <= cur["ci_high"] and len(cur["per_test_change"]) == 4
     assert set(table["removal"]) <= {"lowered", "raised", "unclear"}
+    assert set(table["removal_mean"]) <= {"lowered", "raised", "unclear"}
     assert set(table["removal_elsewhere"]) <= {"lowered", "raised", "unclear"} and (table["n_elsewhere"] == 3).all()
     assert cur["n_elsewhere"] == 3 and cur["tests"] == [int(harmful["test"])]
 
@@ -198,7 +200,8 @@ def test_validate_stage_end_to_end(tmp_path):
     # the summary keeps what the model predicts and what the retrains confirmed as two lists
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
     assert summary["examples_to_review_predicted"] and "examples_to_review" not in summary
-    acted = table[(table["kind"] == "harmful") & (table["removal"] == "lowered") & (table["verdict"] == "confirmed")]
+    acted = table[(table["kind"] == "harmful") & (table["removal"] == "lowered") & (table["verdict"] == "confirmed")
+                  & (table["removal_mean"] == "lowered")]
     assert summary["examples_to_review_validated"] == sorted({int(x) for x in [*acted["i"], *acted["j"]]})
     assert "Examples to drop or relabel, predicted (top harmful pairs):" in md
     assert "Examples to drop or relabel, validated" in md

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from dataspex.report.text import KINDS
-from dataspex.validate.analysis import validated_harmful
+from dataspex.validate.analysis import removal_verdict, validated_harmful
 
 SUMMARY_ROWS = 5  # pairs per kind in the curation summary
 
@@ -35,6 +35,9 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
             v = vkey.get((row.i, row.j))
             done = v is not None and v.verdict != "pending"
             removal = getattr(v, "removal", "unclear") if done else "-"
+            # from the interval, so validations written before the column existed read the same
+            removal_mean = removal_verdict(getattr(v, "removal_mean_ci_low", np.nan),
+                                           getattr(v, "removal_mean_ci_high", np.nan)) if done else "-"
             # validations written before the other test examples were measured have no such column: "-"
             away = getattr(v, "removal_elsewhere", "-") if done else "-"
             rows.append({"kind": kind, "rank": row.rank, "i": row.i, "j": row.j, "pattern": row.pattern,
@@ -44,6 +47,9 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
                          "realised_low": getattr(v, "removal_ci_low", np.nan) if done else np.nan,
                          "realised_high": getattr(v, "removal_ci_high", np.nan) if done else np.nan,
                          "verdict": v.verdict if v is not None else "not validated", "removal": removal,
+                         "removal_mean": removal_mean,
+                         **{key: getattr(v, key, np.nan) if done else np.nan for key in (
+                             "realised_removal_mean_loss", "removal_mean_ci_low", "removal_mean_ci_high")},
                          "removal_elsewhere": away if isinstance(away, str) else "-",
                          **{key: getattr(v, key, np.nan) if done else np.nan for key in (
                              "realised_removal_elsewhere", "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")},
@@ -61,7 +67,8 @@ def _similar(a: str, b: str) -> float:
 def examples_to_review(actions: pd.DataFrame, validated: bool) -> list[int]:
     """The training examples of the summary's harmful pairs: with ``validated=False`` all of them (what the
     ranking model predicts), with ``validated=True`` only those of pairs whose interaction ``dataspex validate``
-    confirmed and whose removal lowered the test loss in its retrains (possibly none; ``validated_harmful``)."""
+    confirmed and whose removal lowered both its test example's loss and the mean test loss in its retrains
+    (possibly none; ``validated_harmful``)."""
     if actions.empty:
         return []
     harmful = validated_harmful(actions) if validated else actions[actions["kind"] == "harmful"]

@@ -114,12 +114,14 @@ def _headline(ctx) -> list[str]:
         out.append("Examples to drop or relabel, validated: none yet (not validated).")
     elif confirmed:
         out.append(f"Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed "
-                   f"and whose removal lowered the test loss): {_ids(confirmed, ctx.get('units'))}. "
+                   f"and whose removal lowered both its test example's loss and the mean test loss): "
+                   f"{_ids(confirmed, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
         out.append(_scope_sentence(validated_harmful(ctx["actions"]), ctx.get("units")))
     else:
-        out.append("Examples to drop or relabel, validated: none. No harmful pair was both confirmed as a pair and "
-                   "lowered the test loss when removed: nothing to drop on this evidence.")
+        out.append("Examples to drop or relabel, validated: none. No harmful pair was confirmed as a pair and "
+                   "lowered both its test example's loss and the mean test loss when removed: nothing to drop on "
+                   f"this evidence.{_local_only(ctx['actions'])}")
     cur = (vmeta or {}).get("curated") or {}
     if cur.get("status") == "done":
         n_confirmed = int(((validation["kind"] == "harmful") & (validation["verdict"] == "confirmed")).sum())
@@ -134,6 +136,22 @@ def _headline(ctx) -> list[str]:
     if line:
         out.append(line)
     return out
+
+
+def _local_only(actions: pd.DataFrame) -> str:
+    """The confirmed harmful pairs that fixed their own test example without lowering the mean test loss ('' if
+    none): named, since a team may still want that one example fixed."""
+    if actions.empty or "removal_mean" not in actions:
+        return ""
+    rows = actions[(actions["kind"] == "harmful") & (actions["verdict"] == "confirmed")
+                   & (actions["removal"] == "lowered") & (actions["removal_mean"] != "lowered")]
+    if rows.empty:
+        return ""
+    pairs = "; ".join(f"#{r.i} + #{r.j} (test #{r.test}: {_fmt(r.realised_change_if_both_removed)}; mean test loss "
+                      f"{_fmt(r.realised_removal_mean_loss)} {_ci(r.removal_mean_ci_low, r.removal_mean_ci_high)})"
+                      for r in rows.itertuples())
+    return (f" Confirmed, but a fix for one test example only (the mean test loss did not measurably fall): "
+            f"{pairs}.")
 
 
 def _scope_sentence(validated: pd.DataFrame, units=None) -> str:
@@ -294,15 +312,25 @@ def _action_rows(ctx) -> list[list[str]]:
         realised = "n/a" if _fmt(a.realised_change_if_both_removed) == "n/a" else \
             f"{_fmt(a.realised_change_if_both_removed)} {_ci(a.realised_low, a.realised_high)}"
         rows.append([a.kind, f"#{a.i} + #{a.j}", a.action, f"#{a.test}",
-                     _fmt(a.predicted_change_if_both_removed), realised, a.removal, _elsewhere_cell(a), a.verdict,
+                     _fmt(a.predicted_change_if_both_removed), realised, a.removal, _mean_cell(a),
+                     _elsewhere_cell(a), a.verdict,
                      f"#{a.i}: {a.text_i} [{a.label_i}]", f"#{a.j}: {a.text_j} [{a.label_j}]",
                      f"#{a.test}: {a.test_text} [{a.test_label}]"])
     return rows
 
 
 ACTION_HEAD = ["kind", "pair", "suggested action", "test example", "predicted loss change if both removed",
-               "realised (interval)", "removal", "other test examples", "interaction", "example i", "example j",
-               "affected test example"]
+               "realised (interval)", "removal", "mean test loss", "other test examples", "interaction", "example i",
+               "example j", "affected test example"]
+
+
+def _mean_cell(row) -> str:
+    """What removing both did to the mean test loss: verdict, change and interval (``-`` before validation)."""
+    what = str(getattr(row, "removal_mean", "-"))
+    if what in ("-", "pending"):
+        return what
+    low, high = getattr(row, "removal_mean_ci_low", np.nan), getattr(row, "removal_mean_ci_high", np.nan)
+    return f"{what} {_fmt(getattr(row, 'realised_removal_mean_loss', np.nan))} {_ci(low, high)}"
 
 
 def _elsewhere_cell(row) -> str:

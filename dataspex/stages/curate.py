@@ -1,7 +1,8 @@
 """``dataspex curate``: act on the report, and measure whether acting helped, on data the ranking never saw.
 
 1. The changes: the report's harmful findings (``curate.actions=validated``: only the pairs whose interaction
-   ``dataspex validate`` confirmed and whose removal lowered the test loss; ``predicted``: every harmful finding),
+   ``dataspex validate`` confirmed and whose removal lowered both its test example's loss and the mean test loss;
+   ``predicted``: every harmful finding),
    each pair dropped, or relabelled where
    the report suggests it and ``curate.relabel=true``.
 2. The curated training set in the user's format, and a manifest of each change with its pair and evidence
@@ -253,7 +254,7 @@ def _nothing_to_act_on(ctx, name: str, source: str) -> str:
     if source == "predicted" or ctx["actions"].empty:
         return "no harmful pair is a finding of the report"
     return ("`dataspex validate` confirmed no harmful pair (its interaction confirmed and its removal lowering "
-            "the test loss)")
+            "both its test example's loss and the mean test loss)")
 
 
 def stage_curate(cfg) -> dict:
