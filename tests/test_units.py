@@ -243,6 +243,15 @@ def test_a_unit_run_reports_validates_and_curates_unit_pairs(tmp_path):
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert "masks over 5 units (column:group)" in md and "| unit i | unit j |" in md
     assert f"Units to drop (every member), predicted (top harmful pairs): #{units_listed[0]} (src" in md
+    assert "Units to drop (every member), validated: none yet (not validated)." in md
+    from tests.test_report import write_validation  # validation files as `dataspex validate` writes them
+
+    first = write_validation(run_dir, {("harmful", 1): "lowered"}, confirmed={("harmful", 1)}).iloc[0]
+    run_cli("report", f"run_dir={run_dir}", *report_args)
+    md = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert ("Units to drop (every member), validated (harmful pairs whose interaction the retrains confirmed and "
+            "whose removal lowered both its test example's loss and the mean test loss): "
+            f"#{min(first['i'], first['j'])} (src") in md
 
     run_cli("curate", f"run_dir={run_dir}", *report_args, "curate.actions=predicted", "curate.seeds=2",
             "curate.random_draws=2", "curate.baselines=[linear]")

@@ -98,28 +98,28 @@ def _headline(ctx) -> list[str]:
         out.append("Not validated yet: run `dataspex validate run_dir=...` to retrain the findings directly.")
     out.append(_evidence_line(ctx))
     predicted, confirmed = ctx["examples_predicted"], ctx["examples_validated"]
+    what = "Examples to drop or relabel" if ctx.get("units") is None else "Units to drop (every member)"
     if predicted:
-        what = "Examples to drop or relabel" if ctx.get("units") is None else "Units to drop (every member)"
         out.append(f"{what}, predicted (top harmful pairs): "
                    f"{_ids(predicted, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['predicted'])} (an extrapolation to the full training set "
                    "from half-size retrains).")
     elif not ctx["trust"]["trusted"] and ctx["tables"]["harmful"].get("finding", pd.Series(dtype=bool)).any():
-        out.append("Examples to drop or relabel, predicted: none (the ranking model is below report.trust_r2: the "
+        out.append(f"{what}, predicted: none (the ranking model is below report.trust_r2: the "
                    "pair tables list candidates only, findings included).")
     else:
-        out.append("Examples to drop or relabel, predicted: none (no harmful pair is a finding: the pair tables "
+        out.append(f"{what}, predicted: none (no harmful pair is a finding: the pair tables "
                    "list candidates only).")
     if confirmed is None:
-        out.append("Examples to drop or relabel, validated: none yet (not validated).")
+        out.append(f"{what}, validated: none yet (not validated).")
     elif confirmed:
-        out.append(f"Examples to drop or relabel, validated (harmful pairs whose interaction the retrains confirmed "
+        out.append(f"{what}, validated (harmful pairs whose interaction the retrains confirmed "
                    f"and whose removal lowered both its test example's loss and the mean test loss): "
                    f"{_ids(confirmed, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
         out.append(_scope_sentence(validated_harmful(ctx["actions"]), ctx.get("units")))
     else:
-        out.append("Examples to drop or relabel, validated: none. No harmful pair was confirmed as a pair and "
+        out.append(f"{what}, validated: none. No harmful pair was confirmed as a pair and "
                    "lowered both its test example's loss and the mean test loss when removed: nothing to drop on "
                    f"this evidence.{_local_only(ctx['actions'])}")
     cur = (vmeta or {}).get("curated") or {}
