@@ -188,6 +188,19 @@ def test_validate_stage_end_to_end(tmp_path):
     assert set(table["removal_mean"]) <= {"lowered", "raised", "unclear"}
     assert set(table["removal_elsewhere"]) <= {"lowered", "raised", "unclear"} and (table["n_elsewhere"] == 3).all()
     assert cur["n_elsewhere"] == 3 and cur["tests"] == [int(harmful["test"])]
+    # benchmarks/seed_widths.py recomputes the same intervals from the stored replicates, retraining nothing
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_widths.py"
+    spec = importlib.util.spec_from_file_location("_bench_seed_widths", path)
+    seed_widths = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seed_widths)
+    rows = seed_widths.widths(run_dir, [2])
+    assert [(r["i"], r["j"], r["verdict"]) for r in rows] == list(zip(table["i"], table["j"], table["verdict"]))
+    np.testing.assert_allclose([r["half_width"] for r in rows], (table["ci_high"] - table["ci_low"]) / 2)
+    with pytest.raises(SystemExit, match="was validated with 2 seeds; --seeds asks for 4"):
+        seed_widths.widths(run_dir, [2, 4])
 
     # the report now has the validation section and the verdicts beside the pairs
     md = open(os.path.join(run_dir, "report", "report.md")).read()
