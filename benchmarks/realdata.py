@@ -262,14 +262,15 @@ def _eval_copies(targets, per_target: int, seed: int) -> tuple[list, list]:
     """``per_target`` (at least 1) distinct near-copies of each planted test text with its true label, different
     from the text itself; and, per target, their rows in the returned list."""
     rng = np.random.default_rng([seed, 5])
+    per_target = max(per_target, 1)
     rows, where = [], []
     for text, label in targets:
         made = []
-        for attempt in range(50 * max(per_target, 1)):
+        for attempt in range(50 * per_target):
             copy = near_copy(text, rng, attempt % 2)
             if copy != text and copy not in made:
                 made.append(copy)
-            if len(made) == max(per_target, 1):
+            if len(made) == per_target:
                 break
         where.append(list(range(len(rows), len(rows) + len(made))))
         rows += [(copy, label) for copy in made]

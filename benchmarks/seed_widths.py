@@ -14,7 +14,6 @@ Results: a Markdown table on stdout and, with ``--out FILE``, the per-pair rows 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -56,7 +55,7 @@ def summary_table(rows: list[dict]) -> list[str]:
     """Markdown: one line per (run, r)."""
     out = ["| run | seeds | interval half width (min - max, nats) | median | |predicted| (min - max) | confirmed |",
            "|---|---:|---|---:|---|---:|"]
-    keys = sorted({(row["run"], row["seeds"]) for row in rows}, key=lambda k: (k[0], k[1]))
+    keys = sorted({(row["run"], row["seeds"]) for row in rows})
     for run, r in keys:
         part = [row for row in rows if row["run"] == run and row["seeds"] == r]
         half = np.array([row["half_width"] for row in part])

@@ -87,9 +87,9 @@ def write_validation(run_dir: str, removal: dict, confirmed=(), elsewhere: dict 
     and top redundant pair, each with the ``removal`` given by kind and rank (e.g. ``{("harmful", 1):
     "lowered"}``; "unclear" otherwise) and verdict "confirmed" for the (kind, rank) in ``confirmed``, "not
     confirmed" otherwise; the mean test loss moves as the test example's loss does (interval change/4 +- 0.1),
-    except for the (kind, rank) in ``mean_unclear`` (-0.25 [-0.3, +0.05]). ``elsewhere``: the removal's verdict on the other test examples by kind and rank
-    ("unclear" otherwise: change +0.01 [-0.04, +0.06]); None writes no such columns, as validations did before
-    they were measured."""
+    except for the (kind, rank) in ``mean_unclear`` (-0.25 [-0.3, +0.05]). ``elsewhere``: the removal's verdict
+    on the other test examples by kind and rank ("unclear" otherwise: change +0.01 [-0.04, +0.06]); None writes
+    no such columns, as validations did before they were measured."""
     from dataspex.store import RunStore
     from dataspex.validate import save_validation
 

@@ -230,9 +230,10 @@ def summary(ctx) -> dict:
     ``examples_to_review_predicted`` (both examples of each of the summary's top harmful pairs, as the ranking
     model predicts them) and ``examples_to_review_validated`` (those of pairs whose interaction the retrains of
     ``dataspex validate`` confirmed and whose removal lowered its test example's loss and the mean test loss; null
-    before it has run, [] when none did), each with the ranking model's predicted change in the mean test loss if all of that list are removed
-    (``predicted_mean_loss_change_if_predicted_removed`` / ``..._if_validated_removed``; null for an empty or
-    missing list). The measured change is ``validation.curated``."""
+    before it has run, [] when none did), each with the ranking model's predicted change in the mean test loss if
+    all of that list are removed (``predicted_mean_loss_change_if_predicted_removed`` /
+    ``..._if_validated_removed``; null for an empty or missing list). The measured change is
+    ``validation.curated``."""
     validation, vmeta, faithfulness, triples = ctx["validation"], ctx["vmeta"], ctx["faithfulness"], ctx["triples"]
     units = ctx.get("units")
     by_unit = {}

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from dataspex.report.text import KINDS
-from dataspex.validate.analysis import removal_verdict, validated_harmful
+from dataspex.validate.analysis import ELSEWHERE_NUMBERS, removal_verdict, validated_harmful
 
 SUMMARY_ROWS = 5  # pairs per kind in the curation summary
 
@@ -51,8 +51,7 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
                          **{key: getattr(v, key, np.nan) if done else np.nan for key in (
                              "realised_removal_mean_loss", "removal_mean_ci_low", "removal_mean_ci_high")},
                          "removal_elsewhere": away if isinstance(away, str) else "-",
-                         **{key: getattr(v, key, np.nan) if done else np.nan for key in (
-                             "realised_removal_elsewhere", "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")},
+                         **{key: getattr(v, key, np.nan) if done else np.nan for key in ELSEWHERE_NUMBERS},
                          "text_i": row.text_i, "label_i": row.label_i, "text_j": row.text_j,
                          "label_j": row.label_j, "test_text": row.test_text, "test_label": row.test_label})
     return pd.DataFrame(rows)

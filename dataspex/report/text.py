@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 from dataspex.fit.planning import CEILING_SHARE
 from dataspex.store import health
-from dataspex.validate.analysis import validated_harmful
+from dataspex.validate.analysis import ELSEWHERE_NUMBERS, validated_harmful
 
 # The pair lists the report shows, with what each kind means for the test loss.
 KINDS = {kind: PAIR_KINDS[kind] for kind in ("harmful", "redundant")}
@@ -324,13 +324,18 @@ ACTION_HEAD = ["kind", "pair", "suggested action", "test example", "predicted lo
                "example j", "affected test example"]
 
 
+def _change_cell(row, value: str, low: str, high: str) -> str:
+    """A realised change and its interval, ``-0.123 [-0.200, -0.050]``, from the columns named (n/a if absent)."""
+    return (f"{_fmt(getattr(row, value, np.nan))} "
+            f"{_ci(getattr(row, low, np.nan), getattr(row, high, np.nan))}")
+
+
 def _mean_cell(row) -> str:
     """What removing both did to the mean test loss: verdict, change and interval (``-`` before validation)."""
     what = str(getattr(row, "removal_mean", "-"))
     if what in ("-", "pending"):
         return what
-    low, high = getattr(row, "removal_mean_ci_low", np.nan), getattr(row, "removal_mean_ci_high", np.nan)
-    return f"{what} {_fmt(getattr(row, 'realised_removal_mean_loss', np.nan))} {_ci(low, high)}"
+    return f"{what} {_change_cell(row, 'realised_removal_mean_loss', 'removal_mean_ci_low', 'removal_mean_ci_high')}"
 
 
 def _elsewhere_cell(row) -> str:
@@ -339,8 +344,7 @@ def _elsewhere_cell(row) -> str:
     what = str(getattr(row, "removal_elsewhere", "-"))
     if what in ("-", "pending", "n/a"):
         return what
-    low, high = getattr(row, "removal_elsewhere_ci_low", np.nan), getattr(row, "removal_elsewhere_ci_high", np.nan)
-    return f"{what} {_fmt(getattr(row, 'realised_removal_elsewhere', np.nan))} {_ci(low, high)}"
+    return f"{what} {_change_cell(row, *ELSEWHERE_NUMBERS)}"
 
 
 def action_head(ctx) -> list[str]:
@@ -358,11 +362,9 @@ def _validation_rows(ctx) -> list[list[str]]:
     for v in ctx["validation"].itertuples():
         rows.append([v.kind, str(v.rank), f"({v.i}, {v.j})", f"#{v.test}", _fmt(v.predicted), _fmt(v.realised),
                      _ci(v.ci_low, v.ci_high), str(v.seeds), v.verdict,
-                     (f"{_fmt(getattr(v, 'realised_removal', np.nan))} "
-                      f"{_ci(getattr(v, 'removal_ci_low', np.nan), getattr(v, 'removal_ci_high', np.nan))}"),
+                     _change_cell(v, "realised_removal", "removal_ci_low", "removal_ci_high"),
                      str(getattr(v, "removal", "-")),
-                     (f"{_fmt(getattr(v, 'realised_removal_mean_loss', np.nan))} "
-                      f"{_ci(getattr(v, 'removal_mean_ci_low', np.nan), getattr(v, 'removal_mean_ci_high', np.nan))}"),
+                     _change_cell(v, "realised_removal_mean_loss", "removal_mean_ci_low", "removal_mean_ci_high"),
                      _elsewhere_cell(v)])
     return rows
 

@@ -47,7 +47,7 @@ from dataspex.train import get_engine
 from dataspex.train.common import encode
 from dataspex.train.naive import finetune
 from dataspex.stages.report import report_run
-from dataspex.validate.analysis import validated_harmful
+from dataspex.validate.analysis import ELSEWHERE_NUMBERS, validated_harmful
 from dataspex.validate.curation import analyse_curation, save_curation
 
 __all__ = ["RunModel", "cleanlab_baseline", "datainf_baseline", "open_study", "plan_changes", "settings",
@@ -97,8 +97,7 @@ def plan_changes(actions, data, source: str, relabel: bool, validated: bool,
                         "removal_elsewhere": str(getattr(row, "removal_elsewhere", "-")),
                         **{key: _number(getattr(row, key, np.nan)) for key in (
                             "predicted_change_if_both_removed", "realised_change_if_both_removed",
-                            "realised_low", "realised_high", "realised_removal_elsewhere",
-                            "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")}}
+                            "realised_low", "realised_high", *ELSEWHERE_NUMBERS)}}
             entry = {"row": x, "text": data.train.texts[x]}
             if units is not None:
                 entry["unit"] = units.names[int(units.unit_of[x])]

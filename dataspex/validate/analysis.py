@@ -44,10 +44,12 @@ from dataspex.core.errors import DataspexError
 from dataspex.design.validation import VARIANTS, replicate_ids, variant_masks
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 
-__all__ = ["analyse", "analyse_curated", "elsewhere", "removal_verdict", "settings", "t_interval", "validated_harmful",
-           "verdict"]
+__all__ = ["ELSEWHERE_NUMBERS", "analyse", "analyse_curated", "elsewhere", "removal_verdict", "settings",
+           "t_interval", "validated_harmful", "verdict"]
 
 SETTINGS = ("top_k", "seeds", "level", "kinds", "select")
+# The numbers :func:`elsewhere` adds to a pair's row (beside its verdict ``removal_elsewhere``), in this order.
+ELSEWHERE_NUMBERS = ("realised_removal_elsewhere", "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")
 SELECT = ("findings", "top")
 
 
@@ -214,8 +216,8 @@ def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_
                        loss_minus_both=float(cell["minus_both"][:, t].mean()))
         else:
             row.update(realised=np.nan, se=np.nan, ci_low=np.nan, ci_high=np.nan, seeds=0, verdict="pending",
-                       removal="pending", removal_mean="pending", removal_elsewhere="pending", realised_removal_elsewhere=np.nan,
-                       removal_elsewhere_ci_low=np.nan, removal_elsewhere_ci_high=np.nan, n_elsewhere=0)
+                       removal="pending", removal_mean="pending", removal_elsewhere="pending", n_elsewhere=0,
+                       **dict.fromkeys(ELSEWHERE_NUMBERS, np.nan))
         row["level"] = level
         rows.append(row)
     return pd.DataFrame(rows)
