@@ -172,6 +172,89 @@ def test_plan_changes_follows_the_source_and_the_relabel_choice():
     assert plan.n_changed == 0 and entries == []
 
 
+
+def _curation(verdict, pairs, source="validated", seeds=4, stale=False):
+    """A curation.json summary that acted on ``pairs`` with ``verdict``."""
+    changes = [{"row": x, "evidence": {"pair": list(p), "test": 0}} for p in pairs for x in p]
+    return {"verdict": verdict, "actions": source, "changes": changes, "seeds": seeds, "stale": stale,
+            "n_eval": 16, "curated_file": "curate/train_curated.csv",
+            "curated_vs_full": {"mean": -0.2, "low": -0.3, "high": -0.1},
+            "curated_vs_random": {"mean": -0.15, "low": -0.25, "high": -0.05}}
+
+
+def test_bottom_line_follows_the_evidence_furthest_along_the_path():
+    """decide(): predicted only -> validate next; validated -> curate next until curate measured exactly those
+    pairs on a fit that has not changed since; then its verdict decides (helped -> act, hurt -> do not act,
+    anything else -> nothing to act on)."""
+    from dataspex.report.curation import decide
+
+    actions = _actions([
+        ("harmful", 1, 3, 0, "masking", "drop both", "lowered", "confirmed", -2.0, -1.5, -2.0, -1.0),
+        ("harmful", 4, 6, 1, "synergy", "drop either", "lowered", "not confirmed", -0.5, -0.4, -0.6, -0.2),
+        ("redundant", 2, 5, 1, "redundant", "keep at least one", "raised", "confirmed", 1.0, 1.0, 0.5, 1.5),
+    ])
+    unvalidated = actions.assign(verdict="not validated", removal="-", removal_mean="-")
+    status = lambda *a: (lambda d: (d["status"], d["reason"], d["pairs"]))(decide(*a))  # noqa: E731
+    assert status(unvalidated, None, None) == ("validate next", "not validated yet", [[1, 3], [4, 6]])
+    assert status(actions.iloc[0:0], None, None) == ("nothing to act on", "no harmful finding", [])
+    assert status(actions, "validated", None) == ("curate next", "not curated yet", [[1, 3]])
+    failed = actions.assign(removal_mean="unclear")  # confirmed, but the mean test loss did not fall
+    assert status(failed, "validated", None) == ("nothing to act on", "no harmful pair passed validation", [])
+    for verdict, expected in [("helped", "act"), ("hurt", "do not act"), ("no measurable effect", "nothing to act on")]:
+        assert status(actions, "validated", _curation(verdict, [(1, 3)])) == (expected, f"curate: {verdict}",
+                                                                               [[1, 3]])
+    # measured something else, or on another fit, or not yet: curate again
+    assert status(actions, "validated", _curation("helped", [(1, 3), (4, 6)])) == (
+        "curate next", "it acted on other pairs than the report's current actions", [[1, 3]])
+    assert status(actions, "validated", _curation("helped", [(1, 3)], stale=True)) == (
+        "curate next", "the fit changed since it ran", [[1, 3]])
+    assert status(actions, "validated", _curation("no measurable effect", [(1, 3)], seeds=0)) == (
+        "curate next", "it has no complete replicate yet", [[1, 3]])
+    # curate.actions=predicted measures every harmful finding, so its verdict speaks for them
+    assert status(actions, "validated", _curation("helped", [(1, 3), (4, 6)], "predicted")) == (
+        "act", "curate: helped", [[1, 3], [4, 6]])
+    # validate was re-run after a curate that found nothing, and a pair passes now: curate again
+    assert status(actions, "validated", _curation("nothing to act on", [])) == (
+        "curate next", "it found nothing to act on then", [[1, 3]])
+    # curate found nothing to act on and nothing passed validation since: nothing to act on, said by curate
+    assert status(failed, "validated", _curation("nothing to act on", [])) == (
+        "nothing to act on", "curate: nothing to act on", [])
+    # curate measured a pair that is no longer an action: the current evidence decides
+    assert status(failed, "validated", _curation("helped", [(1, 3)])) == (
+        "nothing to act on", "no harmful pair passed validation", [])
+
+
+def test_bottom_line_sentences_carry_the_eval_numbers():
+    from dataspex.report.curation import decide
+    from dataspex.report.text import _bottom_line
+
+    actions = _actions([("harmful", 1, 3, 0, "masking", "drop both", "lowered", "confirmed", -2.0, -1.5, -2.0, -1.0)])
+    numbers = ("eval loss -0.200 nats [-0.300, -0.100] against the full set, -0.150 [-0.250, -0.050] against random "
+               "removal of as many; 16 eval examples, 4 paired seeds, `dataspex curate`")
+    line = _bottom_line(decide(actions, "validated", _curation("helped", [(1, 3)])))
+    assert line == ("**Bottom line: act.** Applying the 2 changes of curate.actions=validated (pairs #1 + #3) lowered "
+                    f"the loss on data the ranking never saw, beyond random removal ({numbers}). The curated training "
+                    "set: `curate/train_curated.csv`.")
+    # the curated set beat the full set, not random removal; then neither
+    line = _bottom_line(decide(actions, "validated", _curation("no measurable effect", [(1, 3)])))
+    assert line.startswith("**Bottom line: nothing to act on.** Applying the 2 changes of curate.actions=validated "
+                           "(pairs #1 + #3) lowered the loss on data the ranking never saw, but not measurably more "
+                           f"than removing as many random examples ({numbers}). What `dataspex validate` confirmed "
+                           "holds for the test examples that chose these pairs, and the eval split shows no gain")
+    flat = _curation("no measurable effect", [(1, 3)])
+    flat["curated_vs_full"] = {"mean": 0.001, "low": -0.01, "high": 0.012}
+    assert ("(pairs #1 + #3) did not measurably lower the loss on data the ranking never saw (eval loss +0.001 nats "
+            "[-0.010, +0.012] against the full set") in _bottom_line(decide(actions, "validated", flat))
+    assert _bottom_line(decide(actions, "validated", None)) == (
+        "**Bottom line: not an action yet.** Removing #1 + #3 passed `dataspex validate` on the test examples that "
+        "chose them; whether it helps data the ranking never saw is what `dataspex curate` measures on an eval split: "
+        "run it before changing the data set.")
+    assert "(`dataspex curate` ran, but the fit changed since it ran)" in _bottom_line(
+        decide(actions, "validated", _curation("helped", [(1, 3)], stale=True)))
+    assert _bottom_line(decide(actions.assign(removal_mean="unclear"), "validated", None)) == (
+        "**Bottom line: nothing to act on**: no harmful pair passed `dataspex validate` (below).")
+
+
 # ------------------------------------------------------------------------------------------- the statistics
 
 def _study(loss_by_arm: dict, n_eval: int = 3, missing=()):
@@ -295,6 +378,12 @@ def test_curate_stage_end_to_end(tmp_path):
             f"examples no attribution used, 2 paired seeds, 90% intervals: **{summary['verdict']}**") in md
     assert "against random removal of as many" in md and "against cleanlab's removals" in md
     assert "against datainf's removals" in md
+    # the bottom line now rests on the eval split's verdict for exactly the pair that was acted on
+    status = {"helped": "act", "hurt": "do not act"}.get(summary["verdict"], "nothing to act on")
+    bottom = json.load(open(os.path.join(run_dir, "report", "summary.json")))["bottom_line"]
+    assert bottom == {"status": status, "reason": f"curate: {summary['verdict']}",
+                      "pairs": [[int(pair["i"]), int(pair["j"])]]}
+    assert f"* **Bottom line: {status}.** Applying the 2 changes of curate.actions=validated" in md
     study = RunStore(summary["study"])
     results = study.load_results(study.load_design())
     assert results.losses.shape == (14, 16)  # every arm x seed, scored on the 16 eval rows
@@ -371,6 +460,7 @@ def test_curate_refusals_and_nothing_to_act_on(tmp_path):
     assert "Curation (`dataspex curate`, curate.actions=validated): nothing to act on: `dataspex validate` " \
         "confirmed no harmful pair (its interaction confirmed and its removal lowering both its test example's " \
         "loss and the mean test loss)." in md
+    assert "* **Bottom line: nothing to act on**: `dataspex validate` confirmed no harmful pair" in md
 
 
 def test_per_block_seed_policy_shares_a_seed_and_data_order_inside_a_block_of_ids():

@@ -156,6 +156,8 @@ def test_report_finds_the_planted_pairs_and_says_what_to_do():
     assert summary["examples_to_review_validated"] is None and "examples_to_review" not in summary
     assert "Not validated yet" in md and "Examples to drop or relabel, predicted (top harmful pairs): #" in md
     assert "Examples to drop or relabel, validated: none yet (not validated)." in md
+    assert summary["bottom_line"]["status"] == "validate next"
+    assert "* **Bottom line: not an action yet.** The ranking model predicts harm from #" in md
 
 
 def test_report_lists_the_planted_triple():
@@ -278,6 +280,8 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     assert summary["examples_to_review_validated"] == []
     assert summary["predicted_mean_loss_change_if_validated_removed"] is None
     assert "examples_to_review" not in summary
+    assert summary["bottom_line"] == {"status": "nothing to act on", "reason": "no harmful pair passed validation",
+                                      "pairs": []}
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     page = open(os.path.join(run_dir, "report", "report.html")).read()
     ids = ", ".join(f"#{x}" for x in predicted)
@@ -300,6 +304,8 @@ def test_summary_keeps_predicted_and_validated_examples_apart(tmp_path):
     assert summary["examples_to_review_predicted"] == predicted
     assert set(summary["examples_to_review_validated"]) <= set(predicted)
     assert summary["predicted_mean_loss_change_if_validated_removed"] is not None
+    assert summary["bottom_line"] == {"status": "curate next", "reason": "not curated yet",
+                                      "pairs": [[int(first["i"]), int(first["j"])]]}
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     assert f"Examples to drop or relabel, predicted (top harmful pairs): {ids}." in md
     validated = ", ".join(f"#{x}" for x in summary["examples_to_review_validated"])

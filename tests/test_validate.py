@@ -160,6 +160,42 @@ def test_analyse_measures_the_removal_on_the_other_test_examples():
         == "unclear"
 
 
+def test_seeds_by_power_against_the_formula():
+    """seeds_needed = ceil(r (half width / (|predicted| / 2))^2); seeds_to_grow takes the widest finished pair,
+    never below the seeds it has nor above max_seeds, and ignores pending pairs and the realised values."""
+    from dataspex.validate import seeds_needed, seeds_to_grow
+
+    table = pd.DataFrame({"predicted": [1.0, -0.5, 2.0, 0.0, 0.3],
+                          "ci_low": [0.2, -1.5, 1.9, -0.1, np.nan], "ci_high": [1.2, 0.5, 2.1, 0.1, np.nan],
+                          "seeds": [16, 16, 16, 16, 0]})
+    need = seeds_needed(table)
+    # half widths 0.5, 1.0, 0.1, 0.1; targets 0.5, 0.25, 1.0, 0
+    np.testing.assert_array_equal(need[:4], [16, 256, 1, np.inf])
+    assert np.isnan(need[4])
+    assert seeds_to_grow(table.iloc[[0, 2]], 16, 64) == 16  # both within half their prediction already
+    assert seeds_to_grow(table.iloc[[0, 1, 2]], 16, 64) == 64  # capped
+    assert seeds_to_grow(table.iloc[[0, 1, 2]], 16, 1000) == 256
+    assert seeds_to_grow(table, 16, 64) == 64  # a zero prediction can never be confirmed: the cap
+    assert seeds_to_grow(table.iloc[[4]], 16, 64) == 16  # only pending pairs: nothing to go by
+    shifted = table.assign(ci_low=table["ci_low"] + 3, ci_high=table["ci_high"] + 3)  # other realised values
+    np.testing.assert_array_equal(seeds_needed(shifted), need)
+    assert seeds_to_grow(table.iloc[[1]].assign(seeds=1), 1, 64) == 1  # one seed gives no interval to go by
+
+
+def test_report_names_the_pairs_left_underpowered():
+    """The summary says which not-confirmed pairs had too few seeds to tell, and how many seeds grew."""
+    from dataspex.report.text import _seeds_text, _underpowered
+
+    part = pd.DataFrame({"i": [1, 2, 3], "j": [4, 5, 6], "verdict": ["not confirmed", "not confirmed", "confirmed"],
+                         "seeds": [64, 64, 64], "seeds_needed": [212.0, 30.0, 300.0]})
+    assert _underpowered(part) == (" Not confirmed with too few seeds to tell (interval wider than half the "
+                                   "predicted interaction): (1, 4) needs about 212 (validate.max_seeds).")
+    assert _underpowered(part.iloc[1:]) == "" and _underpowered(part.drop(columns="seeds_needed")) == ""
+    assert _seeds_text({"seeds": 64, "first_seeds": 16}) == (
+        "64 seeds: grown from 16 for intervals within half the predicted interaction")
+    assert _seeds_text({"seeds": 16, "first_seeds": 16}) == "16 seeds" == _seeds_text({"seeds": 16})
+
+
 @pytest.mark.slow
 def test_validate_stage_end_to_end(tmp_path):
     """On a synthetic run: retrains through the engine, resumes, leaves `fit` alone, and feeds the report."""
@@ -167,13 +203,17 @@ def test_validate_stage_end_to_end(tmp_path):
     from tests.test_report import REPORT_ARGS, copy_run
 
     run_dir = copy_run(tmp_path)
-    args = ["validate", f"run_dir={run_dir}", "validate.top_k=1", "validate.seeds=2", *REPORT_ARGS]
+    args = ["validate", f"run_dir={run_dir}", "validate.top_k=1", "validate.seeds=2", "validate.max_seeds=2",
+            *REPORT_ARGS]
     proc = run_cli(*args)
-    # 2 pairs: full + 4 singles + 2 doubles, and the full set minus the harmful pair (the curated set)
-    assert "2 pairs by proxyspex -> 8 training sets x 2 seeds = 16 retrains (16 new in the design)" in proc.stderr
+    assert "growing every training set" not in proc.stderr  # max_seeds = seeds: no growth
+    # 2 pairs: full + 4 singles + 2 doubles; the curated set (the full set minus the one harmful pair) is that
+    # pair's minus-both set, trained once per replicate, not twice
+    assert "2 pairs by proxyspex -> 7 training sets x 2 seeds = 14 retrains (14 new in the design)" in proc.stderr
     store = RunStore(run_dir)
     design = store.load_design()
-    assert (design.roles == "validate").sum() == 16 and design.mask_ids.tolist() == list(range(80 + 16))  # 48 fit + 16 held-out + 16 replicates, then 16
+    # 48 fit + 16 held-out + 16 replicates, then the 14 validation retrains
+    assert (design.roles == "validate").sum() == 14 and design.mask_ids.tolist() == list(range(80 + 14))
     table = pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet"))
     assert len(table) == 2 and set(table["kind"]) == {"harmful", "redundant"}
     assert table["seeds"].tolist() == [2, 2] and table["verdict"].isin(["confirmed", "not confirmed"]).all()
@@ -224,9 +264,35 @@ def test_validate_stage_end_to_end(tmp_path):
     lost = np.load(files[0])["mask_ids"].tolist()
     os.unlink(files[0])
     again = run_cli(*args)
-    assert f"trained {len(lost)}, reused {16 - len(lost)}" in again.stderr
+    assert f"trained {len(lost)}, reused {14 - len(lost)}" in again.stderr
     pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet")), table,
                                   atol=1e-5)
+
+    # growth by power: every training set gets the seeds the widest pair needs (from the 2-seed intervals), up
+    # to validate.max_seeds; only the new replicates are trained, and the first two are the same retrains
+    from dataspex.validate import seeds_needed, seeds_to_grow
+
+    np.testing.assert_array_equal(table["seeds_needed"], seeds_needed(table))
+    assert table["seeds_needed"].max() <= 2  # the planted pairs are wide of 0: 2 seeds are enough at 90%...
+    same = run_cli(*args[:-len(REPORT_ARGS)], "validate.max_seeds=3", *REPORT_ARGS)
+    assert "growing every training set" not in same.stderr and "trained 0, reused 14" in same.stderr
+    # ...and not at 99.99%, where t with 1 degree of freedom is 6366: every training set grows to 3 seeds
+    grown = run_cli(*args[:-len(REPORT_ARGS)], "validate.max_seeds=3", "validate.level=0.9999", *REPORT_ARGS)
+    rows = seed_widths.widths(run_dir, [2, 3])  # at the validation's own level (0.9999) now
+    first = pd.DataFrame([r for r in rows if r["seeds"] == 2])
+    need = np.ceil(2 * (first["half_width"] / (first["predicted"].abs() / 2)) ** 2)
+    assert seeds_to_grow(first.assign(ci_low=-first["half_width"], ci_high=first["half_width"], seeds=2), 2, 3) == 3
+    assert (f"validate: {int((need > 2).sum())} of 2 pairs have an interval wider than half their predicted "
+            "interaction at 2 seeds: growing every training set to 3 seeds (validate.max_seeds=3)") in grown.stderr
+    assert "7 training sets x 3 seeds = 21 retrains (7 new in the design)" in grown.stderr
+    assert "trained 7, reused 14" in grown.stderr
+    table3 = pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet"))
+    meta3 = json.load(open(os.path.join(run_dir, "validate", "validation.json")))
+    assert table3["seeds"].tolist() == [3, 3]
+    assert (meta3["seeds"], meta3["first_seeds"], meta3["max_seeds"]) == (3, 2, 3)
+    # its first 2 replicates are the 2-seed validation's retrains
+    np.testing.assert_allclose(first["realised"], table["realised"], atol=1e-6)
+    np.testing.assert_allclose([r["realised"] for r in rows if r["seeds"] == 3], table3["realised"], atol=1e-6)
 
     # `fit` fits on the fit masks only: the validate rows are neither used nor missing
     run_cli("fit", f"run_dir={run_dir}")
@@ -243,6 +309,9 @@ def test_validate_refuses_bad_settings(tmp_path):
     assert proc.returncode == 2 and "validate.seeds=0 must be at least 1" in proc.stderr
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.select=best", check=False)
     assert proc.returncode == 2 and "validate.select=best must be findings or top" in proc.stderr
+    proc = run_cli("validate", f"run_dir={run_dir}", "validate.seeds=16", "validate.max_seeds=8", check=False)
+    assert proc.returncode == 2 and ("validate.max_seeds=8 is below validate.seeds=16: set it to validate.seeds or "
+                                     "more (equal: no extra seeds for wide intervals)") in proc.stderr
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.kinds=[complementary]", check=False)
     assert proc.returncode == 2 and ("validate.kinds has ['complementary'] and validate.select=findings: the report "
                                      "tests only harmful and redundant pairs for findings") in proc.stderr

@@ -38,6 +38,7 @@ KNOBS = {
     "report.top_k": ("int", 1, None, True, True),
     "validate.top_k": ("int", 1, None, True, True),
     "validate.seeds": ("int", 1, None, True, True),
+    "validate.max_seeds": ("int", 1, None, True, True),
     "validate.level": ("float", 0.5, 1.0, True, False),
     "curate.seeds": ("int", 1, None, True, True),
     "curate.random_draws": ("int", 0, None, True, True),

@@ -39,11 +39,8 @@ def curated_mask(n_units: int, pairs: pd.DataFrame) -> np.ndarray | None:
 
 def needed_masks(n_units: int, pairs: pd.DataFrame) -> list[np.ndarray]:
     """Every distinct training set the pairs need, in a stable order."""
-    seen: dict[bytes, np.ndarray] = {}
-    for row in pairs.itertuples():
-        for mask in variant_masks(n_units, int(row.i), int(row.j)).values():
-            seen.setdefault(mask.tobytes(), mask)
-    return list(seen.values())
+    return distinct_masks([mask for row in pairs.itertuples()
+                           for mask in variant_masks(n_units, int(row.i), int(row.j)).values()])
 
 
 def replicate_ids(design) -> dict[bytes, list[int]]:
@@ -55,13 +52,23 @@ def replicate_ids(design) -> dict[bytes, list[int]]:
     return {key: sorted(ids) for key, ids in out.items()}
 
 
+def distinct_masks(masks: list[np.ndarray]) -> list[np.ndarray]:
+    """``masks`` without repeats (equal bits), in first-seen order."""
+    seen, out = set(), []
+    for mask in masks:
+        if mask.tobytes() not in seen:
+            seen.add(mask.tobytes())
+            out.append(mask)
+    return out
+
+
 def extend_design(design, masks: list[np.ndarray], replicates: int):
     """The design with enough ``validate`` rows for ``replicates`` replicates of every mask (rows that already
     exist are reused, so re-running never duplicates). Returns (design, number of rows added)."""
     have = replicate_ids(design)
     new = []
-    for mask in masks:
-        missing = replicates - len(have.get(mask.tobytes(), []))
+    for mask in distinct_masks(masks):  # one training set named twice (the curated set can be a pair's minus both)
+        missing = replicates - len(have.get(mask.tobytes(), []))  # is trained once per replicate, not twice
         new += [mask] * max(missing, 0)
     if not new:
         return design, 0

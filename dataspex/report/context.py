@@ -17,7 +17,7 @@ from dataspex.fit.faithfulness import load_curve, noise_ceiling
 from dataspex.fit.planning import CEILING_SHARE, estimator_curve, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
-from dataspex.report.curation import curation_actions, drop_all_effect, examples_to_review
+from dataspex.report.curation import curation_actions, decide, drop_all_effect, examples_to_review
 from dataspex.report.drill import load_drill
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
@@ -214,6 +214,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     # validate`) what the retrains confirmed; None = not validated yet, [] = validated and nothing confirmed.
     predicted = examples_to_review(actions, validated=False)
     validated = examples_to_review(actions, validated=True) if validation is not None else None
+    curation = load_curation(store)
     drop_effect = {"predicted": drop_all_effect(result, design.n_units, predicted),
                    "validated": None if validated is None else drop_all_effect(result, design.n_units, validated)}
     return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k, "units": units,
@@ -221,7 +222,8 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
             "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence, "trust": trust,
-            "result": result, "fitted": fitted, "stack": stack, "curation": load_curation(store),
+            "result": result, "fitted": fitted, "stack": stack, "curation": curation,
+            "decision": decide(actions, validation, curation),
             "drill": load_drill(store, units)}
 
 
@@ -233,7 +235,9 @@ def summary(ctx) -> dict:
     before it has run, [] when none did), each with the ranking model's predicted change in the mean test loss if
     all of that list are removed (``predicted_mean_loss_change_if_predicted_removed`` /
     ``..._if_validated_removed``; null for an empty or missing list). The measured change is
-    ``validation.curated``."""
+    ``validation.curated``. ``bottom_line``: the report's answer to "change the data set?" (``status``: act, do
+    not act, nothing to act on, curate next, validate next; ``reason``; ``pairs``), from
+    :func:`dataspex.report.curation.decide`."""
     validation, vmeta, faithfulness, triples = ctx["validation"], ctx["vmeta"], ctx["faithfulness"], ctx["triples"]
     units = ctx.get("units")
     by_unit = {}
@@ -257,4 +261,5 @@ def summary(ctx) -> dict:
                 "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),
                 "curated": vmeta.get("curated")},
             "pair_tests": ctx["evidence"], "trust": ctx["trust"],
+            "bottom_line": {key: ctx["decision"][key] for key in ("status", "reason", "pairs")},
             "degree3": 0 if triples is None else len(triples)}

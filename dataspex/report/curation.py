@@ -92,3 +92,62 @@ def drop_all_effect(result, n_units: int, examples: list[int]) -> float | None:
     pred = result.predict(full)
     values = pred[:, column] if column is not None else pred.mean(axis=1)
     return float(values[1] - values[0])
+
+
+def acted_pairs(actions: pd.DataFrame, source: str) -> set[tuple[int, int]]:
+    """The harmful pairs ``dataspex curate`` acts on with ``curate.actions=source`` (``validated``: those of
+    :func:`validated_harmful`; ``predicted``: every harmful finding), as (i, j)."""
+    if actions.empty:
+        return set()
+    harmful = actions[actions["kind"] == "harmful"]
+    if source == "validated":
+        harmful = validated_harmful(harmful)
+    return {(int(r.i), int(r.j)) for r in harmful.itertuples()}
+
+
+def decide(actions: pd.DataFrame, validation, curation: dict | None) -> dict:
+    """The report's bottom line: whether a curation team should change its data set on this run's evidence.
+
+    A validated removal is measured on the test examples that chose it, so it says nothing yet about data the
+    ranking never saw; only ``dataspex curate``'s eval split does (on unplanted WordNet a confirmed pair that
+    passed every bar of ``validate`` changed the eval loss by +0.002 [-0.005, +0.008] when dropped;
+    benchmarks/README.md, "The report's bottom line"). So the answer follows the evidence furthest along the path:
+
+    * ``act`` / ``do not act`` / ``nothing to act on``: ``curate`` ran on the current actions and its verdict was
+      helped / hurt / anything else (or it found nothing to act on);
+    * ``curate next``: validated actions exist but ``curate`` has not measured them (never ran, the fit changed
+      since, or it acted on another set of pairs: ``reason`` says which);
+    * ``validate next``: only predicted actions (not validated yet);
+    * ``nothing to act on`` also when ``validate`` ran and no harmful pair passed it, or when there is no
+      harmful finding at all.
+
+    Returns {"status", "reason", "pairs": [[i, j], ...] (the pairs the status is about), "curation": the
+    ``curation.json`` summary it rests on, or None}."""
+    source = (curation or {}).get("actions", "validated")
+    now = acted_pairs(actions, source)
+    if curation is not None:
+        measured = {tuple(int(x) for x in (c.get("evidence") or {}).get("pair", ())) for c in curation["changes"]}
+        why_not = ("the fit changed since it ran" if curation.get("stale") else
+                   "it found nothing to act on then" if measured != now and not measured else
+                   "it acted on other pairs than the report's current actions" if measured != now else None)
+        if why_not is None:
+            verdict = curation.get("verdict")
+            status = {"helped": "act", "hurt": "do not act"}.get(verdict, "nothing to act on")
+            if verdict != "nothing to act on" and not curation.get("seeds"):
+                status, why_not = "curate next", "it has no complete replicate yet"
+            else:
+                return {"status": status, "reason": f"curate: {verdict}", "pairs": sorted(map(list, measured)),
+                        "curation": curation}
+        if now:
+            return {"status": "curate next", "reason": why_not, "pairs": sorted(map(list, now)), "curation": curation}
+        # the measured pairs are no longer actions: the evidence below decides, curate's numbers are history
+    validated = acted_pairs(actions, "validated")
+    if validated:
+        return {"status": "curate next", "reason": "not curated yet", "pairs": sorted(map(list, validated)),
+                "curation": None}
+    predicted = acted_pairs(actions, "predicted")
+    if validation is None and predicted:
+        return {"status": "validate next", "reason": "not validated yet", "pairs": sorted(map(list, predicted)),
+                "curation": None}
+    reason = "no harmful pair passed validation" if validation is not None and predicted else "no harmful finding"
+    return {"status": "nothing to act on", "reason": reason, "pairs": [], "curation": None}

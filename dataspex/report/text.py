@@ -81,6 +81,7 @@ def _headline(ctx) -> list[str]:
         out.append(f"Warning: training diverged or did not converge on {health.summary(diverged)}; their "
                    "retrains are in every fit above and likely useless: lower train.lr and retrain in a new run_dir.")
     out += _trust_lines(ctx["trust"])
+    out.append(_bottom_line(ctx["decision"], ctx.get("units")))
     out += _ranking_lines(ctx)
     validation, vmeta = ctx["validation"], ctx["vmeta"]
     if validation is not None:
@@ -90,7 +91,7 @@ def _headline(ctx) -> list[str]:
             if len(part):  # validations written before validate.select existed took the top of each list
                 what = f"{kind} findings" if vmeta.get("select", "top") == "findings" else f"top {kind} pairs"
                 out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} {what} "
-                           f"confirmed by retraining ({vmeta['seeds']} seeds, {level}% interval).")
+                           f"confirmed by retraining ({_seeds_text(vmeta)}, {level}% interval).{_underpowered(part)}")
         if vmeta.get("stale"):
             out.append("The fit changed after validation: predictions in the validation table may be out of date; "
                        "re-run `dataspex validate`.")
@@ -136,6 +137,72 @@ def _headline(ctx) -> list[str]:
     if line:
         out.append(line)
     return out
+
+
+def _pairs_text(pairs, units=None) -> str:
+    return ", ".join(" + ".join(_ids([x], units) for x in pair) for pair in pairs)
+
+
+def _bottom_line(decision: dict, units=None) -> str:
+    """The one sentence a team acts on (:func:`dataspex.report.curation.decide`): act, do not act, nothing to act
+    on, or which step comes next, with the eval-split numbers it rests on."""
+    status, cur, pairs = decision["status"], decision["curation"], decision["pairs"]
+    if cur is not None and status in ("act", "do not act", "nothing to act on") and cur.get("seeds"):
+        full, rand = cur["curated_vs_full"], cur.get("curated_vs_random")
+        numbers = (f"eval loss {_fmt(full['mean'])} nats {_ci(full['low'], full['high'])} against the full set"
+                   + ("" if rand is None else
+                      f", {_fmt(rand['mean'])} {_ci(rand['low'], rand['high'])} against random removal of as many")
+                   + f"; {cur['n_eval']} eval examples, {cur['seeds']} paired seeds, `dataspex curate`")
+        what = (f"the {len(cur['changes'])} changes of curate.actions={cur['actions']} "
+                f"(pairs {_pairs_text(pairs, units)})")
+        if status == "act":
+            return (f"**Bottom line: act.** Applying {what} lowered the loss on data the ranking never saw, beyond "
+                    f"random removal ({numbers}). The curated training set: `{cur['curated_file']}`.")
+        if status == "do not act":
+            return (f"**Bottom line: do not act.** Applying {what} raised the loss on data the ranking never saw "
+                    f"({numbers}).")
+        local = (" What `dataspex validate` confirmed holds for the test examples that chose these pairs, and the "
+                 "eval split shows no gain beyond them: inspect those examples (a fix for texts like them may still "
+                 "be wanted) rather than change the data set for a general gain."
+                 if cur["actions"] == "validated" else "")
+        how = ("lowered the loss on data the ranking never saw, but not measurably more than removing as many random "
+               "examples" if full["high"] < 0 else "did not measurably lower the loss on data the ranking never saw")
+        return f"**Bottom line: nothing to act on.** Applying {what} {how} ({numbers}).{local}"
+    if status == "nothing to act on":
+        if cur is not None and cur.get("verdict") == "nothing to act on" and decision["reason"].startswith("curate"):
+            return f"**Bottom line: nothing to act on**: {cur['why']} (`dataspex curate`)."
+        why = {"no harmful pair passed validation": "no harmful pair passed `dataspex validate` (below)",
+               "no harmful finding": "the report has no harmful finding it trusts (below)"}
+        return f"**Bottom line: nothing to act on**: {why[decision['reason']]}."
+    if status == "curate next":
+        since = "" if decision["reason"] == "not curated yet" else f" (`dataspex curate` ran, but {decision['reason']})"
+        return (f"**Bottom line: not an action yet.** Removing {_pairs_text(pairs, units)} passed `dataspex validate` "
+                "on the test examples that chose them; whether it helps data the ranking never saw is what "
+                f"`dataspex curate` measures on an eval split{since}: run it before changing the data set.")
+    return (f"**Bottom line: not an action yet.** The ranking model predicts harm from {_pairs_text(pairs, units)}; "
+            "run `dataspex validate` and then `dataspex curate` before changing the data set.")
+
+
+def _seeds_text(vmeta: dict) -> str:
+    """'16 seeds', or '64 seeds: grown from 16 by power' when validate.max_seeds added seeds."""
+    first = vmeta.get("first_seeds")
+    grown = f": grown from {first} for intervals within half the predicted interaction" if first and \
+        vmeta["seeds"] > first else ""
+    return f"{vmeta['seeds']} seeds{grown}"
+
+
+def _underpowered(part: pd.DataFrame) -> str:
+    """The not-confirmed pairs whose interval is still wider than half their predicted interaction: for them
+    "not confirmed" may mean too few seeds rather than a wrong prediction ('' if none, or for validations
+    written before ``seeds_needed`` existed)."""
+    if "seeds_needed" not in part:
+        return ""
+    wide = part[(part["verdict"] == "not confirmed") & (part["seeds_needed"] > part["seeds"])]
+    if wide.empty:
+        return ""
+    pairs = ", ".join(f"({r.i}, {r.j}) needs about {_fmt(r.seeds_needed, '.0f')}" for r in wide.itertuples())
+    return (f" Not confirmed with too few seeds to tell (interval wider than half the predicted interaction): "
+            f"{pairs} (validate.max_seeds).")
 
 
 def _local_only(actions: pd.DataFrame) -> str:
@@ -353,7 +420,7 @@ def action_head(ctx) -> list[str]:
         return ACTION_HEAD
     return [{"example i": "unit i (every member)", "example j": "unit j (every member)"}.get(h, h) for h in ACTION_HEAD]
 VALIDATION_HEAD = ["kind", "rank", "pair", "test example", "predicted (full)", "realised", "interval", "seeds",
-                   "verdict", "removing both: test loss", "removal", "removing both: mean test loss",
+                   "seeds needed", "verdict", "removing both: test loss", "removal", "removing both: mean test loss",
                    "removing both: other test examples"]
 
 
@@ -361,7 +428,7 @@ def _validation_rows(ctx) -> list[list[str]]:
     rows = []
     for v in ctx["validation"].itertuples():
         rows.append([v.kind, str(v.rank), f"({v.i}, {v.j})", f"#{v.test}", _fmt(v.predicted), _fmt(v.realised),
-                     _ci(v.ci_low, v.ci_high), str(v.seeds), v.verdict,
+                     _ci(v.ci_low, v.ci_high), str(v.seeds), _fmt(getattr(v, "seeds_needed", None), ".0f"), v.verdict,
                      _change_cell(v, "realised_removal", "removal_ci_low", "removal_ci_high"),
                      str(getattr(v, "removal", "-")),
                      _change_cell(v, "realised_removal_mean_loss", "removal_mean_ci_low", "removal_mean_ci_high"),
@@ -372,14 +439,15 @@ def _validation_rows(ctx) -> list[list[str]]:
 def _validation_text(ctx) -> str:
     vm = ctx["vmeta"]
     level = round(100 * vm["level"])
-    return (f"Each pair's four training sets (full, minus i, minus j, minus both) were retrained with {vm['seeds']} "
-            f"seeds each ({vm['seed_policy']} seed policy, {vm['engine']} engine). Realised = mean over seeds of "
-            "f(all-i-j) - f(all-i) - f(all-j) + f(all) on the pair's test example; interval = Student t at "
+    return (f"Each pair's four training sets (full, minus i, minus j, minus both) were retrained with "
+            f"{_seeds_text(vm)} each ({vm['seed_policy']} seed policy, {vm['engine']} engine). Realised = mean over "
+            "seeds of f(all-i-j) - f(all-i) - f(all-j) + f(all) on the pair's test example; interval = Student t at "
             f"{level}%; predicted = the same quantity from {vm['estimator']} (full estimand). **confirmed**: the "
             "interval excludes 0 on the predicted side. Removing both: realised change in the test loss "
             "f(all-i-j) - f(all), on the pair's test example (removal: lowered / raised when its interval excludes "
             "0), averaged over all test examples, and averaged over the other test examples (those the pair was not "
-            "chosen on).")
+            "chosen on). Seeds needed = the seeds at which the interval would be at most half the predicted "
+            "interaction (95% power if the prediction is right); `validate.max_seeds` caps the growth.")
 
 
 def _pair_head(trak: bool, validated: bool, by_unit: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ import logging
 import pandas as pd
 
 from dataspex.core.errors import DataspexError
-from dataspex.design.validation import ROLE, curated_mask, extend_design, needed_masks
+from dataspex.design.validation import ROLE, curated_mask, distinct_masks, extend_design, needed_masks
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.ranking import select_pairs
 from dataspex.report.context import listed_pairs, pair_evidence
@@ -21,7 +21,7 @@ from dataspex.report.text import KINDS
 from dataspex.stages.report import report_run
 from dataspex.stages.rundir import open_run
 from dataspex.stages.train import train_role
-from dataspex.validate import analyse, analyse_curated, save_validation, settings
+from dataspex.validate import analyse, analyse_curated, save_validation, seeds_needed, seeds_to_grow, settings
 
 log = logging.getLogger("dataspex")
 
@@ -60,23 +60,26 @@ def stage_validate(cfg) -> pd.DataFrame:
     curated = curated_mask(design.n_units, pairs)
     if curated is not None:
         masks.append(curated)
-    design, added = extend_design(design, masks, replicates)
-    if added:
-        store.save_design(design)
-    n_rows = len(masks) * replicates
-    log.info("validate: %d pairs by %s -> %d training sets x %d seeds = %d retrains (%d new in the design)",
-             len(pairs), ranking, len(masks), replicates, n_rows, added)
-    trained = train_role(cfg, store, design, data, ROLE)
-    log.info("validate: trained %d, reused %d", trained, n_rows - trained)
-
-    results = store.load_results(design)
+    masks = distinct_masks(masks)
     output = faithfulness[ranking].get("output", "loss")
+    design, results = _retrain(cfg, store, design, data, masks, replicates, len(pairs), ranking)
     table = analyse(pairs, design, results, fitted, ranking, design.n_units, replicates, opts["level"], output)
+    grown = seeds_to_grow(table, replicates, opts["max_seeds"]) if replicates > 1 else replicates
+    if grown > replicates:
+        wide = int((seeds_needed(table) > replicates).sum())
+        log.info("validate: %d of %d pairs have an interval wider than half their predicted interaction at %d "
+                 "seeds: growing every training set to %d seeds (validate.max_seeds=%d)", wide, len(pairs),
+                 replicates, grown, opts["max_seeds"])
+        replicates = grown
+        design, results = _retrain(cfg, store, design, data, masks, replicates, len(pairs), ranking)
+        table = analyse(pairs, design, results, fitted, ranking, design.n_units, replicates, opts["level"], output)
+    table["seeds_needed"] = seeds_needed(table)
     harmful_tests = pairs.loc[pairs["kind"] == "harmful", "test"].tolist()
     curated_effect = analyse_curated(curated, design, results, replicates, opts["level"], output, harmful_tests)
     save_validation(store, table, {
         "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],
-        "kinds": opts["kinds"], "select": opts["select"], "seeds": replicates, "level": opts["level"], "output": output,
+        "kinds": opts["kinds"], "select": opts["select"], "seeds": replicates, "first_seeds": opts["seeds"],
+        "max_seeds": opts["max_seeds"], "level": opts["level"], "output": output,
         "seed_policy": str(cfg.train.seed_policy), "engine": str(cfg.train.engine), "n_training_sets": len(masks),
         "curated": curated_effect})
     for row in table.itertuples():
@@ -93,6 +96,20 @@ def stage_validate(cfg) -> pd.DataFrame:
                  curated_effect["elsewhere_ci_low"], curated_effect["elsewhere_ci_high"])
     report_run(cfg, store, data)
     return table
+
+
+def _retrain(cfg, store, design, data, masks, replicates: int, n_pairs: int, ranking: str):
+    """Append the missing replicates of ``masks`` to the design (role ``validate``), train them through the store
+    (resumable), and return the design and its results."""
+    design, added = extend_design(design, masks, replicates)
+    if added:
+        store.save_design(design)
+    n_rows = len(masks) * replicates
+    log.info("validate: %d pairs by %s -> %d training sets x %d seeds = %d retrains (%d new in the design)",
+             n_pairs, ranking, len(masks), replicates, n_rows, added)
+    trained = train_role(cfg, store, design, data, ROLE)
+    log.info("validate: trained %d, reused %d", trained, n_rows - trained)
+    return design, store.load_results(design)
 
 
 def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, ranking: str,
