@@ -9,7 +9,8 @@ Written into ``<run_dir>/report/``:
 * ``report.md``: the same in Markdown, images linked;
 * tables for tools: ``pairs.csv``/``.parquet``, ``triples.csv``/``.parquet``, ``validation.csv``/``.parquet``,
   ``faithfulness_curve.csv``, ``interactions.parquet`` (every coefficient of every estimator, long form),
-  ``summary.json`` (the headline numbers; the examples to review as two lists, ``examples_to_review_predicted``
+  ``summary.json`` (the headline numbers; ``bottom_line``, the report's answer to "change the data set?"; the
+  examples to review as two lists, ``examples_to_review_predicted``
   by the ranking model and ``examples_to_review_validated`` by the retrains, null before ``dataspex validate``);
 * images: ``heatmap.png`` (every pair), ``heatmap_<estimator>.png`` (the listed examples, labelled by text),
   ``faithfulness_curve.png``.

@@ -515,7 +515,8 @@ FILES = [("pairs.csv / pairs.parquet", "the ranked pair tables, with texts, TRAK
          ("triples.csv / triples.parquet", "degree-3 interactions (when the estimator has any)"),
          ("interactions.parquet", "every Fourier coefficient of every estimator (long form: output, key, order)"),
          ("faithfulness_curve.csv", "held-out R^2 by number of retrains"),
-         ("summary.json", ("the headline numbers; the examples to review as two lists: "
+         ("summary.json", ("the headline numbers; bottom_line (act / do not act / nothing to act on / the step "
+                           "that comes next); the examples to review as two lists: "
                            "examples_to_review_predicted (the ranking model) and examples_to_review_validated "
                            "(confirmed by the retrains; null before `dataspex validate`)")),
          ("../fit/*.npz", ("the fitted models: `dataspex.estimators.InteractionResult.load`; "
