@@ -158,6 +158,9 @@ def test_report_finds_the_planted_pairs_and_says_what_to_do():
     assert "Examples to drop or relabel, validated: none yet (not validated)." in md
     assert summary["bottom_line"]["status"] == "validate next"
     assert "* **Bottom line: not an action yet.** The ranking model predicts harm from #" in md
+    page = open(os.path.join(out, "report.html")).read()  # the page renders the emphasis, not the asterisks
+    assert "<li><strong>Bottom line: not an action yet.</strong> The ranking model predicts harm from #" in page
+    assert "run <code>dataspex validate</code> and then <code>dataspex curate</code>" in page
 
 
 def test_report_lists_the_planted_triple():

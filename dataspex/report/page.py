@@ -6,6 +6,7 @@ import base64
 import datetime
 import html
 import os
+import re
 
 from dataspex.report.text import (
     DRILL_HEAD,
@@ -63,6 +64,13 @@ def _h(text) -> str:
     return html.escape(str(text))
 
 
+def _inline(text) -> str:
+    """A summary line's Markdown emphasis as HTML: escaped, then **bold** -> <strong>, `code` -> <code> (the
+    lines are written once, for both renderers; the page showed the asterisks and backticks literally)."""
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", _h(text))
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
 def _html_table(head, rows, numeric=()) -> str:
     out = ["<table><thead><tr>", *(f"<th>{_h(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for row in rows:
@@ -96,7 +104,7 @@ def render_html(ctx) -> str:
                 ("faithfulness", "How far to trust this: faithfulness vs budget"), ("config", "Run configuration"),
                 ("files", "Files and exports")]
     body = {}
-    items = "".join(f"<li>{_h(b)}</li>" for b in _headline(ctx))
+    items = "".join(f"<li>{_inline(b)}</li>" for b in _headline(ctx))
     s = [f'<ul class="headline">{items}</ul>']
     if not ctx["actions"].empty:
         s.append(_html_table(action_head(ctx), _action_rows(ctx),
