@@ -161,9 +161,9 @@ def test_analyse_measures_the_removal_on_the_other_test_examples():
 
 
 def test_seeds_by_power_against_the_formula():
-    """seeds_needed = ceil(r (half width / (|predicted| / 2))^2); seeds_to_grow takes the widest finished pair,
-    never below the seeds it has nor above max_seeds, and ignores pending pairs and the realised values."""
-    from dataspex.validate import seeds_needed, seeds_to_grow
+    """seeds_needed = ceil(r (half width / (|predicted| / 2))^2); seeds_per_pair clips it to [seeds, max_seeds],
+    keeps pending pairs at seeds, and ignores the realised values."""
+    from dataspex.validate import seeds_needed, seeds_per_pair
 
     table = pd.DataFrame({"predicted": [1.0, -0.5, 2.0, 0.0, 0.3],
                           "ci_low": [0.2, -1.5, 1.9, -0.1, np.nan], "ci_high": [1.2, 0.5, 2.1, 0.1, np.nan],
@@ -172,14 +172,37 @@ def test_seeds_by_power_against_the_formula():
     # half widths 0.5, 1.0, 0.1, 0.1; targets 0.5, 0.25, 1.0, 0
     np.testing.assert_array_equal(need[:4], [16, 256, 1, np.inf])
     assert np.isnan(need[4])
-    assert seeds_to_grow(table.iloc[[0, 2]], 16, 64) == 16  # both within half their prediction already
-    assert seeds_to_grow(table.iloc[[0, 1, 2]], 16, 64) == 64  # capped
-    assert seeds_to_grow(table.iloc[[0, 1, 2]], 16, 1000) == 256
-    assert seeds_to_grow(table, 16, 64) == 64  # a zero prediction can never be confirmed: the cap
-    assert seeds_to_grow(table.iloc[[4]], 16, 64) == 16  # only pending pairs: nothing to go by
+    # narrow enough: keeps 16; 256 capped at 64; a zero prediction can never be confirmed: the cap; pending: 16
+    np.testing.assert_array_equal(seeds_per_pair(table, 16, 64), [16, 64, 16, 64, 16])
+    np.testing.assert_array_equal(seeds_per_pair(table, 16, 1000), [16, 256, 16, 1000, 16])
     shifted = table.assign(ci_low=table["ci_low"] + 3, ci_high=table["ci_high"] + 3)  # other realised values
-    np.testing.assert_array_equal(seeds_needed(shifted), need)
-    assert seeds_to_grow(table.iloc[[1]].assign(seeds=1), 1, 64) == 1  # one seed gives no interval to go by
+    np.testing.assert_array_equal(seeds_per_pair(shifted, 16, 64), seeds_per_pair(table, 16, 64))
+    np.testing.assert_array_equal(seeds_per_pair(table.assign(seeds=1), 1, 64), [1] * 5)  # one seed: no interval
+    # per pair: a pair that has more seeds than it needs keeps them; the cap never shrinks what a pair has
+    np.testing.assert_array_equal(seeds_per_pair(table, [32, 16, 40, 16, 16], 64), [32, 64, 40, 64, 16])
+    np.testing.assert_array_equal(seeds_per_pair(table, [80, 16, 16, 16, 16], 64), [80, 64, 16, 64, 16])
+
+
+def test_seeds_by_mask_serves_the_pair_that_needs_most():
+    """A training set shared by pairs (the full set; minus 1 in two pairs) gets the larger count; the curated set
+    (every harmful example dropped) the most any harmful pair needs; masks in needed_masks' order."""
+    from dataspex.design.validation import seeds_by_mask
+
+    pairs = _pairs([("harmful", 1, 1, 2, 0), ("redundant", 1, 1, 3, 1), ("harmful", 2, 0, 4, 2)])
+    masks, counts = seeds_by_mask(5, pairs, [10, 40, 20], curated_mask(5, pairs))
+    want = {tuple(m): 0 for m in needed_masks(5, pairs)}
+    for (i, j), r in (((1, 2), 10), ((1, 3), 40), ((0, 4), 20)):
+        for m in variant_masks(5, i, j).values():
+            want[tuple(m)] = max(want[tuple(m)], r)
+    assert [tuple(m) for m in masks[:-1]] == list(want) and counts[:-1] == list(want.values())
+    assert tuple(masks[-1]) == (0, 0, 0, 1, 0) and counts[-1] == 20  # harmful pairs: 10 and 20
+    assert counts[0] == 40  # the full set serves the redundant pair's 40
+    masks, counts = seeds_by_mask(5, pairs, 16, curated_mask(5, pairs))
+    assert set(counts) == {16} and len(masks) == len(want) + 1
+    # one harmful pair: the curated set is its minus-both set, listed once
+    one = _pairs([("harmful", 1, 1, 2, 0)])
+    masks, counts = seeds_by_mask(5, one, [24], curated_mask(5, one))
+    assert len(masks) == 4 and counts == [24] * 4
 
 
 def test_report_names_the_pairs_left_underpowered():
@@ -191,8 +214,9 @@ def test_report_names_the_pairs_left_underpowered():
     assert _underpowered(part) == (" Not confirmed with too few seeds to tell (interval wider than half the "
                                    "predicted interaction): (1, 4) needs about 212 (validate.max_seeds).")
     assert _underpowered(part.iloc[1:]) == "" and _underpowered(part.drop(columns="seeds_needed")) == ""
-    assert _seeds_text({"seeds": 64, "first_seeds": 16}) == (
-        "64 seeds: grown from 16 for intervals within half the predicted interaction")
+    grown = ", grown from 16 where an interval was wider than half its predicted interaction"
+    assert _seeds_text({"seeds": 64, "first_seeds": 16}) == "64 seeds" + grown
+    assert _seeds_text({"seeds": 64, "first_seeds": 16}, pd.Series([16, 64, 0])) == "16-64 seeds" + grown
     assert _seeds_text({"seeds": 16, "first_seeds": 16}) == "16 seeds" == _seeds_text({"seeds": 16})
 
 
@@ -206,7 +230,7 @@ def test_validate_stage_end_to_end(tmp_path):
     args = ["validate", f"run_dir={run_dir}", "validate.top_k=1", "validate.seeds=2", "validate.max_seeds=2",
             *REPORT_ARGS]
     proc = run_cli(*args)
-    assert "growing every training set" not in proc.stderr  # max_seeds = seeds: no growth
+    assert "growing their training sets" not in proc.stderr  # max_seeds = seeds: no growth
     # 2 pairs: full + 4 singles + 2 doubles; the curated set (the full set minus the one harmful pair) is that
     # pair's minus-both set, trained once per replicate, not twice
     assert "2 pairs by proxyspex -> 7 training sets x 2 seeds = 14 retrains (14 new in the design)" in proc.stderr
@@ -244,7 +268,8 @@ def test_validate_stage_end_to_end(tmp_path):
 
     # the report now has the validation section and the verdicts beside the pairs
     md = open(os.path.join(run_dir, "report", "report.md")).read()
-    assert "2 seeds each" in md and re.search(r"\| harmful \| 1 \| \(\d+, \d+\) \| #\d+ \|", md)
+    assert "were retrained (2 seeds; per_mask seed policy" in md
+    assert re.search(r"\| harmful \| 1 \| \(\d+, \d+\) \| #\d+ \|", md)
     for kind in ("harmful", "redundant"):  # validate.select=findings: the summary names what it retrained
         assert re.search(rf"[01] of 1 {kind} findings confirmed by retraining \(2 seeds", md)
     assert "Measured: retraining without all 2 examples" in md
@@ -270,20 +295,22 @@ def test_validate_stage_end_to_end(tmp_path):
 
     # growth by power: every training set gets the seeds the widest pair needs (from the 2-seed intervals), up
     # to validate.max_seeds; only the new replicates are trained, and the first two are the same retrains
-    from dataspex.validate import seeds_needed, seeds_to_grow
+    from dataspex.validate import seeds_needed, seeds_per_pair
 
     np.testing.assert_array_equal(table["seeds_needed"], seeds_needed(table))
     assert table["seeds_needed"].max() <= 2  # the planted pairs are wide of 0: 2 seeds are enough at 90%...
     same = run_cli(*args[:-len(REPORT_ARGS)], "validate.max_seeds=3", *REPORT_ARGS)
-    assert "growing every training set" not in same.stderr and "trained 0, reused 14" in same.stderr
-    # ...and not at 99.99%, where t with 1 degree of freedom is 6366: every training set grows to 3 seeds
+    assert "growing their training sets" not in same.stderr and "trained 0, reused 14" in same.stderr
+    # ...and not at 99.99%, where t with 1 degree of freedom is 6366: both pairs' training sets grow to 3 seeds
     grown = run_cli(*args[:-len(REPORT_ARGS)], "validate.max_seeds=3", "validate.level=0.9999", *REPORT_ARGS)
     rows = seed_widths.widths(run_dir, [2, 3])  # at the validation's own level (0.9999) now
     first = pd.DataFrame([r for r in rows if r["seeds"] == 2])
-    need = np.ceil(2 * (first["half_width"] / (first["predicted"].abs() / 2)) ** 2)
-    assert seeds_to_grow(first.assign(ci_low=-first["half_width"], ci_high=first["half_width"], seeds=2), 2, 3) == 3
-    assert (f"validate: {int((need > 2).sum())} of 2 pairs have an interval wider than half their predicted "
-            "interaction at 2 seeds: growing every training set to 3 seeds (validate.max_seeds=3)") in grown.stderr
+    first = first.assign(ci_low=-first["half_width"], ci_high=first["half_width"], seeds=2)
+    np.testing.assert_array_equal(seeds_per_pair(first, 2, 3), [3, 3])
+    pair_list = ", ".join(f"({i}, {j}): 2 -> 3" for i, j in zip(table["i"], table["j"]))
+    assert ("validate: 2 of 2 pairs have an interval wider than half their predicted interaction: growing their "
+            f"training sets to the seeds each needs ({pair_list}; validate.max_seeds=3)") in grown.stderr
+    assert grown.stderr.count("growing their training sets") == 1  # at the cap: no second round
     assert "7 training sets x 3 seeds = 21 retrains (7 new in the design)" in grown.stderr
     assert "trained 7, reused 14" in grown.stderr
     table3 = pd.read_parquet(os.path.join(run_dir, "validate", "validation.parquet"))

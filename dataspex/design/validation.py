@@ -62,13 +62,39 @@ def distinct_masks(masks: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def extend_design(design, masks: list[np.ndarray], replicates: int):
-    """The design with enough ``validate`` rows for ``replicates`` replicates of every mask (rows that already
-    exist are reused, so re-running never duplicates). Returns (design, number of rows added)."""
+def seeds_by_mask(n_units: int, pairs: pd.DataFrame, seeds, curated: np.ndarray | None = None,
+                  curated_seeds: int | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """The distinct training sets of ``pairs`` (and ``curated``), each with the replicates it needs: the most any
+    pair using it needs (``seeds``: per pair row, or one count), so a training set shared by two pairs (the full
+    set; minus i when i is in both) serves the one that needs more. ``curated`` gets ``curated_seeds`` (default:
+    the most any harmful pair needs)."""
+    per_pair = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(pairs),))
+    need: dict[bytes, int] = {}
+    for row, r in zip(pairs.itertuples(), per_pair):
+        for mask in variant_masks(n_units, int(row.i), int(row.j)).values():
+            need[mask.tobytes()] = max(need.get(mask.tobytes(), 0), int(r))
+    masks = needed_masks(n_units, pairs)
+    if curated is not None:
+        if curated_seeds is None:
+            harmful = (pairs["kind"] == "harmful").to_numpy()
+            curated_seeds = int(per_pair[harmful].max()) if harmful.any() else int(per_pair.max())
+        need[curated.tobytes()] = max(need.get(curated.tobytes(), 0), curated_seeds)
+        masks = distinct_masks(masks + [curated])
+    return masks, [need[mask.tobytes()] for mask in masks]
+
+
+def extend_design(design, masks: list[np.ndarray], replicates):
+    """The design with enough ``validate`` rows for ``replicates`` replicates of every mask (one count for all, or
+    one per mask; rows that already exist are reused, so re-running never duplicates). Returns (design, number of
+    rows added)."""
     have = replicate_ids(design)
+    counts = np.broadcast_to(np.asarray(replicates, dtype=np.int64), (len(masks),))
+    wanted: dict[bytes, int] = {}
+    for mask, r in zip(masks, counts):  # a training set named twice (the curated set can be a pair's minus both)
+        wanted[mask.tobytes()] = max(wanted.get(mask.tobytes(), 0), int(r))  # is trained once per replicate
     new = []
-    for mask in distinct_masks(masks):  # one training set named twice (the curated set can be a pair's minus both)
-        missing = replicates - len(have.get(mask.tobytes(), []))  # is trained once per replicate, not twice
+    for mask in distinct_masks(masks):
+        missing = wanted[mask.tobytes()] - len(have.get(mask.tobytes(), []))
         new += [mask] * max(missing, 0)
     if not new:
         return design, 0

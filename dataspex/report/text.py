@@ -91,7 +91,8 @@ def _headline(ctx) -> list[str]:
             if len(part):  # validations written before validate.select existed took the top of each list
                 what = f"{kind} findings" if vmeta.get("select", "top") == "findings" else f"top {kind} pairs"
                 out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} {what} "
-                           f"confirmed by retraining ({_seeds_text(vmeta)}, {level}% interval).{_underpowered(part)}")
+                           f"confirmed by retraining ({_seeds_text(vmeta, part['seeds'])}, {level}% interval)."
+                           f"{_underpowered(part)}")
         if vmeta.get("stale"):
             out.append("The fit changed after validation: predictions in the validation table may be out of date; "
                        "re-run `dataspex validate`.")
@@ -183,12 +184,16 @@ def _bottom_line(decision: dict, units=None) -> str:
             "run `dataspex validate` and then `dataspex curate` before changing the data set.")
 
 
-def _seeds_text(vmeta: dict) -> str:
-    """'16 seeds', or '64 seeds: grown from 16 by power' when validate.max_seeds added seeds."""
+def _seeds_text(vmeta: dict, seeds=None) -> str:
+    """'16 seeds'; where validate.max_seeds added seeds, the range over the pairs (``seeds``: their counts, default
+    the validation's largest) and why: '16-64 seeds, grown from 16 ...'."""
+    seeds = [int(x) for x in ([] if seeds is None else seeds) if int(x) > 0] or [int(vmeta["seeds"])]  # 0: pending
+    lo, hi = min(seeds), max(seeds)
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
     first = vmeta.get("first_seeds")
-    grown = f": grown from {first} for intervals within half the predicted interaction" if first and \
-        vmeta["seeds"] > first else ""
-    return f"{vmeta['seeds']} seeds{grown}"
+    grown = f", grown from {first} where an interval was wider than half its predicted interaction" if first and \
+        hi > first else ""
+    return f"{count} seeds{grown}"
 
 
 def _underpowered(part: pd.DataFrame) -> str:
@@ -439,9 +444,10 @@ def _validation_rows(ctx) -> list[list[str]]:
 def _validation_text(ctx) -> str:
     vm = ctx["vmeta"]
     level = round(100 * vm["level"])
-    return (f"Each pair's four training sets (full, minus i, minus j, minus both) were retrained with "
-            f"{_seeds_text(vm)} each ({vm['seed_policy']} seed policy, {vm['engine']} engine). Realised = mean over "
-            "seeds of f(all-i-j) - f(all-i) - f(all-j) + f(all) on the pair's test example; interval = Student t at "
+    return (f"Each pair's four training sets (full, minus i, minus j, minus both) were retrained "
+            f"({_seeds_text(vm, ctx['validation']['seeds'])}; {vm['seed_policy']} seed policy, {vm['engine']} "
+            "engine). Realised = mean over seeds of f(all-i-j) - f(all-i) - f(all-j) + f(all) on the pair's test "
+            "example; interval = Student t at "
             f"{level}%; predicted = the same quantity from {vm['estimator']} (full estimand). **confirmed**: the "
             "interval excludes 0 on the predicted side. Removing both: realised change in the test loss "
             "f(all-i-j) - f(all), on the pair's test example (removal: lowered / raised when its interval excludes "

@@ -45,7 +45,7 @@ from dataspex.design.validation import VARIANTS, replicate_ids, variant_masks
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 
 __all__ = ["ELSEWHERE_NUMBERS", "analyse", "analyse_curated", "elsewhere", "removal_verdict", "seeds_needed",
-           "seeds_to_grow", "settings", "t_interval", "validated_harmful", "verdict"]
+           "seeds_per_pair", "settings", "t_interval", "validated_harmful", "verdict"]
 
 SETTINGS = ("top_k", "seeds", "max_seeds", "level", "kinds", "select")
 # The numbers :func:`elsewhere` adds to a pair's row (beside its verdict ``removal_elsewhere``), in this order.
@@ -119,19 +119,21 @@ def seeds_needed(table: pd.DataFrame) -> np.ndarray:
     return need
 
 
-def seeds_to_grow(table: pd.DataFrame, seeds: int, max_seeds: int) -> int:
-    """How many seeds every training set of the validation should have: the most any finished pair needs for its
-    interval to be at most half its predicted interaction (:func:`seeds_needed`), at least ``seeds`` and at most
-    ``max_seeds``. It reads the widths and the predictions only, never the realised interactions (a sample's
-    variance is independent of its mean), so growing does not make a confirmation more likely when there is no
-    interaction. Why grow at all: at 16 seeds unplanted WordNet's confirmed harmful pair (169, 186), the one the
-    report acted on, was not confirmed at 64 (-0.17 [-0.55, +0.21]), and two pairs whose 16-seed intervals were
-    wider than their predictions were confirmed there (benchmarks/README.md, "Seeds by power")."""
-    need = seeds_needed(table)
-    need = need[~np.isnan(need)]
-    if seeds < 2 or not len(need):
-        return seeds
-    return int(min(max(seeds, np.max(need)), max_seeds))
+def seeds_per_pair(table: pd.DataFrame, seeds, max_seeds: int) -> np.ndarray:
+    """Per row of an :func:`analyse` table, the seeds its training sets should have: what it needs for an interval
+    at most half its predicted interaction (:func:`seeds_needed`), at least the ``seeds`` it has (one count, or one
+    per row) and at most ``max_seeds``; a pending pair, or one with a single seed (no interval), keeps its seeds.
+    It reads the widths and the predictions only, never the realised interactions (a sample's variance is
+    independent of its mean), so growing does not make a confirmation more likely when there is no interaction.
+    Why grow at all: at 16 seeds unplanted WordNet's confirmed harmful pair (169, 186), the one the report acted
+    on, was not confirmed at 64 (-0.17 [-0.55, +0.21]), and two pairs whose 16-seed intervals were wider than
+    their predictions were confirmed there (benchmarks/README.md, "Seeds by power"). Per pair, not one count for
+    all: a pair already narrow enough (a redundant pair predicted at 1.3 nats needed 4 seeds there) keeps its
+    retrains."""
+    seeds = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(table),))
+    need = np.nan_to_num(seeds_needed(table), nan=0, posinf=max_seeds)
+    grown = np.clip(need, seeds, np.maximum(seeds, max_seeds)).astype(np.int64)
+    return np.where(seeds < 2, seeds, grown)
 
 
 def elsewhere(change: np.ndarray, tests, level: float) -> dict:
@@ -207,20 +209,22 @@ def analyse_curated(mask, design, results, replicates: int, level: float, output
             "n_elsewhere": away["n_elsewhere"]}
 
 
-def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_units: int, replicates: int,
+def analyse(pairs: pd.DataFrame, design, results, fitted: dict, ranking: str, n_units: int, replicates,
             level: float, output: str = "loss") -> pd.DataFrame:
     """One row per pair: predicted and realised interaction (full estimand) on its test example, with the
     interval, the verdict, and the realised effect of removing both on that test example and on the mean
-    test loss. ``n_units``: the masks' columns (the training examples, or the design's units). Pairs whose retrains
-    are not all finished get NaN and verdict "pending"."""
+    test loss. ``n_units``: the masks' columns (the training examples, or the design's units). ``replicates``: the
+    seeds each pair uses (its first replicates of each training set), one count for all or one per pair. Pairs
+    whose retrains are not all finished get NaN and verdict "pending"."""
     ids = replicate_ids(design)
     Y = results.outputs(output)
     row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
+    caps = np.broadcast_to(np.asarray(replicates, dtype=np.int64), (len(pairs),))
     rows = []
-    for p in pairs.itertuples():
+    for p, cap in zip(pairs.itertuples(), caps):
         i, j, t = int(p.i), int(p.j), int(p.test)
         masks = variant_masks(n_units, i, j)
-        got = {v: [row_of.get(m) for m in ids.get(mask.tobytes(), [])[:replicates]] for v, mask in masks.items()}
+        got = {v: [row_of.get(m) for m in ids.get(mask.tobytes(), [])[:int(cap)]] for v, mask in masks.items()}
         r = min(len(v) for v in got.values())
         done = r > 0 and all(x is not None for v in got.values() for x in v[:r])
         row = {"kind": p.kind, "rank": int(p.rank), "i": i, "j": j, "test": t, "pattern": p.pattern,
