@@ -125,10 +125,9 @@ def seeds_per_pair(table: pd.DataFrame, seeds, max_seeds: int) -> np.ndarray:
     per row) and at most ``max_seeds``; a pending pair, or one with a single seed (no interval), keeps its seeds.
     It reads the widths and the predictions only, never the realised interactions (a sample's variance is
     independent of its mean), so growing does not make a confirmation more likely when there is no interaction.
-    Why grow at all: at 16 seeds unplanted WordNet's confirmed harmful pair (169, 186), the one the report acted
-    on, was not confirmed at 64 (-0.17 [-0.55, +0.21]), and two pairs whose 16-seed intervals were wider than
-    their predictions were confirmed there (benchmarks/README.md, "Seeds by power"). Per pair, not one count for
-    all: a pair already narrow enough (a redundant pair predicted at 1.3 nats needed 4 seeds there) keeps its
+    Why grow at all: at 16 seeds unplanted WordNet's findings were 3 of 6 confirmed, and which ones depended on the
+    seeds drawn; grown, 5 of 6, and 6 of 6 in a second validation from scratch (benchmarks/README.md, "Seeds by
+    power"). Per pair, not one count for all: a pair already narrow enough (a redundant pair predicted at 1.3 nats needed 4 seeds there) keeps its
     retrains."""
     seeds = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(table),))
     need = np.nan_to_num(seeds_needed(table), nan=0, posinf=max_seeds)
