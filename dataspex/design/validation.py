@@ -38,9 +38,8 @@ def curated_mask(n_units: int, pairs: pd.DataFrame) -> np.ndarray | None:
 
 
 def needed_masks(n_units: int, pairs: pd.DataFrame) -> list[np.ndarray]:
-    """Every distinct training set the pairs need, in a stable order."""
-    return distinct_masks([mask for row in pairs.itertuples()
-                           for mask in variant_masks(n_units, int(row.i), int(row.j)).values()])
+    """Every distinct training set the pairs need, in a stable order (:func:`seeds_by_mask` without the counts)."""
+    return seeds_by_mask(n_units, pairs, 1)[0]
 
 
 def replicate_ids(design) -> dict[bytes, list[int]]:
@@ -70,10 +69,12 @@ def seeds_by_mask(n_units: int, pairs: pd.DataFrame, seeds, curated: np.ndarray 
     the most any harmful pair needs)."""
     per_pair = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(pairs),))
     need: dict[bytes, int] = {}
+    named = []
     for row, r in zip(pairs.itertuples(), per_pair):
         for mask in variant_masks(n_units, int(row.i), int(row.j)).values():
             need[mask.tobytes()] = max(need.get(mask.tobytes(), 0), int(r))
-    masks = needed_masks(n_units, pairs)
+            named.append(mask)
+    masks = distinct_masks(named)  # first-seen order
     if curated is not None:
         if curated_seeds is None:
             harmful = (pairs["kind"] == "harmful").to_numpy()

@@ -130,14 +130,13 @@ def decide(actions: pd.DataFrame, validation, curation: dict | None) -> dict:
         why_not = ("the fit changed since it ran" if curation.get("stale") else
                    "it found nothing to act on then" if measured != now and not measured else
                    "it acted on other pairs than the report's current actions" if measured != now else None)
+        verdict = curation.get("verdict")
+        if why_not is None and verdict != "nothing to act on" and not curation.get("seeds"):
+            why_not = "it has no complete replicate yet"
         if why_not is None:
-            verdict = curation.get("verdict")
             status = {"helped": "act", "hurt": "do not act"}.get(verdict, "nothing to act on")
-            if verdict != "nothing to act on" and not curation.get("seeds"):
-                status, why_not = "curate next", "it has no complete replicate yet"
-            else:
-                return {"status": status, "reason": f"curate: {verdict}", "pairs": sorted(map(list, measured)),
-                        "curation": curation}
+            return {"status": status, "reason": f"curate: {verdict}", "pairs": sorted(map(list, measured)),
+                    "curation": curation}
         if now:
             return {"status": "curate next", "reason": why_not, "pairs": sorted(map(list, now)), "curation": curation}
         # the measured pairs are no longer actions: the evidence below decides, curate's numbers are history

@@ -170,7 +170,7 @@ def _bottom_line(decision: dict, units=None) -> str:
                "examples" if full["high"] < 0 else "did not measurably lower the loss on data the ranking never saw")
         return f"**Bottom line: nothing to act on.** Applying {what} {how} ({numbers}).{local}"
     if status == "nothing to act on":
-        if cur is not None and cur.get("verdict") == "nothing to act on" and decision["reason"].startswith("curate"):
+        if cur is not None:  # curate itself found nothing to act on (its numbers were handled above)
             return f"**Bottom line: nothing to act on**: {cur['why']} (`dataspex curate`)."
         why = {"no harmful pair passed validation": "no harmful pair passed `dataspex validate` (below)",
                "no harmful finding": "the report has no harmful finding it trusts (below)"}

@@ -127,8 +127,8 @@ def seeds_per_pair(table: pd.DataFrame, seeds, max_seeds: int) -> np.ndarray:
     independent of its mean), so growing does not make a confirmation more likely when there is no interaction.
     Why grow at all: at 16 seeds unplanted WordNet's findings were 3 of 6 confirmed, and which ones depended on the
     seeds drawn; grown, 5 of 6, and 6 of 6 in a second validation from scratch (benchmarks/README.md, "Seeds by
-    power"). Per pair, not one count for all: a pair already narrow enough (a redundant pair predicted at 1.3 nats needed 4 seeds there) keeps its
-    retrains."""
+    power"). Per pair, not one count for all: a pair already narrow enough (a redundant pair predicted at 1.3
+    nats needed 4 seeds there) keeps its retrains."""
     seeds = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(table),))
     need = np.nan_to_num(seeds_needed(table), nan=0, posinf=max_seeds)
     grown = np.clip(need, seeds, np.maximum(seeds, max_seeds)).astype(np.int64)
