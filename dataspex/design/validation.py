@@ -51,14 +51,20 @@ def replicate_ids(design) -> dict[bytes, list[int]]:
     return {key: sorted(ids) for key, ids in out.items()}
 
 
-def distinct_masks(masks: list[np.ndarray]) -> list[np.ndarray]:
-    """``masks`` without repeats (equal bits), in first-seen order."""
-    seen, out = set(), []
-    for mask in masks:
-        if mask.tobytes() not in seen:
-            seen.add(mask.tobytes())
+def most_per_mask(masks: list[np.ndarray], counts) -> tuple[list[np.ndarray], list[int]]:
+    """``masks`` without repeats (equal bits), in first-seen order, each with the largest of ``counts`` (one per
+    mask, or one for all) that any of its repeats asks for: a training set named twice (the full set of two pairs;
+    the curated set when it is a pair's minus-both set) is trained once per replicate, as often as the most
+    demanding name needs."""
+    counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), (len(masks),))
+    most: dict[bytes, int] = {}
+    out = []
+    for mask, r in zip(masks, counts):
+        key = mask.tobytes()
+        if key not in most:
             out.append(mask)
-    return out
+        most[key] = max(most.get(key, 0), int(r))
+    return out, [most[mask.tobytes()] for mask in out]
 
 
 def seeds_by_mask(n_units: int, pairs: pd.DataFrame, seeds, curated: np.ndarray | None = None,
@@ -68,34 +74,28 @@ def seeds_by_mask(n_units: int, pairs: pd.DataFrame, seeds, curated: np.ndarray 
     set; minus i when i is in both) serves the one that needs more. ``curated`` gets ``curated_seeds`` (default:
     the most any harmful pair needs)."""
     per_pair = np.broadcast_to(np.asarray(seeds, dtype=np.int64), (len(pairs),))
-    need: dict[bytes, int] = {}
-    named = []
+    named, counts = [], []
     for row, r in zip(pairs.itertuples(), per_pair):
         for mask in variant_masks(n_units, int(row.i), int(row.j)).values():
-            need[mask.tobytes()] = max(need.get(mask.tobytes(), 0), int(r))
             named.append(mask)
-    masks = distinct_masks(named)  # first-seen order
+            counts.append(int(r))
     if curated is not None:
         if curated_seeds is None:
             harmful = (pairs["kind"] == "harmful").to_numpy()
             curated_seeds = int(per_pair[harmful].max()) if harmful.any() else int(per_pair.max())
-        need[curated.tobytes()] = max(need.get(curated.tobytes(), 0), curated_seeds)
-        masks = distinct_masks(masks + [curated])
-    return masks, [need[mask.tobytes()] for mask in masks]
+        named.append(curated)
+        counts.append(curated_seeds)
+    return most_per_mask(named, counts)
 
 
 def extend_design(design, masks: list[np.ndarray], replicates):
     """The design with enough ``validate`` rows for ``replicates`` replicates of every mask (one count for all, or
-    one per mask; rows that already exist are reused, so re-running never duplicates). Returns (design, number of
-    rows added)."""
+    one per mask; a mask given twice gets the larger count, :func:`most_per_mask`; rows that already exist are
+    reused, so re-running never duplicates). Returns (design, number of rows added)."""
     have = replicate_ids(design)
-    counts = np.broadcast_to(np.asarray(replicates, dtype=np.int64), (len(masks),))
-    wanted: dict[bytes, int] = {}
-    for mask, r in zip(masks, counts):  # a training set named twice (the curated set can be a pair's minus both)
-        wanted[mask.tobytes()] = max(wanted.get(mask.tobytes(), 0), int(r))  # is trained once per replicate
     new = []
-    for mask in distinct_masks(masks):
-        missing = wanted[mask.tobytes()] - len(have.get(mask.tobytes(), []))
+    for mask, wanted in zip(*most_per_mask(masks, replicates)):
+        missing = wanted - len(have.get(mask.tobytes(), []))
         new += [mask] * max(missing, 0)
     if not new:
         return design, 0
