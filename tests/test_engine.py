@@ -240,6 +240,36 @@ def test_attend_first_packed_matches_padded_attention(per_row):
         torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)
 
 
+def test_plateau_stop_matches_naive_and_stops_where_the_full_record_says(minilm):
+    """train.plateau_tol: a mask trains exactly as without the stop up to the first epoch (from the second) whose
+    mean training loss fell by less than the tolerance, then stops; its record is NaN after. The batched engine
+    stops the same adapters after the same epochs as the naive loop, within one pass."""
+    base, train, test = minilm
+    lora = lora_cfg("top:1")
+    full = {m: rest for m, *rest in run(naive, base, lora, train_cfg(epochs=6), train, test)}
+    tol = 0.065  # on these masks: drops of 0.049-0.199 nats an epoch, none within 0.01 of the tolerance
+    expected = {}
+    for m, (_, _, record) in full.items():
+        drops = record[1:-1] - record[2:]  # epoch k's drop, k = 2..6
+        stop = [k for k, drop in zip(range(2, 7), drops) if drop < tol]
+        expected[m] = stop[0] if stop else None
+    assert len(set(expected.values())) == 3 and None in expected.values()  # a test that can tell engines apart
+
+    cfg = train_cfg(epochs=6, plateau_tol=tol)
+    reference = run(naive, base, lora, cfg, train, test)
+    for m, losses, _, record in reference:
+        stop = expected[m]
+        if stop is None:
+            np.testing.assert_array_equal(record, full[m][2])
+            np.testing.assert_array_equal(losses, full[m][0])
+        else:
+            np.testing.assert_array_equal(record[: stop + 1], full[m][2][: stop + 1])
+            assert np.isnan(record[stop + 1:]).all()
+            assert not np.allclose(losses, full[m][0], atol=1e-3)  # it did stop early
+    assert_same(reference, run(engine, base, lora, train_cfg(epochs=6, plateau_tol=tol, adapters_per_pass=3),
+                               train, test))
+
+
 def test_shared_seed_policy_orders_every_mask_by_one_permutation():
     """Common random numbers: under seed_policy=shared a mask's epoch order is the same permutation of all
     examples restricted to it, so a mask without example 5 trains on the others in exactly the same order."""

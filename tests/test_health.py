@@ -24,6 +24,23 @@ def test_each_reason_is_flagged_exactly():
                                      "nats: 1, training loss did not fall: 2)")
 
 
+def test_epochs_a_plateau_stop_skipped_are_not_a_fault():
+    """train.plateau_tol leaves the skipped epochs NaN at the end of the record: judged by the last trained
+    epoch. A NaN with a finite loss after it, or an infinity, is still a fault."""
+    ids = [1, 2, 3, 4, 5, 6]
+    losses = np.full((6, 2), 0.1)
+    curves = np.array([[0.7, 0.3, 0.01, np.nan, np.nan],   # stopped after epoch 2: healthy
+                       [0.7, 0.8, 0.9, np.nan, np.nan],    # stopped after epoch 2 above its start
+                       [0.7, 0.3, np.nan, 0.2, 0.1],       # a NaN inside the record
+                       [0.7, 0.3, np.inf, np.nan, np.nan],  # an infinity before the tail
+                       [0.7, 0.8, np.nan, np.nan, np.nan],  # one trained epoch: not judged on falling
+                       [0.7, 0.3, 0.2, 0.1, 0.05]])        # every epoch trained
+    flags = health.flag_masks(ids, losses, curves)
+    assert flags["reasons"] == {2: ["training loss did not fall"],
+                                3: ["non-finite training loss"],
+                                4: ["non-finite training loss", "training loss did not fall"]}
+
+
 def test_healthy_results_and_merging_chunks():
     ok = health.flag_masks([1, 2], np.array([[7.9], [0.01]]), np.array([[0.69, 0.1], [0.69, 0.2]]))
     assert ok["n_flagged"] == 0 and ok["ids"] == []  # 7.9 nats: the largest healthy loss measured on the demo

@@ -84,6 +84,8 @@ def test_the_design_stage_names_what_differs(trained_run):
     ("train.lr=-1", "train.lr=-1 must be greater than 0"),
     ("train.lr=abc", "train.lr='abc' is not a finite number"),
     ("train.batch_size=0", "train.batch_size=0 must be at least 1"),
+    ("train.plateau_tol=0", "train.plateau_tol=0 must be greater than 0"),
+    ("train.plateau_tol=abc", "train.plateau_tol='abc' is not a finite number"),
     ("lora.r=0", "lora.r=0 must be at least 1"),
     ("shard.count=0", "shard.count=0 must be at least 1"),
     ("shard.index=3", "shard.index=3 must be in [0, shard.count=1)"),
@@ -146,3 +148,19 @@ def test_per_block_results_belong_to_their_blocks(tmp_path):
     refused("train", f"run_dir={run_dir}", "train.seed_block=3",
             phrase="holds results for a different train (train.seed_block: stored 2, now 3)")
     assert snapshot(run_dir) == before
+
+
+def test_a_plateau_stop_belongs_to_the_fingerprint(tmp_path, trained_run):
+    """train.plateau_tol decides how long each mask trains: a run made with one tolerance refuses another (later
+    stages replay it from overrides.json), a run made without the stop refuses one (and keeps its fingerprint:
+    runs from before the stop still resume)."""
+    run_dir = str(tmp_path / "run")
+    run_cli("design", f"run_dir={run_dir}", *TINY, "train.plateau_tol=0.02")
+    before = snapshot(run_dir)
+    refused("train", f"run_dir={run_dir}", "train.plateau_tol=0.05",
+            phrase="holds results for a different train (train.plateau_tol: stored 0.02, now 0.05)")
+    assert snapshot(run_dir) == before
+    before = snapshot(trained_run)
+    refused("train", f"run_dir={trained_run}", "train.plateau_tol=0.02",
+            phrase="(train.plateau_tol: stored None, now 0.02)")
+    assert snapshot(trained_run) == before

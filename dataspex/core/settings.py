@@ -50,6 +50,7 @@ KNOBS = {
     "train.batch_size": ("int", 1, None, True, True),
     "train.weight_decay": ("float", 0.0, None, True, True),
     "train.seed": ("int", 0, None, True, True),
+    "train.plateau_tol": ("float", 0.0, None, False, True),
     "train.chunk_size": ("int", 1, None, True, True),
     "lora.r": ("int", 1, None, True, True),
     "lora.alpha": ("float", 0.0, None, False, True),

@@ -36,6 +36,8 @@ def fingerprint(cfg, data) -> dict:
     }
     if str(cfg.train.seed_policy) == "per_block":  # its blocks decide which masks share a seed (runs under the
         out["train"]["seed_block"] = cfg.train.get("seed_block")  # other policies keep their fingerprint)
+    if cfg.train.get("plateau_tol") is not None:  # a stop decides how long masks train (runs without one keep
+        out["train"]["plateau_tol"] = float(cfg.train.plateau_tol)  # their fingerprint)
     units = units_setting(cfg)
     if units != "example":  # stored masks are over units: results belong to that grouping (runs over examples,
         out["units"] = units  # made before units existed, keep their fingerprint)

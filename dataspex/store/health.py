@@ -12,11 +12,13 @@ A mask is flagged, with each reason that applies, when
 
 * ``non-finite test loss``: a test loss is NaN or infinite;
 * ``test loss above MAX_LOSS nats``: a test loss exceeds :data:`MAX_LOSS` (absurd: see below);
-* ``non-finite training loss``: a recorded training loss is NaN or infinite;
-* ``training loss did not fall``: the last epoch's mean training loss is not below the loss training started
-  from (the untrained model on the mask's first batch: ``dataspex.train.common.loss_record``). Checked with two
-  or more epochs (with one, the last epoch holds the start), and not for masks from result files written before
-  training losses were recorded.
+* ``non-finite training loss``: a recorded training loss is infinite, or NaN before a recorded one (the epochs
+  a plateau stop skipped, ``train.plateau_tol``, are a run of NaN at the end of the record, not a fault: a NaN
+  training loss that did come from training leaves NaN weights, which the engines refuse at the test losses);
+* ``training loss did not fall``: the last trained epoch's mean training loss is not below the loss training
+  started from (the untrained model on the mask's first batch: ``dataspex.train.common.loss_record``). Checked
+  with two or more trained epochs (with one, that epoch holds the start), and not for masks from result files
+  written before training losses were recorded.
 
 Why ``MAX_LOSS = 1000`` nats. A test loss is a cross-entropy (classification) or a completion's summed
 negative log-likelihood (causal LM), so 1000 nats means a probability of e^-1000 for the gold answer. Measured
@@ -74,10 +76,14 @@ def flag_masks(mask_ids, losses, train_losses=None, max_loss: float = MAX_LOSS) 
     if train_losses is not None:
         curves = _rows(train_losses, len(mask_ids))
         recorded = ~np.isnan(curves).all(axis=1) if curves.shape[1] else np.zeros(len(mask_ids), bool)
-        add(recorded & ~np.isfinite(curves).all(axis=1), NON_FINITE_TRAIN)
-        if curves.shape[1] >= 3:  # the start and two or more epochs
-            with np.errstate(invalid="ignore"):
-                add(recorded & ~(curves[:, -1] < curves[:, 0]), NOT_FALLING)
+        if curves.shape[1]:
+            finite = np.isfinite(curves)
+            trained = np.cumsum(~np.isnan(curves[:, ::-1]), axis=1)[:, ::-1] > 0  # up to the last non-NaN
+            add(recorded & (np.isinf(curves).any(axis=1) | (trained & ~finite).any(axis=1)), NON_FINITE_TRAIN)
+            n_trained = trained.sum(axis=1)
+            last = curves[np.arange(len(curves)), np.maximum(n_trained - 1, 0)]
+            with np.errstate(invalid="ignore"):  # the start and two or more trained epochs
+                add(recorded & (n_trained >= 3) & ~(last < curves[:, 0]), NOT_FALLING)
     return _flags(len(mask_ids), reasons, max_loss)
 
 

@@ -17,6 +17,11 @@ Dropout is off during training (the model stays in eval mode), so a run is deter
 Training losses: every engine also reports each mask's training-loss record (1 + epochs,) float64 (see
 ``loss_record``): where training started and how each epoch went. A last epoch's loss that is not below the
 start means training diverged or did not converge (:mod:`dataspex.store.health` flags it).
+
+Plateau stop: with ``train.plateau_tol`` set (nats), a mask's training ends after the first epoch, from the
+second on, whose mean training loss fell by less than that from the epoch before (``plateaued``); ``epochs`` is
+then the most a mask trains, and the epochs it skipped are NaN in its record. Every engine decides by the same
+record, after the epoch's last update.
 """
 
 from __future__ import annotations
@@ -176,6 +181,32 @@ def loss_record(steps: list[np.ndarray], epochs: int) -> tuple[np.ndarray, np.nd
     kept = sum(len(b) for b in steps[:per_epoch])
     divisors = np.array([len(steps[0]) if steps else 1] + [max(1, kept)] * epochs, dtype=np.float64)
     return columns, divisors
+
+
+def plateau_tol(train_cfg) -> float | None:
+    """``train.plateau_tol`` (nats) as a float, or None when every mask trains all ``train.epochs``."""
+    tol = train_cfg.get("plateau_tol")
+    return None if tol is None else float(tol)
+
+
+def epoch_ended(columns: np.ndarray, t: int) -> int:
+    """The epoch (1-based) whose last optimiser step is step ``t`` of a mask's ``loss_record`` columns, else 0."""
+    last = t + 1 == len(columns) or columns[t + 1] != columns[t]
+    return int(columns[t]) if last else 0
+
+
+def plateaued(record: np.ndarray, epoch: int, tol: float | None) -> bool:
+    """Whether a mask's training stops after ``epoch`` under ``train.plateau_tol=tol``: from the second epoch on,
+    when the epoch's mean training loss (``record[epoch]``, a training-loss record as ``loss_record`` sums it)
+    fell by less than ``tol`` nats from the epoch before. The epochs not trained keep NaN in the record.
+
+    Why an absolute drop in nats and not a relative one: with the default recipe the training loss keeps
+    falling by 20-25% an epoch to the end (planted fortunes at n = 256, median over 1,408 masks: 0.0133, 0.0101,
+    0.0081 nats in epochs 10-12), while its drop in nats flattens (0.006, 0.003, 0.002): a relative rule never
+    stops there."""
+    if tol is None or epoch < 2:
+        return False
+    return bool(record[epoch - 1] - record[epoch] < tol)
 
 
 def lora_init(shapes: list[tuple[int, int]], seed: int) -> list[torch.Tensor]:

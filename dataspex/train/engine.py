@@ -56,7 +56,8 @@ import numpy as np
 import torch
 
 from dataspex.core.errors import DataspexError
-from dataspex.train.common import Encoded, check_finite, check_mask, loss_record, mask_schedule
+from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_ended, loss_record, mask_schedule,
+                                   plateau_tol, plateaued)
 from dataspex.train import kernels
 from dataspex.train.modules import BatchedLinear, BatchedLoRA, Layout, Unsupported, find_targets, shared_copy
 from dataspex.train.naive import train_masks as naive_train_masks
@@ -183,15 +184,24 @@ class Engine:
     def train_group(self, train: DeviceSplit, steps: list[list[np.ndarray]], seeds: list[int],
                     train_cfg) -> tuple[torch.Tensor, np.ndarray]:
         """Train one adapter per entry of ``steps`` (its batches in order); returns their parameters (G, P) and
-        their training-loss records (G, 1 + epochs) float64 (``common.loss_record``)."""
+        their training-loss records (G, 1 + epochs) float64 (``common.loss_record``).
+
+        With ``train.plateau_tol`` an adapter whose epoch's training loss plateaued (``common.plateaued``) leaves
+        the pass after that epoch's last step, as an adapter with fewer steps does; checking reads the epoch's
+        sums back from the device, once per step at which some adapter ends an epoch (never without the stop)."""
         device = self.opts.device
+        tol = plateau_tol(train_cfg)
+        steps = list(steps)  # a stopped adapter's list is cut short
+        stopped = {}  # adapter -> the last epoch it trained
         flat = self.layout.initial(seeds, device).requires_grad_(True)
         opt = BatchedAdamW(flat, train_cfg.lr, train_cfg.weight_decay)
         scaler = _LossScale(self.opts.autocast == torch.float16)
         records = [loss_record(s, int(train_cfg.epochs)) for s in steps]  # (column of each step, divisors)
         width_r = len(records[0][1])
         sums = torch.zeros(len(steps) * width_r, dtype=torch.float64, device=device)  # (adapter, column) sums
-        for t in range(max(len(s) for s in steps)):
+        divisors = np.array([d for _, d in records])
+        t = 0
+        while any(t < len(s) for s in steps):
             active = [g for g, s in enumerate(steps) if t < len(s)]
             batches = [steps[g][t] for g in active]
             width = max(len(b) for b in batches)
@@ -220,9 +230,18 @@ class Engine:
                     summed = torch.cat([summed, summed])
                 sums.index_add_(0, torch.from_numpy(slots).to(device), summed)
             opt.step(flat, flat.grad, None if everyone else active)
+            ending = {g: e for g in active if (e := epoch_ended(records[g][0], t)) >= 2} if tol is not None else {}
+            if ending:
+                means = sums.view(len(steps), width_r).cpu().numpy() / divisors
+                for g, epoch in ending.items():
+                    if plateaued(means[g], epoch, tol):
+                        steps[g], stopped[g] = steps[g][: t + 1], epoch
+            t += 1
         flat.grad = None
-        divisors = np.array([d for _, d in records])
-        return flat.detach(), sums.view(len(steps), width_r).cpu().numpy() / divisors
+        curves = sums.view(len(steps), width_r).cpu().numpy() / divisors
+        for g, epoch in stopped.items():
+            curves[g, epoch + 1:] = np.nan  # the epochs it skipped
+        return flat.detach(), curves
 
     @torch.no_grad()
     def evaluate(self, test: DeviceSplit, flat: torch.Tensor, max_rows: int) -> tuple[np.ndarray, np.ndarray]:

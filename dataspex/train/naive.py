@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from dataspex.core.models import lora_config
-from dataspex.train.common import (Encoded, check_finite, check_mask, lora_init, loss_record, margins,
-                                   mask_schedule, per_example_loss)
+from dataspex.train.common import (Encoded, check_finite, check_mask, epoch_ended, lora_init, loss_record, margins,
+                                   mask_schedule, per_example_loss, plateau_tol, plateaued)
 
 
 def lora_modules(peft_model) -> list:
@@ -53,6 +53,7 @@ def finetune_with_losses(base, lora_cfg, train_cfg, train: Encoded, mask: np.nda
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     columns, divisors = loss_record(steps, int(train_cfg.epochs))
+    tol = plateau_tol(train_cfg)
     sums = np.zeros(len(divisors))
     for t, index in enumerate(steps):
         batch = train.batch(index)
@@ -66,6 +67,10 @@ def finetune_with_losses(base, lora_cfg, train_cfg, train: Encoded, mask: np.nda
         sums[columns[t]] += summed
         if t == 0:
             sums[0] = summed
+        epoch = epoch_ended(columns, t)
+        if epoch and plateaued(sums / divisors, epoch, tol):
+            sums[epoch + 1:] = np.nan  # the epochs it skips
+            break
     if not steps:
         sums[0] = np.nan  # never trained: no start
     return model, sums / divisors
