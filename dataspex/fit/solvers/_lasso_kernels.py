@@ -12,10 +12,11 @@ per-problem Gram and no per-output sub-Gram is ever materialised outside a threa
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from dataspex.fit.solvers.blas import usable_cores
 
 try:  # pragma: no cover - exercised implicitly wherever numba is installed
     import numba as nb
@@ -143,13 +144,6 @@ if HAVE_NUMBA:
             out[t] = acc
 
 
-def _n_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _run_split(kernel, args, indptr: np.ndarray, cost: np.ndarray, min_work: float = 2e6) -> None:
     """Run ``kernel(*args, t_lo, t_hi)`` over all outputs, split across threads when big.
 
@@ -158,7 +152,7 @@ def _run_split(kernel, args, indptr: np.ndarray, cost: np.ndarray, min_work: flo
     """
     T = len(indptr) - 1
     total = float(cost.sum())
-    n = min(_n_threads(), T)
+    n = min(usable_cores(), T)
     if n <= 1 or total < min_work:
         kernel(*args, 0, T)
         return

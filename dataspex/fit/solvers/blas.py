@@ -1,12 +1,13 @@
-"""BLAS threading for many small matrix products."""
+"""Threads: BLAS threading for many small matrix products, and how many cores this process may use."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 from threadpoolctl import ThreadpoolController
 
-__all__ = ["small_blas"]
+__all__ = ["small_blas", "usable_cores"]
 
 
 def small_blas(flops_per_call: float, threshold: float = 2e8):
@@ -24,3 +25,11 @@ def small_blas(flops_per_call: float, threshold: float = 2e8):
 
 
 _CONTROLLER = None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a Slurm allocation or taskset, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
