@@ -8,6 +8,7 @@ Runs as root cannot meet a read-only directory (root writes anywhere), so the on
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -155,11 +156,15 @@ def test_a_plateau_stop_belongs_to_the_fingerprint(tmp_path, trained_run):
     stages replay it from overrides.json), a run made without the stop refuses one (and keeps its fingerprint:
     runs from before the stop still resume)."""
     run_dir = str(tmp_path / "run")
-    run_cli("design", f"run_dir={run_dir}", *TINY, "train.plateau_tol=0.02")
+    six_epochs = [o for o in TINY if not o.startswith("train.epochs=")] + ["train.epochs=6"]
+    run_cli("design", f"run_dir={run_dir}", *six_epochs, "train.plateau_tol=0.02")
     before = snapshot(run_dir)
     refused("train", f"run_dir={run_dir}", "train.plateau_tol=0.05",
             phrase="holds results for a different train (train.plateau_tol: stored 0.02, now 0.05)")
     assert snapshot(run_dir) == before
+    proc = run_cli("train", f"run_dir={run_dir}")  # replays the run's plateau_tol and epochs
+    assert re.search(r"the plateau stop \(train.plateau_tol=0.02\) ended masks after \d\.\d epochs on average "
+                     r"\(\d to \d; train.epochs=6; \d+ of 10 masks trained them all\)", proc.stderr), proc.stderr[-2000:]
     before = snapshot(trained_run)
     refused("train", f"run_dir={trained_run}", "train.plateau_tol=0.02",
             phrase="(train.plateau_tol: stored None, now 0.02)")

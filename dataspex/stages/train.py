@@ -53,6 +53,7 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
     pending: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     row_of = {int(design.mask_ids[r]): r for r in todo}
     flags = health.flag_masks([], np.zeros((0, 0)))
+    epochs_trained: list[int] = []  # per mask: the epochs its record holds (fewer than train.epochs after a stop)
 
     last = started
 
@@ -67,6 +68,7 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
                             train_losses=curves)
         last = now
         pending.clear()
+        epochs_trained.extend(int(n) for n in (~np.isnan(curves[:, 1:])).sum(axis=1))
         found = health.flag_masks(ids, losses, curves)
         if found["n_flagged"] and not flags["n_flagged"]:
             first = found["ids"][0]
@@ -87,6 +89,12 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
             flush()
     elapsed = time.perf_counter() - started
     log.info("train: %d masks in %.1f s (%.2f s per mask)", len(todo), elapsed, elapsed / len(todo))
+    if cfg.train.get("plateau_tol") is not None:
+        counts = np.array(epochs_trained)
+        log.info("train: the plateau stop (train.plateau_tol=%s) ended masks after %.1f epochs on average (%d to %d; "
+                 "train.epochs=%d; %d of %d masks trained them all)", cfg.train.plateau_tol, counts.mean(),
+                 counts.min(), counts.max(), int(cfg.train.epochs), int((counts == int(cfg.train.epochs)).sum()),
+                 len(counts))
     if flags["n_flagged"]:
         log.warning("train: DIVERGED %s: their results are stored but likely useless; lower train.lr (now %s) "
                     "and retrain in a new run_dir", health.summary(flags), cfg.train.lr)
