@@ -17,6 +17,9 @@ refits every estimator of the run's config on the first m fit masks for each bud
     dataspex run data=files data.train_file=/tmp/real/f256p/train.csv data.test_file=/tmp/real/f256p/test.csv \\
         design.m=1024 design.heldout=256 run_dir=/tmp/runs/f256p
     python benchmarks/budget.py --run /tmp/runs/f256p --manifest /tmp/real/f256p/manifest.json --out /tmp/budget/f256p
+
+``--more-fit RUN ...`` extends the fit masks with those of other runs of the same data and recipe (another
+``design.seed``, ``design.heldout=0``): budgets beyond the first run's own, without retraining its held-out masks.
 """
 
 from __future__ import annotations
@@ -113,6 +116,32 @@ def run_splits(run_dir: str) -> dict:
             "X_ho": results.masks[ho_keep], "Y_ho": Y[ho_keep], "n": results.masks.shape[1], "T": Y.shape[1] - 1}
 
 
+def more_fit_masks(run: dict, others: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``run``'s fit masks and outputs (``run_splits``) followed by those of ``others``: runs that trained the same
+    things (equal fingerprints) on random designs of the same kept fraction, so their fit masks are more draws of
+    the same distribution (another ``design.seed``) and a budget beyond ``run``'s own reads on into them. Refuses
+    any other run, naming what differs."""
+    X, Y = [run["X_fit"]], [run["Y_fit"]]
+    mine = run["store"].stored_fingerprint()
+    mine = {k: v for k, v in mine.items() if k != "data_summary"}
+    for other in others:
+        theirs = {k: v for k, v in other["store"].stored_fingerprint().items() if k != "data_summary"}
+        where = other["store"].run_dir
+        if theirs != mine:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise SystemExit(f"error: {where} trained other things than {run['store'].run_dir} "
+                             f"(fingerprint differs in: {', '.join(differ)}): its masks do not extend this run")
+        kinds = {run["design"].meta.get("kind"), other["design"].meta.get("kind")}
+        p_run, p_other = run["design"].meta.get("p"), other["design"].meta.get("p")
+        if kinds != {"random"} or p_run != p_other:
+            raise SystemExit(f"error: {where} has a {other['design'].meta.get('kind')} design with p = {p_other}, "
+                             f"{run['store'].run_dir} a {run['design'].meta.get('kind')} one with p = {p_run}: "
+                             "only random designs of the same kept fraction extend each other")
+        X.append(other["X_fit"])
+        Y.append(other["Y_fit"])
+    return np.vstack(X), np.vstack(Y)
+
+
 def read_replicate(cache: str, head_seed: int):
     """(mask_ids, seed, losses) of a replicate cache whose base model came from ``head_seed`` (the run's
     ``train.seed``), else None (missing, or an older cache that drew the head from the replicate's seed)."""
@@ -163,6 +192,9 @@ def main(argv=None) -> int:
                         help="comma-separated estimators (default: the run's): a key of the run's config or of "
                              "conf/estimator/, with parameters as name:key=value (estimator_config)")
     parser.add_argument("--out", default=None, help="folder for budget.json and the replicate's cache")
+    parser.add_argument("--more-fit", nargs="*", default=[],
+                        help="finished runs of the same data, model, LoRA and training settings (same fingerprint) "
+                             "and the same design.p, whose fit masks extend --run's, in order (more_fit_masks)")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
@@ -183,6 +215,7 @@ def main(argv=None) -> int:
     run = run_splits(opts.run)
     cfg, store, results, ho_keep = run["cfg"], run["store"], run["results"], run["ho_keep"]
     X_fit, Y_fit, X_ho, Y_ho, n, T = (run[k] for k in ("X_fit", "Y_fit", "X_ho", "Y_ho", "n", "T"))
+    X_fit, Y_fit = more_fit_masks(run, [run_splits(path) for path in opts.more_fit])
     k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
     budgets = [int(b) for b in opts.budgets.split(",") if b] or [b for b in (n // 2, n, 2 * n, 4 * n)
                                                                   if b <= len(X_fit)]

@@ -141,3 +141,29 @@ def test_gap_pieces_against_brute_force():
     from dataspex.core.metrics import faithfulness_r2  # what gap.py scores each test example with
 
     np.testing.assert_allclose(faithfulness_r2(Y, P, multioutput="raw_values"), ref)
+
+
+def test_more_fit_masks_extend_a_run_only_with_runs_that_trained_the_same_things():
+    """Another run's fit masks follow the run's own, in order, when both trained the same things (fingerprints
+    equal but for the recorded-only data summary) on random designs of the same p; any other run is refused."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    def run(name, fingerprint, p=0.5, kind="random", rows=2):
+        store = SimpleNamespace(run_dir=f"/runs/{name}", stored_fingerprint=lambda: fingerprint)
+        design = SimpleNamespace(meta={"kind": kind, "p": p})
+        start = {"a": 0, "b": 10, "c": 20, "d": 30}[name]
+        X = np.arange(start, start + rows * 3).reshape(rows, 3) % 2
+        return {"store": store, "design": design, "X_fit": X, "Y_fit": np.full((rows, 2), float(start))}
+
+    same = {"model": "m", "data": "h", "train": {"epochs": 12}}
+    a = run("a", dict(same, data_summary={"rows": 1}))
+    b = run("b", dict(same, data_summary={"rows": 2}), rows=3)
+    X, Y = budget.more_fit_masks(a, [b])
+    assert np.array_equal(X, np.vstack([a["X_fit"], b["X_fit"]])) and Y[:, 0].tolist() == [0, 0, 10, 10, 10]
+    with pytest.raises(SystemExit, match=r"/runs/c trained other things than /runs/a \(fingerprint differs in: "
+                                         r"train\)"):
+        budget.more_fit_masks(a, [b, run("c", dict(same, train={"epochs": 6}))])
+    with pytest.raises(SystemExit, match="only random designs of the same kept fraction extend each other"):
+        budget.more_fit_masks(a, [run("d", same, p=0.25)])

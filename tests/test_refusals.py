@@ -164,7 +164,8 @@ def test_a_plateau_stop_belongs_to_the_fingerprint(tmp_path, trained_run):
     assert snapshot(run_dir) == before
     proc = run_cli("train", f"run_dir={run_dir}")  # replays the run's plateau_tol and epochs
     assert re.search(r"the plateau stop \(train.plateau_tol=0.02\) ended masks after \d\.\d epochs on average "
-                     r"\(\d to \d; train.epochs=6; \d+ of 10 masks trained them all\)", proc.stderr), proc.stderr[-2000:]
+                     r"\(\d to \d; train.epochs=6; \d+ of 10 masks trained them all\)", proc.stderr), \
+        proc.stderr[-2000:]
     before = snapshot(trained_run)
     refused("train", f"run_dir={trained_run}", "train.plateau_tol=0.02",
             phrase="(train.plateau_tol: stored None, now 0.02)")
