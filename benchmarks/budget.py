@@ -121,11 +121,15 @@ def more_fit_masks(run: dict, others: list[dict]) -> tuple[np.ndarray, np.ndarra
     things (equal fingerprints) on random designs of the same kept fraction, so their fit masks are more draws of
     the same distribution (another ``design.seed``) and a budget beyond ``run``'s own reads on into them. Refuses
     any other run, naming what differs."""
+    from dataspex.store.run_store import RECORDED_ONLY
+
+    def compared(store) -> dict:  # what the store compares (RECORDED_ONLY keys are recorded, not compared)
+        return {k: v for k, v in store.stored_fingerprint().items() if k not in RECORDED_ONLY}
+
     X, Y = [run["X_fit"]], [run["Y_fit"]]
-    mine = run["store"].stored_fingerprint()
-    mine = {k: v for k, v in mine.items() if k != "data_summary"}
+    mine = compared(run["store"])
     for other in others:
-        theirs = {k: v for k, v in other["store"].stored_fingerprint().items() if k != "data_summary"}
+        theirs = compared(other["store"])
         where = other["store"].run_dir
         if theirs != mine:
             differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))

@@ -68,7 +68,7 @@ def train_chunks(cfg, store, design, todo, engine, base, train, test) -> None:
                             train_losses=curves)
         last = now
         pending.clear()
-        epochs_trained.extend(int(n) for n in (~np.isnan(curves[:, 1:])).sum(axis=1))
+        epochs_trained.extend(health.trained_epochs(curves).tolist())
         found = health.flag_masks(ids, losses, curves)
         if found["n_flagged"] and not flags["n_flagged"]:
             first = found["ids"][0]

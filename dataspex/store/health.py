@@ -77,14 +77,23 @@ def flag_masks(mask_ids, losses, train_losses=None, max_loss: float = MAX_LOSS) 
         curves = _rows(train_losses, len(mask_ids))
         recorded = ~np.isnan(curves).all(axis=1) if curves.shape[1] else np.zeros(len(mask_ids), bool)
         if curves.shape[1]:
-            finite = np.isfinite(curves)
-            trained = np.cumsum(~np.isnan(curves[:, ::-1]), axis=1)[:, ::-1] > 0  # up to the last non-NaN
-            add(recorded & (np.isinf(curves).any(axis=1) | (trained & ~finite).any(axis=1)), NON_FINITE_TRAIN)
-            n_trained = trained.sum(axis=1)
-            last = curves[np.arange(len(curves)), np.maximum(n_trained - 1, 0)]
+            epochs = trained_epochs(curves)
+            trained = np.arange(curves.shape[1]) <= epochs[:, None]  # the start up to the last recorded column
+            add(recorded & (np.isinf(curves).any(axis=1) | (trained & ~np.isfinite(curves)).any(axis=1)),
+                NON_FINITE_TRAIN)
+            last = curves[np.arange(len(curves)), np.maximum(epochs, 0)]
             with np.errstate(invalid="ignore"):  # the start and two or more trained epochs
-                add(recorded & (n_trained >= 3) & ~(last < curves[:, 0]), NOT_FALLING)
+                add(recorded & (epochs >= 2) & ~(last < curves[:, 0]), NOT_FALLING)
     return _flags(len(mask_ids), reasons, max_loss)
+
+
+def trained_epochs(train_losses) -> np.ndarray:
+    """The epochs each training-loss record (m, 1 + epochs) holds: the index of its last recorded (non-NaN)
+    column, fewer than ``train.epochs`` after a plateau stop; -1 for a record with nothing recorded. (m,) int."""
+    curves = np.asarray(train_losses, dtype=np.float64)
+    recorded = ~np.isnan(curves)
+    last = curves.shape[1] - 1 - np.argmax(recorded[:, ::-1], axis=1)
+    return np.where(recorded.any(axis=1), last, -1)
 
 
 def flag_results(results: Results, max_loss: float = MAX_LOSS) -> dict:

@@ -192,7 +192,6 @@ class Engine:
         device = self.opts.device
         tol = plateau_tol(train_cfg)
         steps = list(steps)  # a stopped adapter's list is cut short
-        stopped = {}  # adapter -> the last epoch it trained
         flat = self.layout.initial(seeds, device).requires_grad_(True)
         opt = BatchedAdamW(flat, train_cfg.lr, train_cfg.weight_decay)
         scaler = _LossScale(self.opts.autocast == torch.float16)
@@ -235,13 +234,11 @@ class Engine:
                 means = sums.view(len(steps), width_r).cpu().numpy() / divisors
                 for g, epoch in ending.items():
                     if plateaued(means[g], epoch, tol):
-                        steps[g], stopped[g] = steps[g][: t + 1], epoch
+                        steps[g] = steps[g][: t + 1]
+                        sums.view(len(steps), width_r)[g, epoch + 1:] = float("nan")  # the epochs it skips
             t += 1
         flat.grad = None
-        curves = sums.view(len(steps), width_r).cpu().numpy() / divisors
-        for g, epoch in stopped.items():
-            curves[g, epoch + 1:] = np.nan  # the epochs it skipped
-        return flat.detach(), curves
+        return flat.detach(), sums.view(len(steps), width_r).cpu().numpy() / divisors
 
     @torch.no_grad()
     def evaluate(self, test: DeviceSplit, flat: torch.Tensor, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
