@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dataspex.fit.faithfulness import pooled_ceiling
 
@@ -148,8 +149,6 @@ def test_more_fit_masks_extend_a_run_only_with_runs_that_trained_the_same_things
     equal but for the recorded-only data summary) on random designs of the same p; any other run is refused."""
     from types import SimpleNamespace
 
-    import pytest
-
     def run(name, fingerprint, p=0.5, kind="random", rows=2):
         store = SimpleNamespace(run_dir=f"/runs/{name}", stored_fingerprint=lambda: fingerprint)
         design = SimpleNamespace(meta={"kind": kind, "p": p})
@@ -167,3 +166,15 @@ def test_more_fit_masks_extend_a_run_only_with_runs_that_trained_the_same_things
         budget.more_fit_masks(a, [b, run("c", dict(same, train={"epochs": 6}))])
     with pytest.raises(SystemExit, match="only random designs of the same kept fraction extend each other"):
         budget.more_fit_masks(a, [run("d", same, p=0.25)])
+
+
+def test_epoch_drops_take_medians_over_the_masks_that_trained_each_epoch():
+    epoch_drops = _load("epoch_drops")
+    records = np.array([[0.7, 0.5, 0.2, 0.1],
+                        [0.7, 0.6, 0.4, np.nan],  # stopped after epoch 2
+                        [0.7, 0.4, 0.3, 0.25]])
+    rows = epoch_drops.epoch_table(records)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == pytest.approx([0.5, 0.3, 0.175])
+    assert rows[0]["drop"] is None and rows[1]["drop"] == pytest.approx(0.2)  # drops 0.3, 0.2, 0.1
+    assert rows[2]["drop"] == pytest.approx(0.075)  # 0.1 and 0.05; the stopped mask has none

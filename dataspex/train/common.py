@@ -203,7 +203,7 @@ def plateaued(record: np.ndarray, epoch: int, tol: float | None) -> bool:
     Why an absolute drop in nats and not a relative one: with the default recipe the training loss keeps
     falling by 20-25% an epoch to the end (planted fortunes at n = 256, median over 1,408 masks: 0.0133, 0.0101,
     0.0081 nats in epochs 10-12), while its drop in nats flattens (0.006, 0.003, 0.002): a relative rule never
-    stops there."""
+    stops there (``benchmarks/epoch_drops.py``)."""
     if tol is None or epoch < 2:
         return False
     return bool(record[epoch - 1] - record[epoch] < tol)
