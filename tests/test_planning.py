@@ -139,11 +139,13 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
         assert "no estimator reaches the target" in proc.stdout and plan["commands"] == []
     else:
         need = plan["estimators"][best]["n_masks"]
-        assert plan["wall_seconds_here"] == pytest.approx((need + 16) * 1.5)
+        assert need > 48 and plan["new_retrains"] == need - 48  # the pilot's 48 fit masks are kept
+        assert plan["wall_seconds_here"] == pytest.approx((need - 48) * 1.5)
         assert plan["wall_seconds_slurm"] == pytest.approx(plan["wall_seconds_here"] / 4)
-        assert f"design.m={need} design.heldout=16" in plan["commands"][0]
+        assert plan["commands"][0] == f"dataspex design run_dir={run_dir} design.m={need}"  # grown in place
+        assert f"run_dir={run_dir} " in plan["commands"][1]
         assert "shard.count=4 'shard.index=range(0,4)'" in plan["commands"][1]
-        assert f"plan: best: {best} at {need} fit retrains" in proc.stdout
+        assert f"plan: best: {best} at {need} fit retrains: {need - 48} more than the pilot's 48" in proc.stdout
     proc = run_cli("plan", f"run_dir={run_dir}", "plan.target=1.5", check=False)
     assert proc.returncode == 2 and "plan.target=1.5 must be a pooled R^2 in (0, 1)" in proc.stderr
 

@@ -64,9 +64,22 @@ def test_a_later_stage_refuses_other_design_settings(trained_run, stage, change,
 
 def test_the_design_stage_names_what_differs(trained_run):
     before = snapshot(trained_run)
-    refused("design", f"run_dir={trained_run}", "design.m=40", phrase="already has a different design (design.m: "
-            "stored 6, now 40)")
+    refused("design", f"run_dir={trained_run}", "design.seed=1", phrase="already has a different design (design.seed: "
+            "stored 0, now 1)")
+    # a larger design.m grows a random design (tests/test_grow.py), unless another setting differs too
+    refused("design", f"run_dir={trained_run}", "design.m=40", "design.p=0.3",
+            phrase="already has a different design (design.p: stored 0.5, now 0.3)")
+    refused("design", f"run_dir={trained_run}", "design.m=3", phrase="has 6 fit masks, design.m=3 would drop some: "
+            "a design never shrinks")
     assert snapshot(trained_run) == before
+
+
+def test_a_later_stage_names_the_growth_command(trained_run):
+    proc = refused("train", f"run_dir={trained_run}", "design.m=40", phrase="design.m: stored 6, now 40")
+    assert f"to add fit masks to this run instead (its retrains are kept): `dataspex design run_dir={trained_run} " \
+           "design.m=40`" in proc.stderr
+    proc = refused("fit", f"run_dir={trained_run}", "design.m=3", phrase="design.m: stored 6, now 3")
+    assert "to add fit masks" not in proc.stderr
 
 
 # --------------------------------------------------------------------- numeric knobs

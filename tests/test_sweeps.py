@@ -213,9 +213,11 @@ def test_design_refuses_a_different_design(tmp_path_factory, tmp_path):
     ref = reference_run(tmp_path_factory)
     run_dir = fresh_copy(ref, tmp_path / "run")
     assert "already has this design" in run_cli("design", f"run_dir={run_dir}").stderr
-    for change in ("design.m=7", "design.seed=1", "design.p=0.3"):
-        proc = run_cli("design", f"run_dir={run_dir}", change, check=False)
+    for change in ("design.seed=1", "design.p=0.3", "design.m=8 design.seed=1"):
+        proc = run_cli("design", f"run_dir={run_dir}", *change.split(), check=False)
         assert proc.returncode == 2 and "already has a different design" in proc.stderr, change
+    proc = run_cli("design", f"run_dir={run_dir}", "design.m=5", check=False)  # a larger m grows (test_grow.py)
+    assert proc.returncode == 2 and "has 6 fit masks, design.m=5 would drop some" in proc.stderr
 
 
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 
 from dataspex.core.errors import DataspexError
 from dataspex.design import extend_pairwise, make_design, settings_differences
+from dataspex.design.random import grow_random
 from dataspex.design.replicate import extend_replicates
 from dataspex.fit.estimators import LinearDatamodel
 from dataspex.fit.trak import load_trak_scores
-from dataspex.stages.rundir import open_run
+from dataspex.stages.rundir import open_run, replace_override
 from dataspex.stages.units import build_units
 
 log = logging.getLogger("dataspex")
@@ -100,18 +101,45 @@ def _base_design(cfg, store, data) -> None:
                      int((design.roles == "pairwise").sum()), design.meta["pairwise"]["screen"],
                      design.meta["pairwise"]["candidates"], store.path("design.npz"))
         return
-    design = make_design(cfg.design, data.n_train if units is None else units.n_units, screen=screen).over_units(units)
+    n_units = data.n_train if units is None else units.n_units
     if stored is not None:
-        # Compare without the rows later stages appended (pairwise designs, validation retrains).
-        existing = stored.without_extensions()
-        if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
-            differing = "; ".join(settings_differences(cfg.design, existing)) or f"stored {existing.meta}"
-            raise DataspexError(f"{store.run_dir} already has a different design ({differing}); "
-                                "use a new run_dir for a new design")
-        log.info("design: %s already has this design (%d masks)", store.run_dir, len(existing))
+        _check_or_grow(cfg, store, stored, n_units, units, screen)
         return
+    design = make_design(cfg.design, n_units, screen=screen).over_units(units)
     store.save_design(design)
     counts = {str(r): int((design.roles == r).sum()) for r in np.unique(design.roles)}
     over = f"over {design.n_units} units ({design.units.spec}) of" if design.by_unit else "over"
     log.info("design: %d masks %s %d training examples %s -> %s", len(design), over, data.n_train, counts,
              store.path("design.npz"))
+
+
+def _check_or_grow(cfg, store, stored, n_units: int, units, screen) -> None:
+    """The run already has a design: check that ``cfg.design`` describes it (without the rows later stages
+    appended), or, for a random design and a larger ``design.m`` with every other setting the same, grow it
+    (:func:`dataspex.design.random.grow_random`): the new fit masks train, every retrain the run has is kept."""
+    existing = stored.without_extensions()
+    have = existing.meta.get("m")
+    is_random = cfg.design.kind == "random" == existing.meta.get("kind")
+    # A random design's masks with design.m set to the stored count: what the design stage made (the first
+    # grown.from masks), grown to that count when it grew since.
+    design_cfg = OmegaConf.merge(cfg.design, {"m": have}) if is_random else cfg.design
+    start = (existing.meta.get("grown") or {}).get("from") if is_random else None
+    made = OmegaConf.merge(cfg.design, {"m": start}) if start is not None else design_cfg
+    design = make_design(made, n_units, screen=screen).over_units(units)
+    if start is not None:
+        design = grow_random(design, have) or design
+    if existing.meta != design.meta or not np.array_equal(existing.masks, design.masks):
+        differing = "; ".join(settings_differences(design_cfg, existing)) or f"stored {existing.meta}"
+        raise DataspexError(f"{store.run_dir} already has a different design ({differing}); "
+                            "use a new run_dir for a new design")
+    grows = is_random and int(cfg.design.m) != have
+    if not grows:
+        log.info("design: %s already has this design (%d masks)", store.run_dir, len(existing))
+        return
+    bigger = grow_random(stored, int(cfg.design.m), where=store.run_dir)
+    store.save_design(bigger)
+    replace_override(store.run_dir, "design.m", int(cfg.design.m))
+    kept = store.done_ids()
+    log.info("design: grew the random design of %s from %d to %d fit masks: %d new masks to train, the %d retrains "
+             "it has are kept (overrides.json now replays design.m=%d)", store.run_dir, have, int(cfg.design.m),
+             int(cfg.design.m) - have, len(kept), int(cfg.design.m))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -15,7 +16,8 @@ from dataspex.design import settings_differences
 from dataspex.design.units import check_units, units_setting
 from dataspex.store import RunStore
 
-__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "shard_rows"]
+__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "replace_override",
+           "shard_rows"]
 
 # Training settings that change results (the rest - engine, chunking, threads - only change speed).
 TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
@@ -61,10 +63,16 @@ def open_run(cfg, create: bool = False):
 
 def check_design(cfg, store) -> None:
     """Refuse design settings that differ from the stored design's: a stage would silently keep the stored one."""
-    differing = settings_differences(cfg.design, store.load_design())
+    design = store.load_design()
+    differing = settings_differences(cfg.design, design)
     if differing:
+        grow = ""
+        if (len(differing) == 1 and differing[0].startswith("design.m:") and design.meta.get("kind") == "random"
+                and int(cfg.design.m) > int(design.meta["m"])):
+            grow = (f"; to add fit masks to this run instead (its retrains are kept): `dataspex design "
+                    f"run_dir={store.run_dir} design.m={cfg.design.m}`")
         raise DataspexError(f"{store.run_dir} has a design made with other settings ({'; '.join(differing)}): "
-                            "drop those overrides to use the stored design, or use a new run_dir for a new one")
+                            f"drop those overrides to use the stored design, or use a new run_dir for a new one{grow}")
 
 
 def shard_rows(n_rows: int, index: int, count: int) -> np.ndarray:
@@ -83,3 +91,16 @@ def record_creation(run_dir: str, overrides: list[str], cfg) -> None:
     os.makedirs(run_dir, exist_ok=True)
     write_json(path, list(overrides))
     atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def replace_override(run_dir: str, key: str, value) -> None:
+    """Make the run's replayed overrides set ``key=value`` (the stored override of ``key``, with or without a
+    leading ``+``, replaced; appended when there was none): after the design stage changed a setting of the
+    run in place, later stages replay the new value, not the one the run was created with."""
+    path = os.path.join(run_dir, "overrides.json")
+    stored = []
+    if os.path.exists(path):
+        with open(path) as fh:
+            stored = json.load(fh)
+    kept = [o for o in stored if o.split("=", 1)[0].lstrip("+~") != key]
+    write_json(path, kept + [f"{key}={value}"])
