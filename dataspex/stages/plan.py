@@ -5,8 +5,8 @@ Reads the pilot's faithfulness-vs-budget curve (every estimator refitted on grow
 retrain its result files recorded, fits ``r2(m) = intercept + per_doubling * log2(m)`` per estimator
 (:mod:`dataspex.fit.planning`) and prints, for the estimator that needs the fewest retrains: the retrains, the wall
 time here, with ``plan.shards`` Slurm jobs and on a GPU (``plan.gpu_speedup``), and the exact commands of the
-study: the pilot's design grown in place. Writes ``<run_dir>/plan.json``. Target: ``plan.target`` (pooled held-out R^2), else 80% of the pilot's
-noise ceiling, else ``report.trust_r2``.
+study: the pilot's design grown in place. Writes ``<run_dir>/plan.json``. Target: ``plan.target`` (pooled
+held-out R^2), else 80% of the pilot's noise ceiling, else ``report.trust_r2``.
 """
 
 from __future__ import annotations
