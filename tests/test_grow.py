@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from dataspex import load_run
 from dataspex.core.errors import DataspexError
 from dataspex.design import make_design
 from dataspex.design.random import GROWTH_STREAM, grow_random, grown_masks, random_masks
@@ -82,5 +83,6 @@ def test_a_larger_design_m_grows_the_run_and_trains_only_the_new_masks(tmp_path)
     assert all(v["n_fit_masks"] == 10 for v in faithfulness.values())
     # later stages replay the grown count, and a second `design` with it finds the grown design
     assert "design.m=10" in json.load(open(store.path("overrides.json")))
+    assert load_run(run_dir).config.design.m == 10  # the run's config.yaml too
     assert "already has this design (14 masks)" in run_cli("design", f"run_dir={run_dir}").stderr
     assert "has 16 masks, 16 already done, 0 to train" in run_cli("train", f"run_dir={run_dir}").stderr

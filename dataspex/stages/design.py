@@ -14,7 +14,7 @@ from dataspex.design.random import grow_random
 from dataspex.design.replicate import extend_replicates
 from dataspex.fit.estimators import LinearDatamodel
 from dataspex.fit.trak import load_trak_scores
-from dataspex.stages.rundir import open_run, replace_override
+from dataspex.stages.rundir import open_run, record_setting
 from dataspex.stages.units import build_units
 
 log = logging.getLogger("dataspex")
@@ -138,7 +138,7 @@ def _check_or_grow(cfg, store, stored, n_units: int, units, screen) -> None:
         return
     bigger = grow_random(stored, int(cfg.design.m), where=store.run_dir)
     store.save_design(bigger)
-    replace_override(store.run_dir, "design.m", int(cfg.design.m))
+    record_setting(store.run_dir, "design.m", int(cfg.design.m))
     kept = store.done_ids()
     log.info("design: grew the random design of %s from %d to %d fit masks: %d new masks to train, the %d retrains "
              "it has are kept (overrides.json now replays design.m=%d)", store.run_dir, have, int(cfg.design.m),

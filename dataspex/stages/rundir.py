@@ -16,7 +16,7 @@ from dataspex.design import settings_differences
 from dataspex.design.units import check_units, units_setting
 from dataspex.store import RunStore
 
-__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "replace_override",
+__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "record_setting",
            "shard_rows"]
 
 # Training settings that change results (the rest - engine, chunking, threads - only change speed).
@@ -93,10 +93,11 @@ def record_creation(run_dir: str, overrides: list[str], cfg) -> None:
     atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def replace_override(run_dir: str, key: str, value) -> None:
-    """Make the run's replayed overrides set ``key=value`` (the stored override of ``key``, with or without a
-    leading ``+``, replaced; appended when there was none): after the design stage changed a setting of the
-    run in place, later stages replay the new value, not the one the run was created with."""
+def record_setting(run_dir: str, key: str, value) -> None:
+    """A setting the design stage changed in place (``design.m`` of a grown design), in the run's records: the
+    replayed overrides set ``key=value`` (the stored override of ``key``, with or without a leading ``+``,
+    replaced; appended when there was none), so later stages replay the new value, and ``config.yaml`` (what
+    :func:`dataspex.load_run` reads as the run's config) holds it."""
     path = os.path.join(run_dir, "overrides.json")
     stored = []
     if os.path.exists(path):
@@ -104,3 +105,8 @@ def replace_override(run_dir: str, key: str, value) -> None:
             stored = json.load(fh)
     kept = [o for o in stored if o.split("=", 1)[0].lstrip("+~") != key]
     write_json(path, kept + [f"{key}={value}"])
+    config = os.path.join(run_dir, "config.yaml")
+    if os.path.exists(config):
+        resolved = OmegaConf.load(config)
+        OmegaConf.update(resolved, key, value, force_add=True)
+        atomic_write_text(config, OmegaConf.to_yaml(resolved))
