@@ -14,7 +14,7 @@ from dataspex.design.replicate import ROLE, extend_replicates, finished_replicat
 from dataspex.fit.artifacts import design_record
 from dataspex.fit.estimators import InteractionResult
 from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
-from dataspex.fit.planning import learning_curve, needed_retrains
+from dataspex.fit.planning import curve_r2, describe, learning_curve, needed_retrains
 from dataspex.report.curation import drop_all_effect
 from dataspex.report.text import _drop_sentence
 from dataspex.store.run_store import Results
@@ -88,6 +88,7 @@ def test_learning_curve_recovers_intercept_and_step_and_inverts_them():
     m = np.array([32, 64, 128])
     curve = learning_curve(m, -0.4 + 0.1 * np.log2(m))  # +0.1 per doubling: 0.1 at 32, 0.3 at 128
     assert curve["intercept"] == pytest.approx(-0.4) and curve["per_doubling"] == pytest.approx(0.1)
+    assert curve["kind"] == "log2" and describe(curve) == "log2 line (+0.100 per doubling)"
     assert needed_retrains(curve, 0.5) == {"n_masks": 512, "why": "", "doublings": 2.0}
     assert needed_retrains(curve, 0.25, ceiling=0.7)["n_masks"] == 91  # log2 m = 6.5: 90.5 retrains
     assert needed_retrains(curve, 0.25)["doublings"] == 0.0  # 91 < 128: the pilot already reaches it
@@ -100,6 +101,29 @@ def test_learning_curve_recovers_intercept_and_step_and_inverts_them():
     assert "8.0 doublings beyond the largest measured budget (128): more than 64x" in needed_retrains(curve, 1.1)["why"]
     assert learning_curve([64, 64, np.nan], [0.1, 0.2, 0.3]) is None
     assert needed_retrains(None, 0.5)["n_masks"] is None
+
+
+def test_power_law_to_the_ceiling_recovers_its_rate_and_inverts_it():
+    # ceiling 0.7, the gap 0.6 at m = 32 shrinking x0.8 per doubling
+    m = np.array([32.0, 64.0, 96.0, 128.0])
+    gap = 0.6 * 0.8 ** np.log2(m / 32)
+    curve = learning_curve(m, 0.7 - gap, ceiling=0.7)
+    assert curve["kind"] == "power" and curve["ceiling"] == 0.7
+    assert np.exp(curve["per_doubling"]) == pytest.approx(0.8)
+    np.testing.assert_allclose(curve_r2(curve, [256, 1024]), 0.7 - 0.6 * 0.8 ** np.array([3.0, 5.0]))
+    assert describe(curve) == "power law to the ceiling 0.700 (gap x0.80 per doubling)"
+    # R^2 0.5: a gap of 0.2, a third of 0.6: log(1/3) / log(0.8) = 4.92 doublings past 32, 971.01 retrains
+    assert needed_retrains(curve, 0.5, ceiling=0.7) == {"n_masks": 972, "why": "", "doublings": pytest.approx(
+        np.log2(972 / 128))}
+    assert needed_retrains(curve, 0.2)["doublings"] == 0.0  # 0.7 - 0.5 reached at m = 32
+    assert "at or above the noise ceiling 0.700" in needed_retrains(curve, 0.7)["why"]
+    far = needed_retrains(curve, 0.69999)  # the gap must shrink to 1e-5: 40 doublings
+    assert far["n_masks"] is None and "with the gap to the ceiling x0.80 per doubling it needs" in far["why"]
+    flat = learning_curve(m, 0.7 - 0.3 * 1.1 ** np.log2(m / 32), ceiling=0.7)
+    assert "the gap to the noise ceiling does not shrink with the retrains (x1.10 per doubling)" in \
+        needed_retrains(flat, 0.5)["why"]
+    # a point at or above the ceiling (noise in a small pilot): the log2 line, which has no limit of its own
+    assert learning_curve(m, [0.1, 0.3, 0.71, 0.4], ceiling=0.7)["kind"] == "log2"
 
 
 def test_drop_effect_is_not_predicted_when_no_term_touches_the_examples():
@@ -132,8 +156,14 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
     assert plan["target_r2_pooled"] == 0.99 and plan["target_from"] == "plan.target"
     assert plan["seconds_per_retrain"] == 1.5 and plan["pilot_fit_masks"] == 48
     for name, row in plan["estimators"].items():  # each estimator's answer is its own curve's, inverted
-        curve = learning_curve([m for m, _ in row["points"]], [r for _, r in row["points"]])
-        assert row["n_masks"] == needed_retrains(curve, 0.99, plan["ceiling"]["pooled"])["n_masks"], name
+        ms, rs, ceiling = [m for m, _ in row["points"]], [r for _, r in row["points"]], plan["ceiling"]["pooled"]
+        assert row["n_masks"] == needed_retrains(learning_curve(ms, rs), 0.99, ceiling)["n_masks"], name
+        power = learning_curve(ms, rs, ceiling)  # the second estimate, beside the log2 line
+        if ceiling is not None and power["kind"] == "power":
+            assert row["power"]["n_masks"] == needed_retrains(power, 0.99, ceiling)["n_masks"], name
+            assert f"{name:<10} R^2 by retrains" in proc.stdout and "power law to the ceiling" in proc.stdout
+        else:
+            assert row["power"] is None
     best = plan["best"]
     if best is None:
         assert "no estimator reaches the target" in proc.stdout and plan["commands"] == []

@@ -314,7 +314,8 @@ def _need(need: dict | None, what: str) -> str:
         return f" It already reaches {what}."
     far = f", {need['doublings']:.1f} doublings beyond this run: a long extrapolation" if need["doublings"] > 2 else ""
     return (f" Its faithfulness curve (R^2 against log2 retrains) extrapolates to about {need['n_masks']} fit "
-            f"retrains for {what}{far} (`dataspex plan` prints the study).")
+            f"retrains for {what}{far}; on real text such lines asked 0.2 to 1.3 times the retrains needed "
+            "(`dataspex plan` prints the study and a second, power-law estimate).")
 
 
 def _trust_lines(trust: dict) -> list[str]:
