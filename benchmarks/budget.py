@@ -116,23 +116,29 @@ def run_splits(run_dir: str) -> dict:
             "X_ho": results.masks[ho_keep], "Y_ho": Y[ho_keep], "n": results.masks.shape[1], "T": Y.shape[1] - 1}
 
 
+def compared_fingerprint(store) -> dict:
+    """The run's fingerprint as the store compares it (``RECORDED_ONLY`` keys are recorded, not compared)."""
+    from dataspex.store.run_store import RECORDED_ONLY
+
+    return {k: v for k, v in store.stored_fingerprint().items() if k not in RECORDED_ONLY}
+
+
+def fingerprint_differences(mine: dict, theirs: dict) -> list[str]:
+    """The keys (sorted) in which two compared fingerprints differ: [] for runs that trained the same things."""
+    return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
 def more_fit_masks(run: dict, others: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """``run``'s fit masks and outputs (``run_splits``) followed by those of ``others``: runs that trained the same
     things (equal fingerprints) on random designs of the same kept fraction, so their fit masks are more draws of
     the same distribution (another ``design.seed``) and a budget beyond ``run``'s own reads on into them. Refuses
     any other run, naming what differs."""
-    from dataspex.store.run_store import RECORDED_ONLY
-
-    def compared(store) -> dict:  # what the store compares (RECORDED_ONLY keys are recorded, not compared)
-        return {k: v for k, v in store.stored_fingerprint().items() if k not in RECORDED_ONLY}
-
     X, Y = [run["X_fit"]], [run["Y_fit"]]
-    mine = compared(run["store"])
+    mine = compared_fingerprint(run["store"])
     for other in others:
-        theirs = compared(other["store"])
         where = other["store"].run_dir
-        if theirs != mine:
-            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        differ = fingerprint_differences(mine, compared_fingerprint(other["store"]))
+        if differ:
             raise SystemExit(f"error: {where} trained other things than {run['store'].run_dir} "
                              f"(fingerprint differs in: {', '.join(differ)}): its masks do not extend this run")
         kinds = {run["design"].meta.get("kind"), other["design"].meta.get("kind")}

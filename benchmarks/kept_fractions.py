@@ -31,6 +31,7 @@ from itertools import combinations
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from budget import compared_fingerprint, fingerprint_differences  # noqa: E402
 from validated_agreement import agreement, validated_pairs  # noqa: E402
 
 
@@ -38,7 +39,6 @@ def load_run(path: str) -> dict:
     """A run's masks (m, n) float 0/1, losses (m, T), roles (m,), kept fraction and fingerprint (the keys the store
     compares)."""
     from dataspex.store import RunStore
-    from dataspex.store.run_store import RECORDED_ONLY
 
     store = RunStore(path)
     design = store.load_design()
@@ -47,7 +47,7 @@ def load_run(path: str) -> dict:
     return {"path": path, "masks": results.masks.astype(np.float64), "losses": results.losses,
             "roles": np.array([role[int(i)] for i in results.mask_ids]), "p": design.meta.get("p"),
             "kind": design.meta.get("kind"),
-            "fingerprint": {k: v for k, v in store.stored_fingerprint().items() if k not in RECORDED_ONLY}}
+            "fingerprint": compared_fingerprint(store)}
 
 
 def check_same_training(runs: list[dict]) -> None:
@@ -55,9 +55,8 @@ def check_same_training(runs: list[dict]) -> None:
     for run in runs:
         if run["kind"] != "random":
             raise SystemExit(f"error: {run['path']} has a {run['kind']} design; this compares random designs")
-        if run["fingerprint"] != runs[0]["fingerprint"]:
-            differ = sorted(k for k in set(run["fingerprint"]) | set(runs[0]["fingerprint"])
-                            if run["fingerprint"].get(k) != runs[0]["fingerprint"].get(k))
+        differ = fingerprint_differences(runs[0]["fingerprint"], run["fingerprint"])
+        if differ:
             raise SystemExit(f"error: {run['path']} trained other things than {runs[0]['path']} (fingerprint "
                              f"differs in: {', '.join(differ)})")
 

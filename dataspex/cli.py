@@ -9,7 +9,6 @@ with the new ones applied on top.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from omegaconf import DictConfig
 from dataspex.core.errors import DataspexError
 from dataspex.core.settings import check_settings
 from dataspex.stages import STAGE_HELP, STAGES, stage_function
-from dataspex.stages.rundir import record_creation
+from dataspex.stages.rundir import override_key, record_creation, stored_overrides
 
 USAGE = """usage: dataspex <stage> [overrides...]
 
@@ -49,12 +48,8 @@ def config_dir() -> str:
     raise DataspexError(f"cannot find dataspex's conf/ folder next to {here}: install with `pip install -e .`")
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
-
-
 def _replayable(override: str) -> bool:
-    key = _key(override)
+    key = override_key(override)
     return not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in _NOT_REPLAYED)
 
 
@@ -64,28 +59,26 @@ def _is_override(arg: str) -> bool:
 
 def _run_dir_from(overrides: list[str]) -> str | None:
     for o in overrides:
-        if _key(o) == "run_dir":
+        if override_key(o) == "run_dir":
             return o.split("=", 1)[1]
     return None
 
 
 def merge_overrides(stored: list[str], new: list[str]) -> list[str]:
     """The run's creation overrides, minus keys the new ones set, then the new ones (new wins)."""
-    new_keys = {_key(o) for o in new if "=" in o or o.startswith("~")}
-    return [o for o in stored if _key(o) not in new_keys] + new
+    new_keys = {override_key(o) for o in new if "=" in o or o.startswith("~")}
+    return [o for o in stored if override_key(o) not in new_keys] + new
 
 
 def _with_stored_overrides(args: list[str]) -> list[str]:
     """Prepend the run's stored creation overrides to the command line (flags such as --multirun and
     ``--cfg job`` pass through untouched)."""
     run_dir = _run_dir_from([a for a in args if not a.startswith("-")])
-    path = os.path.join(os.path.expanduser(run_dir), "overrides.json") if run_dir else None
-    if path and os.path.exists(path):
-        with open(path) as fh:
-            stored = json.load(fh)
-        new = [a for a in args if "=" in a and not a.startswith("-")]
-        return merge_overrides(stored, new)[: -len(new) or None] + args
-    return args
+    stored = stored_overrides(os.path.expanduser(run_dir)) if run_dir else []
+    if not stored:
+        return args
+    new = [a for a in args if "=" in a and not a.startswith("-")]
+    return merge_overrides(stored, new)[: -len(new) or None] + args
 
 
 def _task(cfg: DictConfig) -> None:

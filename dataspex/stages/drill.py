@@ -13,9 +13,7 @@ pair to the example pairs found inside it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import numpy as np
 from omegaconf import OmegaConf, open_dict
@@ -29,7 +27,7 @@ from dataspex.report.drill import DRILL_DIR
 from dataspex.stages.design import add_replicates
 from dataspex.stages.fit import stage_fit
 from dataspex.stages.report import report_run, stage_report
-from dataspex.stages.rundir import fingerprint, open_run, record_creation
+from dataspex.stages.rundir import fingerprint, open_run, override_key, record_creation, stored_overrides
 from dataspex.stages.train import stage_train
 from dataspex.store import RunStore
 
@@ -59,11 +57,8 @@ def drill_config(cfg, run_dir: str):
 def _record(child, parent_store) -> None:
     """The drill-down's overrides.json (the run's own creation overrides, its design replaced) and config.yaml,
     so that every stage on ``run_dir=<run_dir>/drill`` replays the drill-down's settings."""
-    stored = []
-    if os.path.exists(parent_store.path("overrides.json")):
-        with open(parent_store.path("overrides.json")) as fh:
-            stored = json.load(fh)
-    keep = [o for o in stored if o.lstrip("+~").split("=", 1)[0].split(".")[0] not in ("run_dir", "design")]
+    keep = [o for o in stored_overrides(parent_store.run_dir)
+            if override_key(o).split(".")[0] not in ("run_dir", "design")]
     design = ["design=random", "design.units=drill"] + [f"design.{k}={child.design[k]}" for k in _DESIGN_KEYS]
     record_creation(child.run_dir, [f"run_dir={child.run_dir}", *keep, *design], child)
 

@@ -18,8 +18,7 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
 from dataspex.fit.artifacts import load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling, update_curve
-from dataspex.fit.planning import (CEILING_SHARE, MAX_DOUBLINGS, curve_r2, describe, estimator_curve,
-                                   learning_curve, needed_retrains)
+from dataspex.fit.planning import CEILING_SHARE, MAX_DOUBLINGS, curve_r2, describe, estimator_curve, needed_retrains
 from dataspex.stages.rundir import open_run
 
 log = logging.getLogger("dataspex")
@@ -74,8 +73,7 @@ def stage_plan(cfg) -> dict:
     rows = {}
     for name in faithfulness:
         points, line = estimator_curve(curve, name)
-        power = (learning_curve([m for m, _ in points], [r for _, r in points], ceiling["pooled"])
-                 if ceiling.get("pooled") is not None else None)
+        power = estimator_curve(curve, name, ceiling["pooled"])[1] if ceiling.get("pooled") is not None else None
         rows[name] = {"points": points, "curve": line, **needed_retrains(line, target, ceiling.get("pooled")),
                       "power": None if power is None or power["kind"] != "power" else
                       {"curve": power, **needed_retrains(power, target, ceiling["pooled"])}}
@@ -105,7 +103,8 @@ def stage_plan(cfg) -> dict:
         ahead = 16 * n_fit
         at = {n: float(curve_r2(r["curve"], ahead)) for n, r in rows.items() if r["curve"] is not None}
         plan["r2_at_16x"] = {"n_masks": ahead, **at}
-        lines.append("plan: no estimator reaches the target by more retrains of this design (within 64x the pilot): "
+        lines.append(f"plan: no estimator reaches the target by more retrains of this design (within "
+                     f"{2 ** MAX_DOUBLINGS}x the pilot): "
                      "a less noisy output (fit.output=margin, train.seed_policy=shared), seed replicates or a larger "
                      "unit (groups of examples) are what is left"
                      + (f"; at 16x the pilot ({ahead} fit retrains) the curves say "
@@ -143,7 +142,7 @@ def stage_plan(cfg) -> dict:
                          "the retrains needed (fewer in 19 of 27 targets), the power law to the ceiling 0.7 to 4.8 "
                          "times"
                          + (f" (here {power['n_masks']})" if power is not None and power["n_masks"] is not None
-                            else " (here more than 64x the pilot)" if power is not None else "")
+                            else f" (here more than {2 ** MAX_DOUBLINGS}x the pilot)" if power is not None else "")
                          + "; growing keeps every retrain, so grow to the first figure and run `dataspex plan` again "
                          "on the grown run's own curve")
     write_json(store.path("plan.json"), plan)

@@ -16,8 +16,8 @@ from dataspex.design import settings_differences
 from dataspex.design.units import check_units, units_setting
 from dataspex.store import RunStore
 
-__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "record_creation", "record_setting",
-           "shard_rows"]
+__all__ = ["TRAIN_RESULT_KEYS", "check_design", "fingerprint", "open_run", "override_key", "record_creation",
+           "record_setting", "shard_rows", "stored_overrides"]
 
 # Training settings that change results (the rest - engine, chunking, threads - only change speed).
 TRAIN_RESULT_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "seed_policy")
@@ -93,18 +93,28 @@ def record_creation(run_dir: str, overrides: list[str], cfg) -> None:
     atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets: ``+estimator@estimators.q=quadratic`` -> ``estimator``,
+    ``~design.m`` -> ``design.m``."""
+    return override.lstrip("+~").split("=", 1)[0].split("@", 1)[0]
+
+
+def stored_overrides(run_dir: str) -> list[str]:
+    """The overrides a run replays on every later stage (``overrides.json``; [] when it has none)."""
+    path = os.path.join(run_dir, "overrides.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return json.load(fh)
+
+
 def record_setting(run_dir: str, key: str, value) -> None:
     """A setting the design stage changed in place (``design.m`` of a grown design), in the run's records: the
     replayed overrides set ``key=value`` (the stored override of ``key``, with or without a leading ``+``,
     replaced; appended when there was none), so later stages replay the new value, and ``config.yaml`` (what
     :func:`dataspex.load_run` reads as the run's config) holds it."""
-    path = os.path.join(run_dir, "overrides.json")
-    stored = []
-    if os.path.exists(path):
-        with open(path) as fh:
-            stored = json.load(fh)
-    kept = [o for o in stored if o.split("=", 1)[0].lstrip("+~") != key]
-    write_json(path, kept + [f"{key}={value}"])
+    kept = [o for o in stored_overrides(run_dir) if override_key(o) != key]
+    write_json(os.path.join(run_dir, "overrides.json"), kept + [f"{key}={value}"])
     config = os.path.join(run_dir, "config.yaml")
     if os.path.exists(config):
         resolved = OmegaConf.load(config)
