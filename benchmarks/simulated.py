@@ -18,7 +18,11 @@ At a budget of m fit masks (the first m of the run's), per test example t:
 scored by pooled held-out R^2 on the run's held-out masks beside the run's noise ceiling. C is chosen per run from
 ``--C`` by the fit masks alone (the residual fit's pooled R^2 on a fixed fifth of them, the rest fitting a_t, b_t).
 
+``--features finetuned`` uses, instead of the base model's embeddings, the classifier's input under one model
+fine-tuned by the run's recipe on the full training set (features the top layer has adapted to the task).
+
     python benchmarks/simulated.py --run /tmp/runs/f256p_4096 --m 1024     # and w256p_4096, f256u_m1024, w256u_m1024
+    python benchmarks/simulated.py --run /tmp/runs/f256p_4096 --m 1024 --features finetuned
 """
 
 from __future__ import annotations
@@ -84,20 +88,44 @@ def line_fit(S: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.stack([Y.mean(0) - slope * S.mean(0), slope])
 
 
-def text_embeddings(cfg) -> tuple:
-    """The run's training and test texts embedded by the frozen base model, and their labels and class count."""
+def text_embeddings(cfg, features: str = "base") -> tuple:
+    """The run's training and test texts as vectors, and their labels and class count. ``base``: the frozen base
+    model's mean-pooled last layer; ``finetuned``: the input of the classifier (the pooled [CLS]) of one model
+    fine-tuned by the run's recipe on the full training set, i.e. features the top layer has adapted to the task."""
+    import torch
+
     from dataspex.core.data import load_data
     from dataspex.core.models import load_base_model, load_tokenizer
     from dataspex.train.common import encode
     from dataspex.train.embed import embed
+    from dataspex.train.naive import finetune
 
     data = load_data(cfg.data, cfg.model.task)
     if data.task != "classification":
         raise SystemExit("error: the simulated retrain is a softmax regression: classification runs only")
     tokenizer = load_tokenizer(cfg.model)
     base = load_base_model(cfg.model, len(data.label_names), int(cfg.train.seed))
-    vectors = [embed(base, encode(split, tokenizer, data.task, cfg.model.max_length))
-               for split in (data.train, data.test)]
+    splits = [encode(split, tokenizer, data.task, cfg.model.max_length) for split in (data.train, data.test)]
+    if features == "base":
+        vectors = [embed(base, split) for split in splits]
+    elif features == "finetuned":
+        # a mask id far from any design's, as the TRAK stage's full-set models use
+        model = finetune(base, cfg.lora, cfg.train, splits[0], np.ones(len(splits[0]), dtype=np.uint8), 2**31 - 1)
+        model.eval()
+        head = [m for name, m in model.named_modules() if name.endswith("classifier")][0]
+        caught = []
+        hook = head.register_forward_hook(lambda module, args, output: caught.append(args[0].detach().clone()))
+        vectors = []
+        with torch.no_grad():
+            for split in splits:
+                caught.clear()
+                for start in range(0, len(split), 64):
+                    batch = split.batch(list(range(start, min(start + 64, len(split)))))
+                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                vectors.append(torch.cat(caught).double().numpy())
+        hook.remove()
+    else:
+        raise SystemExit(f"error: --features {features!r}: base or finetuned")
     return vectors[0], np.asarray(data.train.labels), vectors[1], np.asarray(data.test.labels), len(data.label_names)
 
 
@@ -107,6 +135,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--m", type=int, default=None, help="fit masks (the first m of the run's; default 4n)")
     parser.add_argument("--C", default="0.03,0.1,0.3,1", help="inverse L2 strengths tried, comma-separated")
     parser.add_argument("--estimator", default="quadratic", help="budget.estimator_config spec of the pair model")
+    parser.add_argument("--features", default="base", choices=("base", "finetuned"),
+                        help="text vectors of the stand-in: the frozen base model's, or a full-set fine-tune's")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
@@ -123,7 +153,7 @@ def main(argv=None) -> dict:
     X_ho, Y_ho = run["X_ho"], run["Y_ho"][:, :T]
     ceiling = noise_ceiling(run["design"], run["results"], "loss")["pooled"]
     started = time.perf_counter()
-    train_vectors, train_labels, test_vectors, test_labels, n_classes = text_embeddings(cfg)
+    train_vectors, train_labels, test_vectors, test_labels, n_classes = text_embeddings(cfg, opts.features)
     print(f"{opts.run}: n={n}, T={T}, m={m}, {len(X_ho)} held-out masks, ceiling {ceiling}; embedded in "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     with warnings.catch_warnings():
@@ -156,7 +186,7 @@ def main(argv=None) -> dict:
         a, b = a - a.mean(0), b - b.mean(0)
         return (a * b).sum(0) / np.sqrt((a ** 2).sum(0) * (b ** 2).sum(0) + 1e-300)
 
-    out = {"run": opts.run, "m": m, "C": C, "ceiling": ceiling,
+    out = {"run": opts.run, "m": m, "C": C, "features": opts.features, "ceiling": ceiling,
            "pair_model": pooled_r2(Y_ho, q_ho),
            "simulated": pooled_r2(Y_ho, alone[0] + alone[1] * S_ho),
            "pair_model_plus_simulated": pooled_r2(Y_ho, q_ho + line[0] + line[1] * S_ho),
@@ -166,7 +196,7 @@ def main(argv=None) -> dict:
           f"/ {opts.estimator}'s residual (held-out) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     share = (lambda r: f"{r:.3f} ({r / ceiling:.0%})") if ceiling else (lambda r: f"{r:.3f}")
-    print(f"| {os.path.basename(opts.run.rstrip('/'))} | {m} | {C:g} | {share(out['pair_model'])} | "
+    print(f"| {os.path.basename(opts.run.rstrip('/'))} ({opts.features} features) | {m} | {C:g} | {share(out['pair_model'])} | "
           f"{share(out['simulated'])} | {share(out['pair_model_plus_simulated'])} | "
           f"{out['median_corr_with_loss']:.2f} / {out['median_corr_with_residual']:.2f} |")
     return out
