@@ -196,7 +196,8 @@ def main(argv=None) -> dict:
           f"/ {opts.estimator}'s residual (held-out) |")
     print("|---|---:|---:|---:|---:|---:|---|")
     share = (lambda r: f"{r:.3f} ({r / ceiling:.0%})") if ceiling else (lambda r: f"{r:.3f}")
-    print(f"| {os.path.basename(opts.run.rstrip('/'))} ({opts.features} features) | {m} | {C:g} | {share(out['pair_model'])} | "
+    name = f"{os.path.basename(opts.run.rstrip('/'))} ({opts.features} features)"
+    print(f"| {name} | {m} | {C:g} | {share(out['pair_model'])} | "
           f"{share(out['simulated'])} | {share(out['pair_model_plus_simulated'])} | "
           f"{out['median_corr_with_loss']:.2f} / {out['median_corr_with_residual']:.2f} |")
     return out
