@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dataspex.fit.estimators.result import InteractionResult
+from tests.benchmark_scripts import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_agreement", BENCH / "validated_agreement.py")
-agreement = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agreement)
+agreement = load_benchmark("validated_agreement")
 
 FIELDS = ["kind", "i", "j", "test", "realised", "se", "seeds", "verdict"]
 

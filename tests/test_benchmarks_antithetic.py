@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_antithetic", BENCH / "antithetic.py")
-antithetic = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(antithetic)
+from tests.benchmark_scripts import load_benchmark
+
+antithetic = load_benchmark("antithetic")
 
 
 def test_masks_come_in_complementary_pairs_and_main_effects_are_orthogonal_to_pairs():

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from dataspex.fit.faithfulness import pooled_ceiling
+from tests.benchmark_scripts import BENCH, load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-budget, null_pairs = _load("budget"), _load("null_pairs")
+budget, null_pairs = load_benchmark("budget"), load_benchmark("null_pairs")
 
 
 def test_pooled_ceiling_is_the_shared_share_of_variance():
@@ -103,7 +89,7 @@ def test_outputs_margin_model_predicts_the_loss_through_the_link():
     (R^2 1 on the margin and, through softplus(-margin), on the loss), while on the saturating loss it is not."""
     from omegaconf import OmegaConf
 
-    outputs = _load("outputs")
+    outputs = load_benchmark("outputs")
     rng = np.random.default_rng(0)
     X = rng.integers(0, 2, (400, 8)).astype(np.uint8)
     weights = rng.normal(0, 2.0, (8, 3))
@@ -132,7 +118,7 @@ def test_estimator_config_takes_the_runs_the_packages_and_parameters():
 
 
 def test_gap_pieces_against_brute_force():
-    gap = _load("gap")
+    gap = load_benchmark("gap")
     rng = np.random.default_rng(3)
     A, B = rng.integers(0, 2, size=(5, 7)), rng.integers(0, 2, size=(4, 7))
     hamming = (A[:, None, :] != B[None, :, :]).sum(-1)
@@ -169,7 +155,7 @@ def test_more_fit_masks_extend_a_run_only_with_runs_that_trained_the_same_things
 
 
 def test_epoch_drops_take_medians_over_the_masks_that_trained_each_epoch():
-    epoch_drops = _load("epoch_drops")
+    epoch_drops = load_benchmark("epoch_drops")
     records = np.array([[0.7, 0.5, 0.2, 0.1],
                         [0.7, 0.6, 0.4, np.nan],  # stopped after epoch 2
                         [0.7, 0.4, 0.3, 0.25]])

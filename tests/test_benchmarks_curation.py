@@ -3,18 +3,15 @@ cross-fit, DataInf and removal-study retrains are real fine-tunes)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_curation", BENCH / "curation.py")
-curation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(curation)
+from tests.benchmark_scripts import load_benchmark
+
+curation = load_benchmark("curation")
 
 
 def test_flip_table_by_hand():

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +16,7 @@ def quick_run():
     pytest.importorskip("shapiq")
     lines: list[str] = []
     t0 = time.perf_counter()
-    out = _load("estimators").main(["--quick"], log=lines.append)
+    out = load_benchmark("estimators").main(["--quick"], log=lines.append)
     return out, "\n".join(lines), time.perf_counter() - t0
 
 
@@ -58,7 +49,7 @@ def test_quick_benchmark_r2_is_sane(quick_run):
 def spectralexplain_run():
     pytest.importorskip("spectralexplain")
     lines: list[str] = []
-    out = _load("estimators").main(["--quick", "--parts", "spectralexplain"], log=lines.append)
+    out = load_benchmark("estimators").main(["--quick", "--parts", "spectralexplain"], log=lines.append)
     return out, "\n".join(lines)
 
 
@@ -97,14 +88,14 @@ def test_spectralexplain_cross_check(spectralexplain_run):
 def test_spectralexplain_missing_is_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "spectralexplain", None)  # makes `import spectralexplain` raise ImportError
     lines: list[str] = []
-    out = _load("estimators").main(["--quick", "--parts", "spectralexplain"], log=lines.append)
+    out = load_benchmark("estimators").main(["--quick", "--parts", "spectralexplain"], log=lines.append)
     assert out["spectralexplain"] == [] and "not installed" in out["spectralexplain_skipped"]
     assert any("Skipping the spectralexplain cross-check" in ln and "pip install spectralexplain" in ln for ln in lines)
 
 
 def test_scale_script_smoke(tmp_path):
     lines: list[str] = []
-    rows = _load("scale").main(["--n", "120", "--m", "400", "--T", "4", "--heldout", "200", "--json", str(tmp_path / "s.jsonl")], log=lines.append)
+    rows = load_benchmark("scale").main(["--n", "120", "--m", "400", "--T", "4", "--heldout", "200", "--json", str(tmp_path / "s.jsonl")], log=lines.append)
     assert {r["estimator"] for r in rows} == {"linear", "proxyspex", "spex"}
     assert all(r["masks_dtype"] == "uint8" and r["peak_rss_gb"] > 0 for r in rows)
     assert any("| ProxySPEX(" in ln for ln in lines)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_kept_fractions", BENCH / "kept_fractions.py")
-kept = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(kept)
+from tests.benchmark_scripts import load_benchmark
+
+kept = load_benchmark("kept_fractions")
 
 
 def truth(x: np.ndarray) -> float:

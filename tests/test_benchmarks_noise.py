@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-spec = importlib.util.spec_from_file_location("_bench_noise", BENCH / "noise.py")
-noise = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(noise)
+from tests.benchmark_scripts import load_benchmark
+
+noise = load_benchmark("noise")
 
 
 def test_replicate_rho_is_the_columnwise_correlation():

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_plan_curves", BENCH / "plan_curves.py")
-plan_curves = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plan_curves)
+from tests.benchmark_scripts import load_benchmark
+
+plan_curves = load_benchmark("plan_curves")
 
 
 def test_budgets_are_the_pilot_curve_then_doublings_then_all():

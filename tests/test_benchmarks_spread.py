@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 
 from dataspex.core.files import write_json
+from tests.benchmark_scripts import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_removal_spread", BENCH / "removal_spread.py")
-removal_spread = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(removal_spread)
+removal_spread = load_benchmark("removal_spread")
 
 
 def _validation(run_dir, curated):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +10,9 @@ import pytest
 from dataspex.design.validation import ROLE, extend_design, needed_masks
 from dataspex.store import RunStore
 from tests.test_validate import _pairs
+from tests.benchmark_scripts import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_strip_validation", BENCH / "strip_validation.py")
-strip_validation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(strip_validation)
+strip_validation = load_benchmark("strip_validation")
 
 
 def _validated(tmp_path):

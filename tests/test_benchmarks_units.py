@@ -4,30 +4,19 @@ tests/test_realdata.py)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from tests.benchmark_scripts import load_benchmark
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/share/wordnet/data.noun"),
                                 reason="needs Debian's wordnet-base (apt-get install wordnet-base; .ci/run does)")
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_planted_unit_pairs_hold_the_two_mislabelled_copies_of_each_gloss(tmp_path):
-    units = _load("units")
+    units = load_benchmark("units")
     splits = units.plant(n_train=200, sources=16, unit_pairs=2, copies=3, n_test=20, n_eval=10, seed=0)
     source_of, train, test = splits["source_of"], splits["train"], splits["test"]
     assert len(splits["unit_pairs"]) == 2 and len(splits["example_pairs"]) == 6

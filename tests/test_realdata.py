@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-spec = importlib.util.spec_from_file_location("_bench_realdata", BENCH / "realdata.py")
-realdata = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(realdata)
+from tests.benchmark_scripts import load_benchmark
+
+realdata = load_benchmark("realdata")
 
 pytestmark = pytest.mark.skipif(
     not (os.path.isdir(realdata.FORTUNES_DIR) and os.path.exists(realdata.WORDNET_NOUNS)),

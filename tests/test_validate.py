@@ -14,6 +14,7 @@ from dataspex.design import Design
 from dataspex.store import Results
 from dataspex.design.validation import VARIANTS, curated_mask, extend_design, needed_masks, replicate_ids, variant_masks
 from dataspex.validate import analyse, analyse_curated, removal_verdict, t_interval, verdict
+from tests.benchmark_scripts import load_benchmark
 from tests.conftest import run_cli
 
 
@@ -253,13 +254,7 @@ def test_validate_stage_end_to_end(tmp_path):
     assert set(table["removal_elsewhere"]) <= {"lowered", "raised", "unclear"} and (table["n_elsewhere"] == 3).all()
     assert cur["n_elsewhere"] == 3 and cur["tests"] == [int(harmful["test"])]
     # benchmarks/seed_widths.py recomputes the same intervals from the stored replicates, retraining nothing
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_widths.py"
-    spec = importlib.util.spec_from_file_location("_bench_seed_widths", path)
-    seed_widths = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seed_widths)
+    seed_widths = load_benchmark("seed_widths")
     rows = seed_widths.widths(run_dir, [2])
     assert [(r["i"], r["j"], r["verdict"]) for r in rows] == list(zip(table["i"], table["j"], table["verdict"]))
     np.testing.assert_allclose([r["half_width"] for r in rows], (table["ci_high"] - table["ci_low"]) / 2)
