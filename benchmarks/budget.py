@@ -18,6 +18,10 @@ refits every estimator of the run's config on the first m fit masks for each bud
         design.m=1024 design.heldout=256 run_dir=/tmp/runs/f256p
     python benchmarks/budget.py --run /tmp/runs/f256p --manifest /tmp/real/f256p/manifest.json --out /tmp/budget/f256p
 
+``--output error`` (or ``margin``) scores the models of another output (``fit.output``, dataspex/core/outputs.py)
+instead of the loss; TRAK then also gets a row calibrated to that output per test example (``fit_calibration`` on
+the budget's fit masks), since its raw scores are in the margin's units.
+
 ``--more-fit RUN ...`` extends the fit masks with those of other runs of the same data and recipe (another
 ``design.seed``, ``design.heldout=0``): budgets beyond the first run's own, without retraining its held-out masks.
 """
@@ -74,6 +78,22 @@ def recall(pairs, planted: list[dict], kind: str) -> float | None:
     return len({(min(i, j), max(i, j)) for i, j in pairs} & truth) / len(truth)
 
 
+def pair_cells(masks: np.ndarray, Y: np.ndarray, planted: list[dict]) -> list[dict]:
+    """Each planted pair's mean output at its test example over ``masks`` (m, n) with ``Y`` (m, T): with neither
+    of its two examples kept (``neither``), one (``one``: the mean of the two one-kept cells) and both, and how
+    many masks fell in the neither cell. Saturation shows here: "one" as high as "both" (harmful) or as low
+    (redundant) means either copy alone does what the two do."""
+    rows = []
+    for p in planted:
+        i, j, t = p["i"], p["j"], p["test"]
+        cell = {(a, b): (masks[:, i] == a) & (masks[:, j] == b) for a in (0, 1) for b in (0, 1)}
+        mean = {key: float(Y[sel, t].mean()) if sel.any() else float("nan") for key, sel in cell.items()}
+        rows.append({"kind": p["kind"], "i": i, "j": j, "test": t, "neither": mean[(0, 0)],
+                     "one": (mean[(1, 0)] + mean[(0, 1)]) / 2, "both": mean[(1, 1)],
+                     "n_neither": int(cell[(0, 0)].sum())})
+    return rows
+
+
 def estimator_config(cfg, spec: str):
     """The Hydra config of estimator ``spec``: ``name`` (a key of the run's ``estimators``, else the package's
     ``conf/estimator/<name>.yaml``), optionally with parameters: ``name:key=value:key=value`` (values read as
@@ -96,10 +116,11 @@ def estimator_config(cfg, spec: str):
     return est_cfg
 
 
-def run_splits(run_dir: str) -> dict:
+def run_splits(run_dir: str, output: str = "loss") -> dict:
     """A finished run's config, store, design and results, and its fit and held-out masks with their outputs
-    (``fit_outputs`` on the loss: every test example, then the mean): keys cfg, store, design, results, X_fit,
-    Y_fit, X_ho, Y_ho, fit_keep, ho_keep, n (training examples), T (test examples)."""
+    (``fit_outputs`` on ``output``, a cost as ``dataspex fit`` models it: every test example, then the mean): keys
+    cfg, store, design, results, X_fit, Y_fit, X_ho, Y_ho, fit_keep, ho_keep, n (training examples), T (test
+    examples)."""
     from omegaconf import OmegaConf
 
     from dataspex.fit.faithfulness import fit_outputs
@@ -110,7 +131,7 @@ def run_splits(run_dir: str) -> dict:
     design = store.load_design()
     results = store.load_results(design)
     fit_keep, ho_keep = results.keep(design, "fit"), results.keep(design, "heldout")
-    Y = fit_outputs(results, "loss")
+    Y = fit_outputs(results, output)
     return {"cfg": cfg, "store": store, "design": design, "results": results, "fit_keep": fit_keep,
             "ho_keep": ho_keep, "X_fit": results.masks[fit_keep], "Y_fit": Y[fit_keep],
             "X_ho": results.masks[ho_keep], "Y_ho": Y[ho_keep], "n": results.masks.shape[1], "T": Y.shape[1] - 1}
@@ -202,6 +223,7 @@ def main(argv=None) -> int:
                         help="comma-separated estimators (default: the run's): a key of the run's config or of "
                              "conf/estimator/, with parameters as name:key=value (estimator_config)")
     parser.add_argument("--out", default=None, help="folder for budget.json and the replicate's cache")
+    parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
     parser.add_argument("--more-fit", nargs="*", default=[],
                         help="finished runs of the same data, model, LoRA and training settings (same fingerprint) "
                              "and the same design.p, whose fit masks extend --run's, in order (more_fit_masks)")
@@ -212,6 +234,7 @@ def main(argv=None) -> int:
 
     from dataspex.core.errors import DataspexError
     from dataspex.core.metrics import pooled_r2
+    from dataspex.core.outputs import OUTPUTS, modelled_output
     from dataspex.fit import trak
     from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
     from dataspex.fit.ranking import ranked_pairs
@@ -222,10 +245,12 @@ def main(argv=None) -> int:
 
     planted = json.load(open(opts.manifest))["planted"]
     truth = {(p["i"], p["j"]) for p in planted}
-    run = run_splits(opts.run)
+    if opts.output not in OUTPUTS:
+        raise SystemExit(f"error: --output {opts.output!r} is not one of: {', '.join(OUTPUTS)}")
+    run = run_splits(opts.run, opts.output)
     cfg, store, results, ho_keep = run["cfg"], run["store"], run["results"], run["ho_keep"]
     X_fit, Y_fit, X_ho, Y_ho, n, T = (run[k] for k in ("X_fit", "Y_fit", "X_ho", "Y_ho", "n", "T"))
-    X_fit, Y_fit = more_fit_masks(run, [run_splits(path) for path in opts.more_fit])
+    X_fit, Y_fit = more_fit_masks(run, [run_splits(path, opts.output) for path in opts.more_fit])
     k, q_max = int(cfg.report.top_k), float(OmegaConf.select(cfg, "report.q_max", default=0.1))
     budgets = [int(b) for b in opts.budgets.split(",") if b] or [b for b in (n // 2, n, 2 * n, 4 * n)
                                                                   if b <= len(X_fit)]
@@ -233,12 +258,16 @@ def main(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
 
     ceiling = {"pooled": None, "mean_loss": None}
-    own = noise_ceiling(run["design"], results, "loss")
+    own = noise_ceiling(run["design"], results, opts.output)
     if own["pooled"] is not None:  # the run's own seed replicates (design.replicates): no retraining
         ceiling = {"pooled": own["pooled"], "mean_loss": own["mean"], "replicates": own["n_masks"]}
     elif not opts.no_replicate:
+        if opts.output == "margin":
+            raise SystemExit("error: the replicate cache holds test losses only; --output margin needs the run's own "
+                             "seed replicates (design.replicates) or --no-replicate")
         ids = results.mask_ids[ho_keep]
         rep = replicate(cfg, ids, X_ho, opts.replicate_seed, os.path.join(out_dir, "replicate.npz"), log)
+        rep = modelled_output(opts.output, rep, np.zeros_like(rep))  # loss or error: functions of the loss alone
         ceiling = {"pooled": pooled_ceiling(Y_ho[:, :T], rep),
                    "mean_loss": float(np.corrcoef(Y_ho[:, T], rep.mean(1))[0, 1])}
     trak_scores = None
@@ -292,16 +321,29 @@ def main(argv=None) -> int:
                       for kind in ("harmful", "redundant")}
             rows.append({"m": m, "estimator": "trak (first order)", "r2_pooled": None, "r2_mean_loss": None,
                          **{f"recall_{kind}": recall(p, planted, kind) for kind, p in tables.items()}})
+            if opts.output != "loss":
+                # in the output's units per test example: the calibration's slope on this budget's fit masks
+                S = np.column_stack([trak_scores, np.mean(trak_scores, axis=1)])
+                cal = trak.fit_calibration(S, X_fit[:m], Y_fit[:m])
+                effects = (np.asarray(trak_scores, dtype=float) * cal.scale[None, :T])
+                rows.append({"m": m, "estimator": "trak calibrated (first order)", "r2_pooled": None,
+                             "r2_mean_loss": None, **{f"recall_{kind}": recall(first_order_pairs(effects, kind, k),
+                                                                                planted, kind)
+                                                       for kind in ("harmful", "redundant")}})
     table = pd.DataFrame(rows)
     with open(os.path.join(out_dir, "budget.json"), "w") as fh:
-        json.dump({"run": opts.run, "manifest": opts.manifest, "n_train": n, "n_test": T,
+        json.dump({"run": opts.run, "manifest": opts.manifest, "output": opts.output, "n_train": n, "n_test": T,
                    "n_heldout": int(ho_keep.sum()), "ceiling": ceiling, "top_k": k, "q_max": q_max,
                    "rows": rows}, fh, indent=1, default=float)
     source = (f"the run's {ceiling['replicates']} seed replicates" if "replicates" in ceiling else
               f"seed {cfg.train.seed} vs {opts.replicate_seed}")
-    print(f"\n{opts.run}: n_train={n}, {T} test examples, {int(ho_keep.sum())} held-out masks; noise ceiling "
-          f"({source}): pooled {ceiling['pooled']}, mean loss {ceiling['mean_loss']}\n")
+    print(f"\n{opts.run} ({opts.output}): n_train={n}, {T} test examples, {int(ho_keep.sum())} held-out masks; "
+          f"noise ceiling ({source}): pooled {ceiling['pooled']}, mean loss {ceiling['mean_loss']}\n")
     print("\n".join(markdown_table(table)))
+    cells = pd.DataFrame(pair_cells(np.vstack([X_fit, X_ho]), np.vstack([Y_fit, Y_ho]), planted))
+    print(f"\nPlanted pairs: the mean {opts.output} at their test example over all masks, by how many of the two "
+          "are kept\n")
+    print("\n".join(markdown_table(cells)))
     return 0
 
 

@@ -82,11 +82,13 @@ def main(argv=None) -> int:
     parser.add_argument("--fit-masks", type=int, default=None,
                         help="fit on the run's first M fit masks only (default: all of them)")
     parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
+    parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from dataspex.core.outputs import modelled_output
     from dataspex.design.replicate import finished_replicate_rows
     from dataspex.store import RunStore
 
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
         if len(fit_ids) < opts.fit_masks:
             parser.error(f"--fit-masks {opts.fit_masks}: the run has {len(fit_ids)} finished fit masks")
         fit_keep = np.isin(results.mask_ids, fit_ids)
-    Y = results.outputs("loss")
+    Y = results.outputs(opts.output)  # refuses an unknown output by name
     at = {int(m): r for r, m in enumerate(results.mask_ids)}
     rows = []
     for variant in opts.variants.split(","):
@@ -118,7 +120,11 @@ def main(argv=None) -> int:
                     parser.error(f"--replicate {opts.replicate} is missing or was not trained from the run's base "
                                  f"model (train.seed={cfg.train.seed}; older caches drew a new head): rerun "
                                  "benchmarks/budget.py")
+                if opts.output == "margin":
+                    parser.error("--replicate caches hold test losses only: --output margin needs the run's own "
+                                 "seed replicates")
                 ids, _, rep = cached
+                rep = modelled_output(opts.output, rep, np.zeros_like(rep))  # loss or error: functions of the loss
                 rows_of = np.array([at[int(m)] for m in ids])
             else:  # the run's own seed replicates: the same base model by construction
                 done = finished_replicate_rows(design, results.mask_ids)
@@ -154,9 +160,10 @@ def main(argv=None) -> int:
     out_dir = opts.out or os.path.join(opts.run, "budget")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "null_pairs.json"), "w") as fh:
-        json.dump({"run": opts.run, "estimator": opts.estimator, "q_max": q_max, "top_k": k,
+        json.dump({"run": opts.run, "output": opts.output, "estimator": opts.estimator, "q_max": q_max, "top_k": k,
                    "fit_masks": int(fit_keep.sum()), "rows": rows}, fh, indent=1)
-    print(f"\n{opts.run}: null studies, ranking by {opts.estimator}, top {k} pairs per kind tested, q <= {q_max}\n")
+    print(f"\n{opts.run} ({opts.output}): null studies, ranking by {opts.estimator}, top {k} pairs per kind "
+          f"tested, q <= {q_max}\n")
     print("\n".join(markdown_table(summary)))
     return 0
 

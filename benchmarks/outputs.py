@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     results = store.load_results(design)
     fit, ho = results.keep(design, "fit"), results.keep(design, "heldout")
     X = results.masks
-    loss, margin = results.outputs("loss"), results.outputs("margin")
+    loss, margin = results.losses, results.margins  # the recorded margin, not the modelled (negated) one
     gap = float(np.abs(np.logaddexp(0.0, -margin) - loss).max())
     ceiling = {o: noise_ceiling(design, results, o) for o in ("loss", "margin")}
     if ceiling["loss"]["pooled"] is None:

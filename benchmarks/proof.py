@@ -107,6 +107,7 @@ class Task:
 
     def outputs(self, masks: np.ndarray, rep: int = 0, kind: str = "loss") -> np.ndarray:
         """(m, T) outputs of ``masks``, retraining (and caching) whatever is missing."""
+        from dataspex.core.outputs import modelled_output
         from dataspex.design import Design
 
         masks = np.asarray(masks, dtype=np.uint8)
@@ -149,7 +150,7 @@ class Task:
         res = store.load_results(design)
         table = dict(zip(res.mask_ids.tolist(), range(len(res))))
         Y = res.outputs(kind)
-        empty = self.empty[0] if kind == "loss" else self.empty[1]
+        empty = modelled_output(kind, *self.empty)  # f(empty) as the same output (a cost, like Y)
         return np.array([Y[table[int(i)]] if ok else empty for i, ok in zip(ids, nonempty)])
 
 

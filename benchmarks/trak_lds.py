@@ -85,7 +85,7 @@ def grid(cfg, store, data, output: str) -> None:
         scores = compute_trak_scores(run_cfg, data=data, base=base)
         reference = scores if reference is None else reference
         S = np.column_stack([scores, scores.mean(axis=1)])
-        raw = OUTPUT_SIGN[output] * trak_predict(S, results.masks)
+        raw = OUTPUT_SIGN * trak_predict(S, results.masks)
         label = ", ".join(f"{k}={v}" for k, v in change.items()) or "default"
         corr = np.corrcoef(reference.ravel(), scores.ravel())[0, 1]
         print(f"| {label} | {_lds_r2(Y[fit], raw[fit])[0]:.3f} | {_lds_r2(Y[ho], raw[ho])[0]:.3f} | {corr:.2f} | "

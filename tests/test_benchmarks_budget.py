@@ -164,3 +164,12 @@ def test_epoch_drops_take_medians_over_the_masks_that_trained_each_epoch():
     assert [r["loss"] for r in rows] == pytest.approx([0.5, 0.3, 0.175])
     assert rows[0]["drop"] is None and rows[1]["drop"] == pytest.approx(0.2)  # drops 0.3, 0.2, 0.1
     assert rows[2]["drop"] == pytest.approx(0.075)  # 0.1 and 0.05; the stopped mask has none
+
+
+def test_pair_cells_average_the_test_output_by_how_many_of_the_pair_are_kept():
+    masks = np.array([[0, 0, 1], [0, 0, 0], [1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1]])
+    Y = np.array([[0.0, 9.0], [2.0, 9.0], [4.0, 9.0], [6.0, 9.0], [8.0, 9.0], [10.0, 9.0]])  # (m=6, T=2)
+    planted = [{"kind": "harmful", "i": 0, "j": 1, "test": 0}]
+    (row,) = budget.pair_cells(masks, Y, planted)
+    assert row == {"kind": "harmful", "i": 0, "j": 1, "test": 0, "neither": 1.0, "one": 5.0, "both": 9.0,
+                   "n_neither": 2}

@@ -188,7 +188,7 @@ def test_trak_stage_scores_screens_and_feeds_the_pairwise_design(tiny_run, caplo
         table = json.load(fh)
     assert table["available"] and table["n_heldout_masks"] == 3
     loss = table["outputs"]["loss"]
-    assert {"trak", "linear"} <= set(loss) and set(table["outputs"]) == {"loss", "margin"}
+    assert {"trak", "linear"} <= set(loss) and set(table["outputs"]) == {"loss", "margin", "error"}
     assert len(loss["trak"]["lds_per_output"]) == 5  # 4 test examples + their mean, as `dataspex fit` models
     with caplog.at_level("INFO", logger="dataspex"):
         again = stage_trak(cfg)  # same settings: reused, not recomputed

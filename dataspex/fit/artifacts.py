@@ -2,9 +2,9 @@
 ``fit/faithfulness.json`` (held-out scores per estimator), plus the fit stamp that tells later files which fit
 they were made from.
 
-A fit set is one ``dataspex fit``: every estimator fitted to one output (loss or margin) on one design. Each
-file records what it models: ``fit/<estimator>.npz`` carries a ``dataspex_fit`` member beside the
-InteractionResult (which :meth:`InteractionResult.load` ignores) and each row of ``faithfulness.json`` the same
+A fit set is one ``dataspex fit``: every estimator fitted to one output (``fit.output``: loss, margin or error,
+:mod:`dataspex.core.outputs`) on one design. Each file records what it models: ``fit/<estimator>.npz`` carries a
+``dataspex_fit`` member beside the InteractionResult (which :meth:`InteractionResult.load` ignores) and each row of ``faithfulness.json`` the same
 record: ``fit_stamp`` (shared by the whole set), ``output`` and ``design`` (kind, number of training examples,
 number of fitted rows and a hash of them). The stamp is a hash of what was fitted (design, output, every
 estimator's keys and coefficients, the held-out scores), so an identical refit keeps it.

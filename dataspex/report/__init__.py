@@ -64,7 +64,7 @@ def write_report(cfg, store, data) -> str:
     ctx = gather(cfg, store, data, fitted, faithfulness, name)
     _write_tables(out_dir, ctx)
     ctx["images"] = _write_images(out_dir, fitted, name, ctx["estimand"], ctx["stack"], ctx["tables"], data,
-                                  ctx["curve"])
+                                  ctx["curve"], ctx["output"])
     write_json(os.path.join(out_dir, "summary.json"), summary(ctx))
     atomic_write_text(os.path.join(out_dir, "report.html"), render_html(ctx))
     path = os.path.join(out_dir, "report.md")

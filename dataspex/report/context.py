@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from dataspex.core.errors import DataspexError
+from dataspex.core.outputs import OUTPUTS
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling
@@ -218,6 +219,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     drop_effect = {"predicted": drop_all_effect(result, design.n_units, predicted),
                    "validated": None if validated is None else drop_all_effect(result, design.n_units, validated)}
     return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k, "units": units,
+            "output": OUTPUTS[faithfulness[name].get("output", "loss")],
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,
@@ -249,7 +251,8 @@ def summary(ctx) -> dict:
                        "run_dir": ctx["drill"]["run_dir"], "pairs": ctx["drill"]["pairs"],
                        "example_pairs": [[int(r.x), int(r.y)] for r in ctx["drill"]["found"].itertuples()]}}
     members = (lambda xs: xs) if units is None else (lambda xs: None if xs is None else units.members_of(xs))
-    return {"estimator": ctx["name"], "estimand": ctx["estimand"], "top_k": ctx["k"], "recall_at_k": ctx["recall"],
+    return {"estimator": ctx["name"], "estimand": ctx["estimand"], "output": ctx["output"].name, "top_k": ctx["k"],
+            "recall_at_k": ctx["recall"],
             "faithfulness": {n: f["r2_mean_over_outputs"] for n, f in faithfulness.items()},
             **by_unit,
             "examples_to_review_predicted": members(ctx["examples_predicted"]),

@@ -41,7 +41,8 @@ def strongest(stack: np.ndarray) -> np.ndarray:
     return np.take_along_axis(stack, np.abs(stack).argmax(axis=0)[None], axis=0)[0]
 
 
-def heatmap_png(matrix: np.ndarray, path: str, title: str, labels: list[str] | None = None) -> None:
+def heatmap_png(matrix: np.ndarray, path: str, title: str, labels: list[str] | None = None,
+                unit: str = "interaction on test loss (nats)") -> None:
     """A signed heatmap (red: raises the loss together, blue: lowers it), labelled by ``labels`` if given,
     else by index."""
     plt = _pyplot()
@@ -66,7 +67,7 @@ def heatmap_png(matrix: np.ndarray, path: str, title: str, labels: list[str] | N
         ax.set_yticklabels(labels, fontsize=8)
         ax.set_xlabel("training example (see the row labels)")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="interaction on test loss (nats)", shrink=0.8)
+    fig.colorbar(im, ax=ax, label=unit, shrink=0.8)
     fig.tight_layout()
     atomic_write_bytes(path, _figure_png(fig))
 
@@ -91,10 +92,12 @@ def _short(text: str, width: int = 34) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def _write_images(out_dir, fitted, name, estimand, stack, tables, data, curve) -> dict:
+def _write_images(out_dir, fitted, name, estimand, stack, tables, data, curve, output) -> dict:
+    """The report's figures; ``output``: the modelled output (:class:`dataspex.core.outputs.Output`)."""
     images = {}
+    unit = f"interaction on {output.what} ({output.unit})"
     heatmap_png(strongest(stack), os.path.join(out_dir, "heatmap.png"),
-                f"{name}: every pair ({estimand} estimand), at its strongest test example")
+                f"{name}: every pair ({estimand} estimand), at its strongest test example", unit=unit)
     images["heatmap.png"] = f"{name}: every pair, at the test example each moves most"
     listed = []
     for kind in KINDS:
@@ -110,7 +113,7 @@ def _write_images(out_dir, fitted, name, estimand, stack, tables, data, curve) -
             sub = strongest(stack if est_name == name else score_stack(res, estimand))[np.ix_(listed, listed)]
             file = f"heatmap_{est_name}.png"
             heatmap_png(sub, os.path.join(out_dir, file),
-                        f"{est_name}: the listed examples ({estimand} estimand)", labels)
+                        f"{est_name}: the listed examples ({estimand} estimand)", labels, unit=unit)
             images[file] = f"{est_name}: pairs among the examples listed in this report"
     if not curve.dropna(subset=["r2"]).empty:
         curve_png(curve, os.path.join(out_dir, "faithfulness_curve.png"))

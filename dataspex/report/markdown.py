@@ -27,6 +27,7 @@ from dataspex.report.text import (
     _validation_rows,
     _validation_text,
     action_head,
+    change_note,
     drillable,
 )
 
@@ -44,7 +45,7 @@ def render_markdown(ctx) -> str:
     lines += [f"* {b}" for b in _headline(ctx)]
     if not ctx["actions"].empty:
         lines += [""] + _md_table(action_head(ctx), _action_rows(ctx))
-        lines += ["", ("Loss changes are in nats on the affected test example; positive = the loss goes up. Removal: "
+        lines += ["", (f"{change_note(ctx)} Removal: "
                        "what removing both did to that loss in the retrains; interaction: whether the pair's "
                        "interaction was confirmed.")]
     lines += ["", "## Validation by retraining", ""]

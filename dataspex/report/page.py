@@ -32,6 +32,7 @@ from dataspex.report.text import (
     _validation_rows,
     _validation_text,
     action_head,
+    change_note,
     drillable,
 )
 
@@ -109,10 +110,9 @@ def render_html(ctx) -> str:
     if not ctx["actions"].empty:
         s.append(_html_table(action_head(ctx), _action_rows(ctx),
                              numeric=("predicted loss change if both removed", "realised (interval)")))
-        s.append('<p class="note">Loss changes are in nats on the affected test example; positive = the loss goes '
-                 'up. Removal: what removing both did to that loss in the retrains; interaction: whether the pair\'s '
-                 'interaction was confirmed. Harmful "masking" pairs must be handled together: removing one leaves '
-                 "the damage.</p>")
+        s.append(f'<p class="note">{html.escape(change_note(ctx))} Removal: what removing both did to that loss in '
+                 'the retrains; interaction: whether the pair\'s interaction was confirmed. Harmful "masking" pairs '
+                 "must be handled together: removing one leaves the damage.</p>")
     body["summary"] = "".join(s)
     if ctx["validation"] is None:
         body["validation"] = '<p class="muted">Not run yet: <code>dataspex validate run_dir=...</code>.</p>'

@@ -61,7 +61,8 @@ def _intro(ctx) -> list[tuple[str, str]]:
             f"; masks over {ctx['units'].n_units} units ({ctx['units'].spec}): a pair is two units, each kept or "
             "dropped with all its members")),
         ("Ranked by", (f"{ctx['name']} (held-out R^2 {r2}, {f['n_fit_masks']} retrains); score = interaction on "
-                       f"the test loss in nats, estimand {ctx['estimand']}: {ESTIMANDS[ctx['estimand']]}")),
+                       f"{ctx['output'].what} in {ctx['output'].unit}, estimand {ctx['estimand']}: "
+                       f"{ESTIMANDS[ctx['estimand']]}" + output_note(ctx))),
     ]
 
 
@@ -104,8 +105,8 @@ def _headline(ctx) -> list[str]:
     if predicted:
         out.append(f"{what}, predicted (top harmful pairs): "
                    f"{_ids(predicted, ctx.get('units'))}. "
-                   f"{_drop_sentence(ctx['drop_effect']['predicted'])} (an extrapolation to the full training set "
-                   "from half-size retrains).")
+                   f"{_drop_sentence(ctx['drop_effect']['predicted'], ctx['output'].unit)} (an extrapolation to "
+                   f"the full training set from {_retrain_size(ctx['cfg'])} retrains).")
     elif not ctx["trust"]["trusted"] and ctx["tables"]["harmful"].get("finding", pd.Series(dtype=bool)).any():
         out.append(f"{what}, predicted: none (the ranking model is below report.trust_r2: the "
                    "pair tables list candidates only, findings included).")
@@ -118,7 +119,7 @@ def _headline(ctx) -> list[str]:
         out.append(f"{what}, validated (harmful pairs whose interaction the retrains confirmed "
                    f"and whose removal lowered both its test example's loss and the mean test loss): "
                    f"{_ids(confirmed, ctx.get('units'))}. "
-                   f"{_drop_sentence(ctx['drop_effect']['validated'])}.")
+                   f"{_drop_sentence(ctx['drop_effect']['validated'], ctx['output'].unit)}.")
         out.append(_scope_sentence(validated_harmful(ctx["actions"]), ctx.get("units")))
     else:
         out.append(f"{what}, validated: none. No harmful pair was confirmed as a pair and "
@@ -132,7 +133,7 @@ def _headline(ctx) -> list[str]:
                    f"`dataspex validate` retrained ({n_confirmed} of them confirmed; "
                    f"{_ids(cur['dropped'], ctx.get('units'))}) changed "
                    "the mean test loss by "
-                   f"{_fmt(cur['mean_loss_change'])} nats {_ci(cur['ci_low'], cur['ci_high'])}"
+                   f"{_fmt(cur['mean_loss_change'])} {ctx['output'].unit} {_ci(cur['ci_low'], cur['ci_high'])}"
                    f"{_curated_elsewhere(cur)} ({cur['seeds']} seeds, {round(100 * cur['level'])}% interval).")
     line = _curation_line(ctx.get("curation"))
     if line:
@@ -259,13 +260,20 @@ def _curated_elsewhere(cur: dict) -> str:
             f"{_fmt(cur['elsewhere_change'])} {_ci(cur['elsewhere_ci_low'], cur['elsewhere_ci_high'])}")
 
 
-def _drop_sentence(effect: float | None) -> str:
-    """What the ranking model predicts for removing a list of examples at once; None = it has no term on any of
-    them for the mean test loss, so it predicts nothing (printing "+0.000" would read as "harmless")."""
+def _retrain_size(cfg) -> str:
+    """The retrains' size in words: "half-size" at the default kept fraction, else e.g. "90%-size"."""
+    p = float(OmegaConf.select(cfg, "design.p", default=0.5))
+    return "half-size" if p == 0.5 else f"{100 * p:.0f}%-size"
+
+
+def _drop_sentence(effect: float | None, unit: str = "nats") -> str:
+    """What the ranking model predicts for removing a list of examples at once, in the modelled output's ``unit``;
+    None = it has no term on any of them for the mean test loss, so it predicts nothing (printing "+0.000" would
+    read as "harmless")."""
     if effect is None:
         return ("The ranking model has no term on these examples for the mean test loss: the change if all are "
                 "removed is not predicted")
-    return f"The ranking model predicts a change of {_fmt(effect)} nats in the mean test loss if all are removed"
+    return f"The ranking model predicts a change of {_fmt(effect)} {unit} in the mean test loss if all are removed"
 
 
 def _curation_line(cur: dict | None) -> str | None:
@@ -418,6 +426,21 @@ def _elsewhere_cell(row) -> str:
     if what in ("-", "pending", "n/a"):
         return what
     return f"{what} {_change_cell(row, *ELSEWHERE_NUMBERS)}"
+
+
+def output_note(ctx) -> str:
+    """'' when the report models the test loss; else what "test loss" means in its text (the modelled output)."""
+    o = ctx["output"]
+    return "" if o.name == "loss" else (f". Output modelled: {o.what} ({o.unit}), a cost like the loss: where this "
+                                        "report says \"test loss\" it means this output")
+
+
+def change_note(ctx) -> str:
+    """The unit sentence under the action table, for the modelled output."""
+    o = ctx["output"]
+    if o.name == "loss":
+        return "Loss changes are in nats on the affected test example; positive = the loss goes up."
+    return f"Changes are in {o.what} ({o.unit}) on the affected test example; positive = it goes up (worse)."
 
 
 def action_head(ctx) -> list[str]:

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from dataspex.core.data import summary_differences, summary_text
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import atomic_write_bytes, load_npz, read_json, save_npz, write_json
+from dataspex.core.outputs import modelled_output
 from dataspex.design.base import Design
 from dataspex.design.units import Units
 
@@ -88,11 +89,9 @@ class Results:
         return np.isin(self.mask_ids, design.ids(role))
 
     def outputs(self, kind: str) -> np.ndarray:
-        if kind == "loss":
-            return self.losses
-        if kind == "margin":
-            return self.margins
-        raise DataspexError(f"output={kind!r} is not one of: loss, margin")
+        """(m, n_test) float64: the output ``kind`` as dataspex models it, a cost (higher = worse):
+        :func:`dataspex.core.outputs.modelled_output` (``margin`` is the negative margin)."""
+        return modelled_output(kind, self.losses, self.margins)
 
 
 def _train_losses(curves: list) -> np.ndarray | None:

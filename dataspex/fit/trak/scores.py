@@ -22,6 +22,7 @@ import pandas as pd
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import load_npz, save_npz, write_json
 from dataspex.core.metrics import faithfulness_r2, lds
+from dataspex.core.outputs import OUTPUTS
 from dataspex.fit.artifacts import load_faithfulness
 from dataspex.fit.estimators import InteractionResult
 from dataspex.fit.faithfulness import fit_outputs
@@ -35,9 +36,10 @@ SCORES_FILE = ("trak", "scores.npz")
 FAITHFULNESS_FILE = ("trak", "faithfulness.json")
 # Settings that change the scores (the rest - batch size, recompute - do not).
 SCORE_KEYS = ("n_models", "params", "proj_dim", "lambda_reg", "projector", "seed", "half_precision")
-# Expected sign of the TRAK prediction for each recorded output: scores predict the margin, and the loss
+# Expected sign of the TRAK prediction for every modelled output: scores predict the margin, and every output
+# dataspex models is a cost (dataspex.core.outputs: the loss, the negative margin, the error probability), which
 # moves the other way.
-OUTPUT_SIGN = {"margin": 1.0, "loss": -1.0}
+OUTPUT_SIGN = -1.0
 
 
 # ------------------------------------------------------------------------------------------- the file
@@ -110,12 +112,12 @@ def _metrics(Y_ho, pred_ho, ranked=None) -> dict:
     return out
 
 
-def trak_faithfulness(store, scores=None, outputs=("loss", "margin"), write: bool = True) -> dict:
+def trak_faithfulness(store, scores=None, outputs=tuple(OUTPUTS), write: bool = True) -> dict:
     """LDS and R^2 of TRAK on the run's held-out masks, beside every estimator ``dataspex fit`` saved.
 
-    For each recorded output (loss, margin) and each test example plus the mean test output (the columns
-    ``dataspex fit`` models): TRAK's LDS is the Spearman correlation of the summed scores (signed for the
-    output: minus for the loss) with the measured outputs, calibration-free; its R^2 is after the affine
+    For each modelled output (:data:`dataspex.core.outputs.OUTPUTS`) and each test example plus the mean test
+    output (the columns ``dataspex fit`` models): TRAK's LDS is the Spearman correlation of the summed scores
+    (signed for a cost: minus) with the measured outputs, calibration-free; its R^2 is after the affine
     calibration fitted on the fit masks (``spex`` masks for a SPEX design). Fitted estimators are scored on
     the same held-out masks for the output they were fitted on. Returns (and writes, with ``write``) the
     table; ``{"available": false, "reason": ...}`` when there is nothing to score yet.
@@ -150,9 +152,9 @@ def trak_faithfulness(store, scores=None, outputs=("loss", "margin"), write: boo
                 Y = fit_outputs(results, output)
                 cal = fit_calibration(S, results.masks[fit_keep], Y[fit_keep])
                 raw = trak_predict(S, results.masks[ho_keep])
-                entry = {"trak": dict(_metrics(Y[ho_keep], cal.apply(raw), ranked=OUTPUT_SIGN[output] * raw),
+                entry = {"trak": dict(_metrics(Y[ho_keep], cal.apply(raw), ranked=OUTPUT_SIGN * raw),
                                       calibration_sign_as_expected=float(np.mean(
-                                          np.sign(cal.scale) == OUTPUT_SIGN[output])))}
+                                          np.sign(cal.scale) == OUTPUT_SIGN)))}
                 for name, info in fitted.items():
                     path = store.path("fit", f"{name}.npz")
                     if info.get("output", "loss") != output or not os.path.exists(path):
