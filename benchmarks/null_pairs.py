@@ -49,7 +49,8 @@ def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=Non
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max: float) -> dict:
+def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max: float,
+              pair_test: str = "pooled") -> dict:
     """Fit, rank, test: the number of findings of one null study (outputs without the mean column)."""
     from hydra.utils import instantiate
 
@@ -65,7 +66,7 @@ def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max:
                      ignore_index=True)
     if both.empty:
         return {"listed": 0, "findings": 0, "min_q": None}
-    tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho))
+    tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), pair_test)
     q = tested["q_value"].to_numpy()
     return {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q))}
 
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
                         help="fit on the run's first M fit masks only (default: all of them)")
     parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
     parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
+    parser.add_argument("--pair-test", default="permutation",
+                        help="the held-out pair test (report.pair_test): permutation, pooled or welch")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
@@ -144,11 +147,11 @@ def main(argv=None) -> int:
                 cut = 3 * len(order) // 4
                 fit_rows, ho_rows = order[:cut], order[cut:]
                 out = one_study(masks[fit_rows], null[fit_rows], masks[ho_rows], null[ho_rows], est_cfg, lin_cfg,
-                                k, q_max)
+                                k, q_max, opts.pair_test)
             else:
                 Yn = null_outputs(variant, Y, masks, rng, linear)
                 out = one_study(masks[fit_keep], Yn[fit_keep], masks[ho_keep], Yn[ho_keep], est_cfg, lin_cfg,
-                                k, q_max)
+                                k, q_max, opts.pair_test)
             rows.append({"variant": variant, "study": s, **out})
             log(f"{variant} {s}: {out} ({time.perf_counter() - start:.0f} s)")
     table = pd.DataFrame(rows)
@@ -160,10 +163,11 @@ def main(argv=None) -> int:
     out_dir = opts.out or os.path.join(opts.run, "budget")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "null_pairs.json"), "w") as fh:
-        json.dump({"run": opts.run, "output": opts.output, "estimator": opts.estimator, "q_max": q_max, "top_k": k,
+        json.dump({"run": opts.run, "output": opts.output, "pair_test": opts.pair_test, "estimator": opts.estimator,
+                   "q_max": q_max, "top_k": k,
                    "fit_masks": int(fit_keep.sum()), "rows": rows}, fh, indent=1)
-    print(f"\n{opts.run} ({opts.output}): null studies, ranking by {opts.estimator}, top {k} pairs per kind "
-          f"tested, q <= {q_max}\n")
+    print(f"\n{opts.run} ({opts.output}, {opts.pair_test} test): null studies, ranking by {opts.estimator}, top {k} "
+          f"pairs per kind tested, q <= {q_max}\n")
     print("\n".join(markdown_table(summary)))
     return 0
 

@@ -89,3 +89,4 @@ def test_an_unknown_fit_output_fails_before_fitting(tmp_path):
     assert proc.returncode != 0
     assert "output='accuracy' is not one of: loss, margin, error" in proc.stderr
     assert open(os.path.join(run_dir, "fit", "faithfulness.json")).read() == before
+

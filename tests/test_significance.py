@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,8 @@ from scipy import stats
 
 from dataspex.core.errors import DataspexError
 from dataspex.fit.significance import bh_qvalues, heldout_pair_tests
+from tests.conftest import run_cli
+from tests.test_report import REPORT_ARGS, copy_run
 
 
 def _brute_bh(p):
@@ -118,3 +121,98 @@ def test_bad_input_gets_a_clear_error():
     # a pair whose examples never vary on the held-out masks is untested (NaN), not a finding
     out = heldout_pair_tests(pairs, np.zeros((8, 3), dtype=np.uint8), np.ones((8, 1)))
     assert np.isnan(out["p_value"].iloc[0])
+
+
+def test_welch_scores_the_same_contrast_with_each_cells_own_variance():
+    """Welch's score equals the pooled test's (both are mean00 + mean11 - mean01 - mean10 of the residual); its
+    standard error and degrees of freedom are the Welch-Satterthwaite ones, by hand from the four cells."""
+    rng = np.random.default_rng(11)
+    masks = rng.integers(0, 2, size=(40, 4)).astype(np.uint8)
+    y = rng.standard_normal((40, 1)) * (1 + 3 * masks[:, [0]])  # the noise grows where example 0 is kept
+    pairs = pd.DataFrame({"i": [0], "j": [2], "test": [0]})
+    pooled = heldout_pair_tests(pairs, masks, y, direction=[1])
+    welch = heldout_pair_tests(pairs, masks, y, direction=[1], test="welch")
+    assert welch["heldout_score"].iloc[0] == pytest.approx(pooled["heldout_score"].iloc[0], abs=1e-12)
+    cells = [(masks[:, 0] == a) & (masks[:, 2] == b) for a, b in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    vals = [y[c, 0] for c in cells]
+    assert welch["heldout_score"].iloc[0] == pytest.approx(vals[0].mean() + vals[3].mean() - vals[1].mean()
+                                                            - vals[2].mean(), abs=1e-12)
+    parts = np.array([v.var(ddof=1) / len(v) for v in vals])
+    se = np.sqrt(parts.sum())
+    dof = parts.sum() ** 2 / sum(p ** 2 / (len(v) - 1) for p, v in zip(parts, vals))
+    assert welch["heldout_se"].iloc[0] == pytest.approx(se, rel=1e-12)
+    assert welch["p_value"].iloc[0] == pytest.approx(stats.t.sf(welch["heldout_score"].iloc[0] / se, dof), rel=1e-9)
+    assert welch["heldout_se"].iloc[0] != pytest.approx(pooled["heldout_se"].iloc[0], rel=1e-3)
+
+
+def test_welch_leaves_a_pair_with_a_one_mask_cell_untested_and_refuses_unknown_tests():
+    masks = np.array([[0, 0], [0, 1], [0, 1], [1, 0], [1, 0], [1, 1], [1, 1], [1, 1]], dtype=np.uint8)
+    y = np.arange(8, dtype=float)[:, None]
+    pairs = pd.DataFrame({"i": [0], "j": [1], "test": [0]})
+    assert np.isnan(heldout_pair_tests(pairs, masks, y, test="welch")["p_value"].iloc[0])  # cell 00 has one mask
+    assert np.isfinite(heldout_pair_tests(pairs, masks, y)["p_value"].iloc[0])  # the pooled test still runs
+    with pytest.raises(DataspexError, match="pair test 'hc3' is not one of: pooled, welch, permutation"):
+        heldout_pair_tests(pairs, masks, y, test="hc3")
+
+
+def test_welch_p_values_hold_their_level_where_cells_differ_in_size_and_spread():
+    """Kept fraction 0.9 and a noise that is 5x larger where both examples are dropped (the cell of ~1% of the
+    masks): under no interaction, the share of p <= 0.05 (one-sided) from Welch stays at or below 0.05 + 3 sd
+    over 2,000 tests, where the pooled test's does not."""
+    rng = np.random.default_rng(5)
+    hits = {"pooled": [], "welch": []}
+    pairs = pd.DataFrame({"i": [0], "j": [1], "test": [0]})
+    for _ in range(2000):
+        masks = (rng.random((400, 3)) < 0.9).astype(np.uint8)
+        both_dropped = (masks[:, 0] == 0) & (masks[:, 1] == 0)
+        y = (rng.standard_normal(400) * np.where(both_dropped, 5.0, 1.0))[:, None]
+        for test in hits:
+            p = heldout_pair_tests(pairs, masks, y, direction=[1], test=test)["p_value"].iloc[0]
+            hits[test].append(bool(p <= 0.05) if np.isfinite(p) else False)
+    bound = 0.05 + 3 * np.sqrt(0.05 * 0.95 / 2000)
+    assert np.mean(hits["welch"]) <= bound
+    assert np.mean(hits["pooled"]) > bound
+
+
+def test_permutation_p_values_match_student_t_on_gaussian_noise_and_are_reproducible():
+    """On Gaussian noise with equal cells the permutation p-value estimates Student t's (within 3 Monte Carlo
+    standard errors of 1,999 permutations); the same seed gives the same p-values, another seed other ones."""
+    from dataspex.fit.significance import PERMUTATIONS
+
+    rng = np.random.default_rng(2)
+    masks = rng.integers(0, 2, size=(64, 4)).astype(np.uint8)
+    x = masks.astype(float)
+    y = (0.3 * (1 - 2 * x[:, 0]) * (1 - 2 * x[:, 1]) + rng.standard_normal(64))[:, None]
+    pairs = pd.DataFrame({"i": [0, 2], "j": [1, 3], "test": [0, 0]})
+    student = heldout_pair_tests(pairs, masks, y, direction=[1, -1])
+    perm = heldout_pair_tests(pairs, masks, y, direction=[1, -1], test="permutation")
+    np.testing.assert_array_equal(perm["heldout_t"], student["heldout_t"])  # the same statistic
+    for p_t, p_perm in zip(student["p_value"], perm["p_value"]):
+        assert abs(p_perm - p_t) <= 3 * np.sqrt(p_t * (1 - p_t) / PERMUTATIONS) + 1 / PERMUTATIONS
+    again = heldout_pair_tests(pairs, masks, y, direction=[1, -1], test="permutation")
+    np.testing.assert_array_equal(again["p_value"], perm["p_value"])
+    other = heldout_pair_tests(pairs, masks, y, direction=[1, -1], test="permutation", seed=1)
+    assert not np.array_equal(other["p_value"], perm["p_value"])
+
+
+def test_permutation_p_values_hold_their_level_on_rare_jumps_at_a_kept_fraction_of_0_9():
+    """Noise like the error probability's (0 mostly, 1 in 3% of masks) at p = 0.9, where the both-dropped cell
+    holds ~3 of 256 masks: under no interaction the share of one-sided p <= 0.05 from the permutation test is
+    within 3 sd of 0.05 over 600 tests."""
+    rng = np.random.default_rng(5)
+    pairs = pd.DataFrame({"i": [0], "j": [1], "test": [0]})
+    hits = []
+    for _ in range(600):
+        masks = (rng.random((256, 3)) < 0.9).astype(np.uint8)
+        y = (rng.random(256) < 0.03).astype(float)[:, None]
+        hits.append(heldout_pair_tests(pairs, masks, y, direction=[1], test="permutation")["p_value"].iloc[0] <= 0.05)
+    assert abs(np.mean(hits) - 0.05) <= 3 * np.sqrt(0.05 * 0.95 / 600)
+
+
+def test_the_pair_test_is_a_report_setting_and_the_report_names_it(tmp_path):
+    run_dir = copy_run(tmp_path)
+    run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS, "report.pair_test=welch")
+    report = open(os.path.join(run_dir, "report", "report.md")).read()
+    assert "one-sided on the predicted sign, each cell its own variance (Welch))" in report
+    proc = run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS, "report.pair_test=hc3", check=False)
+    assert proc.returncode != 0 and "pair test 'hc3' is not one of: pooled, welch, permutation" in proc.stderr

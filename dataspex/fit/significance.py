@@ -10,7 +10,10 @@ and ``4 c`` estimates the pair's average second difference over random half-size
 ``uniform`` pair score, 4 F[{i, j}]). The baseline (the linear datamodel, fitted on the fit masks only) removes
 the variance that every other example's main effect adds; ``s_i`` and ``s_j`` absorb what it got wrong about
 the pair's own examples. The test is one-sided in the direction the ranking model predicted (a direction chosen
-on other data, so the p-value stays valid), with Student t on m - 4 degrees of freedom.
+on other data, so the p-value stays valid). ``report.pair_test`` picks how the p-value is read off: ``pooled``
+(Student t on m - 4 degrees of freedom), ``welch`` (each cell its own variance) or ``permutation`` (the same t
+against Freedman-Lane permutations, the default: no normality assumed, which matters at ``design.p=0.9`` where
+a pair's both-dropped cell holds a handful of held-out masks; benchmarks/README.md, "Which held-out pair test").
 
 Benjamini-Hochberg q-values over every tested pair then bound the expected share of false findings: a report
 lists a pair as a finding only when its q-value is at most ``report.q_max``. Under null data (no pair
@@ -27,7 +30,7 @@ from scipy import stats
 from dataspex.core.errors import DataspexError
 from dataspex.fit.faithfulness import fit_outputs
 
-__all__ = ["bh_qvalues", "heldout_evidence", "heldout_pair_tests", "ranked_pair_tests"]
+__all__ = ["PAIR_TESTS", "bh_qvalues", "heldout_evidence", "heldout_pair_tests", "ranked_pair_tests"]
 
 TEST_COLUMNS = ["heldout_score", "heldout_se", "heldout_t", "p_value"]
 
@@ -50,12 +53,70 @@ def bh_qvalues(p_values) -> np.ndarray:
     return q
 
 
-def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=None) -> pd.DataFrame:
+PAIR_TESTS = ("pooled", "welch", "permutation")
+# Permutations per pair of the ``permutation`` test: its smallest p-value is 1 / (PERMUTATIONS + 1) = 0.0005, below
+# the 0.1 / 20 = 0.005 that Benjamini-Hochberg asks of the first of 20 listed pairs at q = 0.1.
+PERMUTATIONS = 1999
+
+
+def _welch(resid: np.ndarray, cells: list[np.ndarray]) -> tuple[float, float, float] | None:
+    """The pair contrast 4 c = mean00 + mean11 - mean01 - mean10 of ``resid`` over the four cells (boolean row
+    selections), its standard error from each cell's own variance, and Welch-Satterthwaite degrees of freedom;
+    None when a cell has fewer than 2 masks (its variance is unknown) or every cell is constant."""
+    sizes = np.array([c.sum() for c in cells], dtype=np.float64)
+    if np.any(sizes < 2):
+        return None
+    means = np.array([resid[c].mean() for c in cells])
+    parts = np.array([resid[c].var(ddof=1) for c in cells]) / sizes  # variance of each cell's mean
+    var = float(parts.sum())
+    if var <= 0:
+        return None
+    score = float(means[0] + means[3] - means[1] - means[2])
+    dof = var ** 2 / float(np.sum(parts ** 2 / (sizes - 1)))
+    return score, float(np.sqrt(var)), dof
+
+
+def _t_values(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Student t of the last coefficient of the least-squares fit of each row of ``Y`` (B, m) on ``X`` (m, 4)."""
+    inv = np.linalg.inv(X.T @ X)
+    coef = Y @ (X @ inv)  # (B, 4)
+    sse = np.sum((Y - coef @ X.T) ** 2, axis=1)
+    se = np.sqrt(np.maximum(sse, 0.0) / (len(X) - 4) * inv[3, 3])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(se > 0, coef[:, 3] / se, 0.0)
+
+
+def _permutation_p(X: np.ndarray, r: np.ndarray, sign: float, rng) -> float:
+    """Freedman-Lane permutation p-value of the pair term (the last column of ``X``) for the residual ``r`` (m,):
+    the reduced model (intercept and the two main effects) is fitted, its residuals are permuted across masks and
+    added back to its fit, and the full model's t is recomputed :data:`PERMUTATIONS` times. Exact in small samples
+    under exchangeable noise of any shape: the reference distribution resamples the residuals themselves, rather than
+    assuming they are normal (a handful of masks in one cell, with skewed residuals, breaks Student t)."""
+    Xr = X[:, :3]
+    fit_r = Xr @ np.linalg.lstsq(Xr, r, rcond=None)[0]
+    e = r - fit_r
+    t_obs = _t_values(X, r[None, :])[0]
+    t_perm = _t_values(X, fit_r[None, :] + rng.permuted(np.tile(e, (PERMUTATIONS, 1)), axis=1))
+    if sign > 0:
+        hits = np.sum(t_perm >= t_obs)
+    elif sign < 0:
+        hits = np.sum(t_perm <= t_obs)
+    else:
+        hits = np.sum(np.abs(t_perm) >= abs(t_obs))
+    return float((1 + hits) / (PERMUTATIONS + 1))
+
+
+def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=None,
+                       test: str = "pooled", seed: int = 0) -> pd.DataFrame:
     """Test each pair of ``pairs`` (columns ``i``, ``j``, ``test``) on held-out masks.
 
     masks: (m, n) 0/1 held-out masks; Y: (m, T) their outputs (e.g. test losses in nats); baseline: (m, T) the
     main-effects model's predictions of Y on those masks (None: test against the raw outputs, less power);
-    direction: (P,) expected sign of the pair's uniform score (+1, -1; 0 or None = two-sided).
+    direction: (P,) expected sign of the pair's uniform score (+1, -1; 0 or None = two-sided); ``test``:
+    ``pooled`` (ordinary least squares: one residual variance for all four cells, Student t on m - 4 degrees of
+    freedom) or ``welch`` (the same contrast, each cell's mean with its own variance, Welch-Satterthwaite degrees of
+    freedom; a pair with a cell of fewer than 2 held-out masks is not tested) or ``permutation`` (the pooled
+    test's t, its p-value from Freedman-Lane permutations instead of Student t; ``seed`` draws them, per pair).
 
     Returns ``pairs`` with the columns ``heldout_score`` (4 c, in the outputs' units), ``heldout_se`` (its
     standard error), ``heldout_t`` and ``p_value`` (one-sided on the expected side). Raises
@@ -71,58 +132,69 @@ def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=N
     resid = Y if baseline is None else Y - np.asarray(baseline, dtype=np.float64)
     if resid.shape != Y.shape:
         raise DataspexError(f"baseline predictions {np.shape(baseline)} must match the outputs {Y.shape}")
+    if test not in PAIR_TESTS:
+        raise DataspexError(f"pair test {test!r} is not one of: {', '.join(PAIR_TESTS)}")
     signs = np.zeros(len(pairs)) if direction is None else np.sign(np.asarray(direction, dtype=np.float64))
     if len(signs) != len(pairs):
         raise DataspexError(f"direction has {len(signs)} entries for {len(pairs)} pairs")
     S = 1.0 - 2.0 * masks.astype(np.float64)
-    dof = m - 4
     out = pairs.copy()
     cols = {c: np.full(len(pairs), np.nan) for c in TEST_COLUMNS}
     for row, (i, j, t) in enumerate(zip(pairs["i"], pairs["j"], pairs["test"])):
         i, j, t = int(i), int(j), int(t)  # an empty table concatenated with others comes back as object dtype
-        X = np.column_stack([np.ones(m), S[:, i], S[:, j], S[:, i] * S[:, j]])
-        gram = X.T @ X
-        if np.linalg.matrix_rank(gram) < 4:  # a constant or duplicated column: the pair is not identifiable here
-            continue
-        inv = np.linalg.inv(gram)
-        coef = inv @ (X.T @ resid[:, t])
-        sigma2 = float(np.sum((resid[:, t] - X @ coef) ** 2)) / dof
-        se = float(np.sqrt(max(sigma2, 0.0) * inv[3, 3]))
+        if test == "welch":
+            xi, xj = masks[:, i] > 0, masks[:, j] > 0
+            welch = _welch(resid[:, t], [~xi & ~xj, ~xi & xj, xi & ~xj, xi & xj])
+            if welch is None:
+                continue
+            score, se4, dof = welch  # in units of 4 c, as heldout_score
+            coef3, se = score / 4.0, se4 / 4.0
+        else:
+            X = np.column_stack([np.ones(m), S[:, i], S[:, j], S[:, i] * S[:, j]])
+            gram = X.T @ X
+            if np.linalg.matrix_rank(gram) < 4:  # a constant or duplicated column: the pair is not identifiable
+                continue
+            inv = np.linalg.inv(gram)
+            coef = inv @ (X.T @ resid[:, t])
+            sigma2 = float(np.sum((resid[:, t] - X @ coef) ** 2)) / (m - 4)
+            coef3, se, dof = float(coef[3]), float(np.sqrt(max(sigma2, 0.0) * inv[3, 3])), m - 4
         if se <= 0:
             continue
-        tval = float(coef[3]) / se
-        if signs[row] > 0:
+        tval = coef3 / se
+        if test == "permutation":
+            p = _permutation_p(X, resid[:, t], signs[row], np.random.default_rng([seed, i, j, t]))
+        elif signs[row] > 0:
             p = stats.t.sf(tval, dof)
         elif signs[row] < 0:
             p = stats.t.cdf(tval, dof)
         else:
             p = 2.0 * stats.t.sf(abs(tval), dof)
-        cols["heldout_score"][row], cols["heldout_se"][row] = 4.0 * coef[3], 4.0 * se
+        cols["heldout_score"][row], cols["heldout_se"][row] = 4.0 * coef3, 4.0 * se
         cols["heldout_t"][row], cols["p_value"][row] = tval, float(p)
     for c in TEST_COLUMNS:
         out[c] = cols[c]
     return out
 
 
-def ranked_pair_tests(ranking, pairs: pd.DataFrame, masks, Y, baseline=None) -> pd.DataFrame:
+def ranked_pair_tests(ranking, pairs: pd.DataFrame, masks, Y, baseline=None, test: str = "pooled") -> pd.DataFrame:
     """:func:`heldout_pair_tests` of the pairs a fitted ``ranking`` model (an ``InteractionResult``) listed, each
     one-sided on the sign of that model's uniform score at the pair's test example, plus ``q_value``
     (Benjamini-Hochberg over all of them; NaN when untested)."""
     direction = [ranking.pair_scores("uniform", output=int(t))[int(i), int(j)]
                  for i, j, t in zip(pairs["i"], pairs["j"], pairs["test"])]
-    tested = heldout_pair_tests(pairs, masks, Y, baseline, direction)
+    tested = heldout_pair_tests(pairs, masks, Y, baseline, direction, test)
     tested["q_value"] = bh_qvalues(tested["p_value"].to_numpy())
     return tested
 
 
 def heldout_evidence(design, results, fitted: dict, name: str, output: str,
-                     pairs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+                     pairs: pd.DataFrame, test: str = "pooled") -> tuple[pd.DataFrame, dict]:
     """Test the ranking model ``fitted[name]``'s listed ``pairs`` (columns i, j, test) on the held-out masks of
     ``results`` (the run's stored results for ``design``), against the linear datamodel's predictions when one was
     fitted. Returns ``pairs`` with the columns of :func:`ranked_pair_tests` (NaN when untested), and a dict saying
-    what was done: ``tested`` (bool), ``n_heldout``, ``baseline`` (estimator name or None), ``why`` (why not
-    tested, else None)."""
-    meta = {"tested": False, "n_heldout": 0, "baseline": None, "why": None}
+    what was done: ``tested`` (bool), ``n_heldout``, ``baseline`` (estimator name or None), ``test`` (the pair
+    test, :data:`PAIR_TESTS`), ``why`` (why not tested, else None)."""
+    meta = {"tested": False, "n_heldout": 0, "baseline": None, "test": test, "why": None}
     out = pairs.copy()
     for c in [*TEST_COLUMNS, "q_value"]:
         out[c] = np.nan
@@ -141,7 +213,7 @@ def heldout_evidence(design, results, fitted: dict, name: str, output: str,
     if linear:
         meta["baseline"] = linear[0]
         baseline = fitted[linear[0]].predict(masks)
-    tested = ranked_pair_tests(fitted[name], pairs[["i", "j", "test"]], masks, Y, baseline)
+    tested = ranked_pair_tests(fitted[name], pairs[["i", "j", "test"]], masks, Y, baseline, test)
     for c in [*TEST_COLUMNS, "q_value"]:
         out[c] = tested[c].to_numpy()
     meta["tested"] = True

@@ -154,13 +154,13 @@ def pair_tables(result, data, k: int, estimand: str, stack, validation, trak_sco
 
 
 def pair_evidence(design, results, fitted: dict, name: str, output: str, tables: dict,
-                  q_max: float) -> tuple[dict, dict]:
+                  q_max: float, pair_test: str) -> tuple[dict, dict]:
     """Each listed pair's held-out test (:mod:`dataspex.fit.significance`): the tables gain ``p_value``, ``q_value``
     (Benjamini-Hochberg over the pairs of every kind together) and ``finding`` (q <= ``q_max``); untested pairs are
     never findings."""
     kinds = list(tables)
     both = pd.concat([tables[k].assign(_kind=k) for k in kinds], ignore_index=True)
-    tested, meta = heldout_evidence(design, results, fitted, name, output, both)
+    tested, meta = heldout_evidence(design, results, fitted, name, output, both, pair_test)
     tested["finding"] = tested["q_value"].to_numpy() <= q_max  # NaN (untested) compares False
     meta["q_max"] = q_max
     meta["n_findings"] = int(tested["finding"].sum())
@@ -200,7 +200,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores, units)
     results = store.load_results(design)
     tables, evidence = pair_evidence(design, results, fitted, name, faithfulness[name].get("output", "loss"), tables,
-                                     float(cfg.report.q_max))
+                                     float(cfg.report.q_max), str(cfg.report.pair_test))
     triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
     if triples is not None:
         triples = describe_pairs(triples, data, columns=("i", "j", "l"), units=units)

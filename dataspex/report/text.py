@@ -383,8 +383,10 @@ def _evidence_line(ctx) -> str:
     verdict = (f"{found} {'is a finding' if found == 1 else 'are findings'} (Benjamini-Hochberg q <= {ev['q_max']:g})"
                if found else f"none is a finding at q <= {ev['q_max']:g}: the held-out retrains do not support any "
                "listed pair, so there is nothing to act on; the tables list candidates")
+    how = {"welch": ", each cell its own variance (Welch)",
+           "permutation": ", p-values from 1,999 permutations of the residuals"}.get(ev.get("test"), "")
     return (f"Each listed pair was tested on the {ev['n_heldout']} held-out retrains that no estimator saw "
-            f"({against}, one-sided on the predicted sign): {verdict}.")
+            f"({against}, one-sided on the predicted sign{how}): {verdict}.")
 
 
 def _action_rows(ctx) -> list[list[str]]:

@@ -139,7 +139,7 @@ def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, 
     listed = listed_pairs(fitted[ranking], int(cfg.report.top_k), cfg.report.estimand, data.n_test)
     output = faithfulness[ranking].get("output", "loss")
     tested, _ = pair_evidence(design, store.load_results(design), fitted, ranking, output, listed,
-                              float(cfg.report.q_max))
+                              float(cfg.report.q_max), str(cfg.report.pair_test))
     tables = [tested[kind][tested[kind]["finding"].astype(bool)].head(opts["top_k"]).assign(kind=kind)
               for kind in opts["kinds"]]
     pairs = pd.concat(tables, ignore_index=True)
