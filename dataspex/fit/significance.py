@@ -89,9 +89,10 @@ def _t_values(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
 def _permutation_p(X: np.ndarray, r: np.ndarray, sign: float, rng) -> float:
     """Freedman-Lane permutation p-value of the pair term (the last column of ``X``) for the residual ``r`` (m,):
     the reduced model (intercept and the two main effects) is fitted, its residuals are permuted across masks and
-    added back to its fit, and the full model's t is recomputed :data:`PERMUTATIONS` times. Exact in small samples
-    under exchangeable noise of any shape: the reference distribution resamples the residuals themselves, rather than
-    assuming they are normal (a handful of masks in one cell, with skewed residuals, breaks Student t)."""
+    added back to its fit, and the full model's t is recomputed :data:`PERMUTATIONS` times. Valid in small samples
+    under exchangeable noise of any shape (approximately: the reduced fit's residuals stand in for the noise): the
+    reference distribution resamples the residuals themselves rather than assuming them normal, which a handful of
+    masks in one cell with skewed residuals breaks for Student t."""
     Xr = X[:, :3]
     fit_r = Xr @ np.linalg.lstsq(Xr, r, rcond=None)[0]
     e = r - fit_r
@@ -114,7 +115,7 @@ def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=N
     main-effects model's predictions of Y on those masks (None: test against the raw outputs, less power);
     direction: (P,) expected sign of the pair's uniform score (+1, -1; 0 or None = two-sided); ``test``:
     ``pooled`` (ordinary least squares: one residual variance for all four cells, Student t on m - 4 degrees of
-    freedom) or ``welch`` (the same contrast, each cell's mean with its own variance, Welch-Satterthwaite degrees of
+    freedom), ``welch`` (the same contrast, each cell's mean with its own variance, Welch-Satterthwaite degrees of
     freedom; a pair with a cell of fewer than 2 held-out masks is not tested) or ``permutation`` (the pooled
     test's t, its p-value from Freedman-Lane permutations instead of Student t; ``seed`` draws them, per pair).
 
