@@ -224,8 +224,8 @@ def main(argv=None) -> int:
                              "conf/estimator/, with parameters as name:key=value (estimator_config)")
     parser.add_argument("--out", default=None, help="folder for budget.json and the replicate's cache")
     parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
-    parser.add_argument("--pair-test", default="permutation",
-                        help="the held-out pair test (report.pair_test): permutation, pooled or welch")
+    parser.add_argument("--pair-test", default="pooled",
+                        help="the held-out pair test (report.pair_test): pooled, permutation or welch")
     parser.add_argument("--more-fit", nargs="*", default=[],
                         help="finished runs of the same data, model, LoRA and training settings (same fingerprint) "
                              "and the same design.p, whose fit masks extend --run's, in order (more_fit_masks)")

@@ -84,8 +84,8 @@ def main(argv=None) -> int:
                         help="fit on the run's first M fit masks only (default: all of them)")
     parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
     parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
-    parser.add_argument("--pair-test", default="permutation",
-                        help="the held-out pair test (report.pair_test): permutation, pooled or welch")
+    parser.add_argument("--pair-test", default="pooled",
+                        help="the held-out pair test (report.pair_test): pooled, permutation or welch")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
