@@ -4,10 +4,11 @@ they were made from.
 
 A fit set is one ``dataspex fit``: every estimator fitted to one output (``fit.output``: loss, margin or error,
 :mod:`dataspex.core.outputs`) on one design. Each file records what it models: ``fit/<estimator>.npz`` carries a
-``dataspex_fit`` member beside the InteractionResult (which :meth:`InteractionResult.load` ignores) and each row of ``faithfulness.json`` the same
-record: ``fit_stamp`` (shared by the whole set), ``output`` and ``design`` (kind, number of training examples,
-number of fitted rows and a hash of them). The stamp is a hash of what was fitted (design, output, every
-estimator's keys and coefficients, the held-out scores), so an identical refit keeps it.
+``dataspex_fit`` member beside the InteractionResult (which :meth:`InteractionResult.load` ignores) and each row
+of ``faithfulness.json`` the same record: ``fit_stamp`` (shared by the whole set), ``output`` and ``design``
+(kind, number of training examples, number of fitted rows and a hash of them). The stamp is a hash of what was
+fitted (design, output, every estimator's keys and coefficients, the held-out scores), so an identical refit
+keeps it.
 
 The set is replaced as a whole: :func:`write_fit_set` writes the new set into a fresh ``.fit-new-*`` directory
 beside ``fit/`` and swaps it in with two renames, so a fit killed at any point leaves the old set (or, in the

@@ -86,17 +86,17 @@ def _t_values(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
         return np.where(se > 0, coef[:, 3] / se, 0.0)
 
 
-def _permutation_p(X: np.ndarray, r: np.ndarray, sign: float, rng) -> float:
-    """Freedman-Lane permutation p-value of the pair term (the last column of ``X``) for the residual ``r`` (m,):
-    the reduced model (intercept and the two main effects) is fitted, its residuals are permuted across masks and
-    added back to its fit, and the full model's t is recomputed :data:`PERMUTATIONS` times. Valid in small samples
+def _permutation_p(X: np.ndarray, r: np.ndarray, t_obs: float, sign: float, rng) -> float:
+    """Freedman-Lane permutation p-value of the pair term (the last column of ``X``), whose t is ``t_obs``, for the
+    residual ``r`` (m,): the reduced model (intercept and the two main effects) is fitted, its residuals are
+    permuted across masks and added back to its fit, and the full model's t is recomputed :data:`PERMUTATIONS`
+    times. Valid in small samples
     under exchangeable noise of any shape (approximately: the reduced fit's residuals stand in for the noise): the
     reference distribution resamples the residuals themselves rather than assuming them normal, which a handful of
     masks in one cell with skewed residuals breaks for Student t."""
     Xr = X[:, :3]
     fit_r = Xr @ np.linalg.lstsq(Xr, r, rcond=None)[0]
     e = r - fit_r
-    t_obs = _t_values(X, r[None, :])[0]
     t_perm = _t_values(X, fit_r[None, :] + rng.permuted(np.tile(e, (PERMUTATIONS, 1)), axis=1))
     if sign > 0:
         hits = np.sum(t_perm >= t_obs)
@@ -163,7 +163,7 @@ def heldout_pair_tests(pairs: pd.DataFrame, masks, Y, baseline=None, direction=N
             continue
         tval = coef3 / se
         if test == "permutation":
-            p = _permutation_p(X, resid[:, t], signs[row], np.random.default_rng([seed, i, j, t]))
+            p = _permutation_p(X, resid[:, t], tval, signs[row], np.random.default_rng([seed, i, j, t]))
         elif signs[row] > 0:
             p = stats.t.sf(tval, dof)
         elif signs[row] < 0:

@@ -199,15 +199,16 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     stack = score_stack(result, estimand)
     tables, recall = pair_tables(result, data, k, estimand, stack, validation, trak_scores, units)
     results = store.load_results(design)
-    tables, evidence = pair_evidence(design, results, fitted, name, faithfulness[name].get("output", "loss"), tables,
-                                     float(cfg.report.q_max), str(cfg.report.pair_test))
+    output = faithfulness[name].get("output", "loss")  # what the ranking model was fitted on
+    tables, evidence = pair_evidence(design, results, fitted, name, output, tables, float(cfg.report.q_max),
+                                     str(cfg.report.pair_test))
     triples = ranked_triples(result, k, estimand) if result.degree >= 3 else None
     if triples is not None:
         triples = describe_pairs(triples, data, columns=("i", "j", "l"), units=units)
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
-    trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, faithfulness[name].get(
-        "output", "loss")), float(cfg.report.trust_r2))
+    trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, output),
+                          float(cfg.report.trust_r2))
     actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]
@@ -219,7 +220,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     drop_effect = {"predicted": drop_all_effect(result, design.n_units, predicted),
                    "validated": None if validated is None else drop_all_effect(result, design.n_units, validated)}
     return {"cfg": cfg, "store": store, "data": data, "name": name, "estimand": estimand, "k": k, "units": units,
-            "output": OUTPUTS[faithfulness[name].get("output", "loss")],
+            "output": OUTPUTS[output],
             "tables": tables, "recall": recall, "faithfulness": faithfulness, "curve": curve,
             "validation": validation, "vmeta": vmeta, "triples": triples, "trak": trak_scores is not None,
             "actions": actions, "examples_predicted": predicted, "examples_validated": validated,

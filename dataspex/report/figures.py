@@ -41,10 +41,10 @@ def strongest(stack: np.ndarray) -> np.ndarray:
     return np.take_along_axis(stack, np.abs(stack).argmax(axis=0)[None], axis=0)[0]
 
 
-def heatmap_png(matrix: np.ndarray, path: str, title: str, labels: list[str] | None = None,
-                unit: str = "interaction on test loss (nats)") -> None:
-    """A signed heatmap (red: raises the loss together, blue: lowers it), labelled by ``labels`` if given,
-    else by index."""
+def heatmap_png(matrix: np.ndarray, path: str, title: str, labels: list[str] | None = None, *,
+                unit: str) -> None:
+    """A signed heatmap (red: raises the modelled output together, blue: lowers it), labelled by ``labels`` if
+    given, else by index; ``unit``: the colour bar's label."""
     plt = _pyplot()
     n = len(matrix)
     bound = float(np.abs(matrix).max()) or 1.0
