@@ -17,6 +17,14 @@ q-value <= ``report.q_max`` (findings). Variants:
   run by a function of the mask, and that difference has real pairs in it (38 of 100 studies listed some on
   fortunes with such a replicate, 5 of 100 with the run's head).
 
+The share of studies with no finding answers the issue's question but is coarse (100 yes/no answers, standard
+error 0.03), and a valid test sits at its edge: for independent uniform p-values, Benjamini-Hochberg at level q
+lists something with probability exactly q (Simes), so at ``report.q_max`` 0.1 the expected share is 0.90. Each
+study also keeps the one-sided p-value of every pair it tested (1 to ~20 per study); under null data a valid
+test's p-values are uniform, so their share at or below 0.005 / 0.01 / 0.05 / 0.1 reads the test's level more finely
+(``calibration``). ``--pair-test pooled,permutation`` reads the same ranked pairs of every study with each test,
+so the tests are compared on identical pairs.
+
     python benchmarks/null_pairs.py --run /tmp/runs/f256p --replicate /tmp/budget/f256p/replicate.npz --studies 30
     python benchmarks/null_pairs.py --run /tmp/runs/f256p_4096 --fit-masks 1024 --studies 100   # own replicates
 """
@@ -32,6 +40,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from budget import estimator_config, markdown_table, read_replicate  # noqa: E402
@@ -50,8 +59,11 @@ def null_outputs(variant: str, Y: np.ndarray, masks: np.ndarray, rng, linear=Non
 
 
 def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max: float,
-              pair_test: str = "pooled") -> dict:
-    """Fit, rank, test: the number of findings of one null study (outputs without the mean column)."""
+              pair_tests=("pooled",)) -> dict:
+    """Fit, rank, test one null study (outputs without the mean column). Every test of ``pair_tests`` reads the
+    same ranked pairs, so their results pair up. Returns, per test, the number of pairs ``listed``, the
+    ``findings`` (q <= q_max), the smallest q-value ``min_q`` and the one-sided ``p_values`` of the tested pairs
+    (under null data each is uniform on [0, 1] when the test is valid)."""
     from hydra.utils import instantiate
 
     from dataspex.fit.ranking import ranked_pairs
@@ -64,11 +76,42 @@ def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max:
     res, T = est.result_, Y_fit.shape[1]
     both = pd.concat([ranked_pairs(res, kind, k, "uniform", T) for kind in ("harmful", "redundant")],
                      ignore_index=True)
-    if both.empty:
-        return {"listed": 0, "findings": 0, "min_q": None}
-    tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), pair_test)
-    q = tested["q_value"].to_numpy()
-    return {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q))}
+    out = {}
+    for test in pair_tests:
+        if both.empty:
+            out[test] = {"listed": 0, "findings": 0, "min_q": None, "p_values": []}
+            continue
+        tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), test)
+        q, p = tested["q_value"].to_numpy(), tested["p_value"].to_numpy()
+        out[test] = {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q)),
+                     "p_values": [float(v) for v in p[np.isfinite(p)]]}
+    return out
+
+
+# 0.005 = 0.1 / 20: the p-value Benjamini-Hochberg at q_max 0.1 asks of the first of 20 tested pairs (10 per kind,
+# the default top_k), so the share there is what decides whether a null study lists a pair.
+LEVELS = (0.005, 0.01, 0.05, 0.1)
+
+
+def calibration(p_values_by_study) -> dict:
+    """How a test's null p-values sit against the uniform. ``p_values_by_study``: one sequence of p-values per
+    study. Returns their number and, for each level a of :data:`LEVELS`, the share at or below a (a valid test
+    gives about a; more is a test that lists noise), and the standard error of the share at 0.05 with the studies
+    as clusters (the pairs of one study share its held-out masks and often a test example, so their p-values are
+    not independent)."""
+    groups = [np.asarray(p, dtype=np.float64) for p in p_values_by_study]
+    p = np.concatenate([np.zeros(0), *groups])
+    out = {"p_values": len(p), **{f"p<={a:g}": float(np.mean(p <= a)) if len(p) else np.nan for a in LEVELS}}
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    hits = np.array([np.sum(g <= 0.05) for g in groups], dtype=np.float64)
+    k = len(groups)
+    if k > 1 and sizes.sum() > 0:  # ratio estimator's cluster standard error
+        share = hits.sum() / sizes.sum()
+        dev = hits - share * sizes
+        out["se(p<=0.05)"] = float(np.sqrt(k / (k - 1) * np.sum(dev ** 2)) / sizes.sum())
+    else:
+        out["se(p<=0.05)"] = np.nan
+    return out
 
 
 def main(argv=None) -> int:
@@ -85,7 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="null_pairs.json goes here (default: <run>/budget)")
     parser.add_argument("--output", default="loss", help="the output to model (fit.output): loss, margin or error")
     parser.add_argument("--pair-test", default="pooled",
-                        help="the held-out pair test (report.pair_test): pooled, permutation or welch")
+                        help="the held-out pair tests (report.pair_test), comma-separated: pooled, permutation, "
+                             "welch; each reads the same ranked pairs of every study")
     opts = parser.parse_args(argv)
 
     from hydra.utils import instantiate
@@ -93,11 +137,16 @@ def main(argv=None) -> int:
 
     from dataspex.core.outputs import modelled_output
     from dataspex.design.replicate import finished_replicate_rows
+    from dataspex.fit.significance import PAIR_TESTS
     from dataspex.store import RunStore
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    pair_tests = tuple(opts.pair_test.split(","))
+    unknown = [t for t in pair_tests if t not in PAIR_TESTS]
+    if unknown:
+        parser.error(f"--pair-test {','.join(unknown)}: not one of {', '.join(PAIR_TESTS)}")
     cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
     est_cfg = estimator_config(cfg, opts.estimator)
     lin_cfg = OmegaConf.create({"_target_": "dataspex.estimators.LinearDatamodel"})
@@ -112,6 +161,9 @@ def main(argv=None) -> int:
             parser.error(f"--fit-masks {opts.fit_masks}: the run has {len(fit_ids)} finished fit masks")
         fit_keep = np.isin(results.mask_ids, fit_ids)
     Y = results.outputs(opts.output)  # refuses an unknown output by name
+    # How heavy the outputs' tails are (0 for a Gaussian): Student t's p-values are conservative in the far tail when
+    # a few masks carry most of an output's variance, which the permutation test's are not.
+    kurtosis = float(np.median(stats.kurtosis(Y, axis=0)))
     at = {int(m): r for r, m in enumerate(results.mask_ids)}
     rows = []
     for variant in opts.variants.split(","):
@@ -147,27 +199,34 @@ def main(argv=None) -> int:
                 cut = 3 * len(order) // 4
                 fit_rows, ho_rows = order[:cut], order[cut:]
                 out = one_study(masks[fit_rows], null[fit_rows], masks[ho_rows], null[ho_rows], est_cfg, lin_cfg,
-                                k, q_max, opts.pair_test)
+                                k, q_max, pair_tests)
             else:
                 Yn = null_outputs(variant, Y, masks, rng, linear)
                 out = one_study(masks[fit_keep], Yn[fit_keep], masks[ho_keep], Yn[ho_keep], est_cfg, lin_cfg,
-                                k, q_max, opts.pair_test)
-            rows.append({"variant": variant, "study": s, **out})
-            log(f"{variant} {s}: {out} ({time.perf_counter() - start:.0f} s)")
+                                k, q_max, pair_tests)
+            for test, got in out.items():
+                rows.append({"variant": variant, "test": test, "study": s, **got})
+            log(f"{variant} {s}: " + ", ".join(f"{test} {got['findings']} of {got['listed']}"
+                                                for test, got in out.items())
+                + f" ({time.perf_counter() - start:.0f} s)")
     table = pd.DataFrame(rows)
-    summary = table.groupby("variant").agg(studies=("study", "size"),
-                                           with_findings=("findings", lambda f: int((f > 0).sum())),
-                                           mean_findings=("findings", "mean"),
-                                           median_min_q=("min_q", "median")).reset_index()
+    summary = table.groupby(["variant", "test"], sort=False).agg(
+        studies=("study", "size"), with_findings=("findings", lambda f: int((f > 0).sum())),
+        mean_findings=("findings", "mean"), median_min_q=("min_q", "median")).reset_index()
     summary["no_pairs_share"] = 1 - summary["with_findings"] / summary["studies"]
+    # The share of studies is 100 yes/no answers; the null p-values of every tested pair are ~20 per study, so
+    # a test's level is read more finely off them (uniform on [0, 1] when the test is valid).
+    levels = pd.DataFrame([calibration(group["p_values"])
+                           for _, group in table.groupby(["variant", "test"], sort=False)])
+    summary = pd.concat([summary, levels], axis=1)
     out_dir = opts.out or os.path.join(opts.run, "budget")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "null_pairs.json"), "w") as fh:
-        json.dump({"run": opts.run, "output": opts.output, "pair_test": opts.pair_test, "estimator": opts.estimator,
-                   "q_max": q_max, "top_k": k,
+        json.dump({"run": opts.run, "output": opts.output, "pair_tests": pair_tests, "estimator": opts.estimator,
+                   "q_max": q_max, "top_k": k, "median_excess_kurtosis": kurtosis,
                    "fit_masks": int(fit_keep.sum()), "rows": rows}, fh, indent=1)
-    print(f"\n{opts.run} ({opts.output}, {opts.pair_test} test): null studies, ranking by {opts.estimator}, top {k} "
-          f"pairs per kind tested, q <= {q_max}\n")
+    print(f"\n{opts.run} ({opts.output}; {', '.join(pair_tests)}): null studies, ranking by {opts.estimator}, top {k} "
+          f"pairs per kind tested, q <= {q_max}; the outputs' median excess kurtosis per test example {kurtosis:.1f}\n")
     print("\n".join(markdown_table(summary)))
     return 0
 

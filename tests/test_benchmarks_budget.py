@@ -173,3 +173,32 @@ def test_pair_cells_average_the_test_output_by_how_many_of_the_pair_are_kept():
     (row,) = budget.pair_cells(masks, Y, planted)
     assert row == {"kind": "harmful", "i": 0, "j": 1, "test": 0, "neither": 1.0, "one": 5.0, "both": 9.0,
                    "n_neither": 2}
+
+
+def test_calibration_counts_null_p_values_and_clusters_their_error_by_study():
+    got = null_pairs.calibration([[0.01, 0.5], [0.04, 0.2, 0.9]])
+    assert got["p_values"] == 5
+    assert got["p<=0.005"] == 0.0 and got["p<=0.01"] == pytest.approx(0.2) and got["p<=0.05"] == pytest.approx(0.4)
+    assert got["p<=0.1"] == pytest.approx(0.4)
+    # hits (1, 1) of sizes (2, 3) around the share 0.4: deviations +-0.2, sqrt(2 * 0.08) / 5
+    assert got["se(p<=0.05)"] == pytest.approx(0.08)
+    empty = null_pairs.calibration([[]])
+    assert empty["p_values"] == 0 and np.isnan(empty["p<=0.05"]) and np.isnan(empty["se(p<=0.05)"])
+
+
+def test_one_study_gives_every_pair_test_the_same_ranked_pairs():
+    """A study read by two tests at once equals the study read by each alone (the tests pair up); one real pair
+    (examples 0 and 1, at both test examples) so that pairs are listed."""
+    from omegaconf import OmegaConf
+
+    rng = np.random.default_rng(3)
+    masks = (rng.random((160, 8)) < 0.5).astype(np.uint8)
+    Y = 0.3 * rng.normal(size=(160, 2)) + masks[:, :2] @ np.ones((2, 2)) + 2.0 * masks[:, :1] * masks[:, 1:2]
+    est = OmegaConf.create({"_target_": "dataspex.estimators.QuadraticProxy"})
+    lin = OmegaConf.create({"_target_": "dataspex.estimators.LinearDatamodel"})
+    args = (masks[:120], Y[:120], masks[120:], Y[120:], est, lin, 3, 0.1)
+    both = null_pairs.one_study(*args, ("pooled", "welch"))
+    assert set(both) == {"pooled", "welch"} and both["pooled"]["listed"] == both["welch"]["listed"] > 0
+    assert both["pooled"] == null_pairs.one_study(*args, ("pooled",))["pooled"]
+    assert both["welch"] == null_pairs.one_study(*args, ("welch",))["welch"]
+    assert len(both["pooled"]["p_values"]) == both["pooled"]["listed"]

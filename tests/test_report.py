@@ -428,6 +428,9 @@ def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_
 
     harmful = found[found["kind"] == "harmful"].head(SUMMARY_ROWS)  # the summary's harmful findings
     assert summary["examples_to_review_predicted"] == sorted({int(x) for x in np.r_[harmful["i"], harmful["j"]]})
+    assert (f"{len(found)} are findings (Benjamini-Hochberg q <= 0.1; on data where no pair interacts up to 10% of "
+            "studies still list one, so a finding is a candidate until `dataspex validate` retrains it)") \
+        in open(os.path.join(out, "report.md")).read()
 
     run_dir = copy_run(tmp_path)
     store = RunStore(run_dir)
