@@ -431,6 +431,8 @@ def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_
     assert (f"{len(found)} are findings (Benjamini-Hochberg q <= 0.1; on data where no pair interacts up to 10% of "
             "studies still list one, so a finding is a candidate until `dataspex validate` retrains it)") \
         in open(os.path.join(out, "report.md")).read()
+    assert "less power than at design.p=0.5" not in open(os.path.join(out, "report.md")).read()  # p = 0.5: balanced
+    assert summary["pair_tests"]["sparsest_cell"] >= 16 / 8
 
     run_dir = copy_run(tmp_path)
     store = RunStore(run_dir)

@@ -216,3 +216,31 @@ def test_the_pair_test_is_a_report_setting_and_the_report_names_it(tmp_path):
     assert "one-sided on the predicted sign, each cell its own variance (Welch))" in report
     proc = run_cli("report", f"run_dir={run_dir}", *REPORT_ARGS, "report.pair_test=hc3", check=False)
     assert proc.returncode != 0 and "pair test 'hc3' is not one of: pooled, welch, permutation" in proc.stderr
+
+
+def test_sparsest_cells_count_the_fewest_masks_of_a_pairs_four_cells():
+    from dataspex.fit.significance import sparsest_cells
+
+    masks = np.array([[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0], [1, 1, 1], [1, 1, 0]], dtype=np.uint8)
+    pairs = pd.DataFrame({"i": [0, 0, 1], "j": [1, 2, 2], "test": [0, 0, 0]})
+    # (0, 1): neither 1, only 1: 1, only 0: 1, both 3 -> 1; (0, 2): neither 0 -> 0; (1, 2): neither 0, only 2: 2,
+    # only 1: 2, both 2 -> 0
+    assert sparsest_cells(masks, pairs).tolist() == [1, 0, 0]
+    pairs = pd.DataFrame({"i": [0, 1], "j": [1, 2], "test": [0, 0]})
+    masks = np.vstack([masks, [[0, 0, 0]]])  # a seventh mask: neither of (1, 2) now holds 1
+    assert sparsest_cells(masks, pairs).tolist() == [1, 1]
+
+
+def test_the_evidence_line_says_when_a_starved_cell_leaves_the_tests_little_power():
+    """Below an eighth of the held-out masks in a pair's sparsest cell (half a balanced design's quarter) the
+    report says the tests have less power than at p = 0.5 and how to get more; at a balanced design it says nothing
+    of it."""
+    from dataspex.report.text import _evidence_line
+
+    ev = {"tested": True, "baseline": "linear", "n_findings": 0, "q_max": 0.1, "test": "pooled", "n_heldout": 256}
+    starved = _evidence_line({"evidence": {**ev, "sparsest_cell": 2.5}})
+    assert ("The tests have less power than at design.p=0.5: the sparsest of a listed pair's four cells (neither, "
+            "one or both of its examples kept) holds a median of 2.5 of the 256 held-out masks (a quarter at "
+            "design.p=0.5); more held-out masks (design.heldout) find more real pairs") in starved
+    assert "less power" not in _evidence_line({"evidence": {**ev, "sparsest_cell": 58.0}})
+    assert "less power" not in _evidence_line({"evidence": {**ev, "sparsest_cell": None}})
