@@ -86,3 +86,14 @@ def test_a_larger_design_m_grows_the_run_and_trains_only_the_new_masks(tmp_path)
     assert load_run(run_dir).config.design.m == 10  # the run's config.yaml too
     assert "already has this design (14 masks)" in run_cli("design", f"run_dir={run_dir}").stderr
     assert "has 16 masks, 16 already done, 0 to train" in run_cli("train", f"run_dir={run_dir}").stderr
+
+
+def test_design_warns_before_training_when_the_kept_fraction_starves_the_pair_tests(tmp_path):
+    """At design.p=0.9 a pair's neither-kept cell gets ~1% of the held-out masks: the design stage says so (with the
+    expected count) before any retraining; at p = 0.5 it does not (the same run directory layout, real CLI)."""
+    tiny = [a for a in TINY if not a.startswith(("design.p=", "design.heldout="))]
+    starved = run_cli("design", f"run_dir={tmp_path / 'p09'}", *tiny, "design.p=0.9", "design.heldout=40").stderr
+    assert ("design: at design.p=0.9 a pair's sparsest cell (neither or both of its examples kept) gets about 0.4 "
+            "of the 40 held-out masks (a quarter at p=0.5), so the report's pair tests have less power") in starved
+    balanced = run_cli("design", f"run_dir={tmp_path / 'p05'}", *tiny, "design.p=0.5", "design.heldout=40").stderr
+    assert "sparsest cell" not in balanced and "design: " in balanced
