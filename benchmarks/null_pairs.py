@@ -76,12 +76,12 @@ def one_study(masks_fit, Y_fit, masks_ho, Y_ho, est_cfg, lin_cfg, k: int, q_max:
     res, T = est.result_, Y_fit.shape[1]
     both = pd.concat([ranked_pairs(res, kind, k, "uniform", T) for kind in ("harmful", "redundant")],
                      ignore_index=True)
+    if both.empty:
+        return {test: {"listed": 0, "findings": 0, "min_q": None, "p_values": []} for test in pair_tests}
+    baseline = linear.predict(masks_ho)
     out = {}
     for test in pair_tests:
-        if both.empty:
-            out[test] = {"listed": 0, "findings": 0, "min_q": None, "p_values": []}
-            continue
-        tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, linear.predict(masks_ho), test)
+        tested = ranked_pair_tests(res, both[["i", "j", "test"]], masks_ho, Y_ho, baseline, test)
         q, p = tested["q_value"].to_numpy(), tested["p_value"].to_numpy()
         out[test] = {"listed": len(both), "findings": int(np.sum(q <= q_max)), "min_q": float(np.nanmin(q)),
                      "p_values": [float(v) for v in p[np.isfinite(p)]]}

@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 from dataspex.fit.planning import CEILING_SHARE
+from dataspex.fit.significance import STARVED_CELL_SHARE
 from dataspex.store import health
 from dataspex.validate.analysis import ELSEWHERE_NUMBERS, validated_harmful
 
@@ -393,11 +394,7 @@ def _evidence_line(ctx) -> str:
     line = (f"Each listed pair was tested on the {ev['n_heldout']} held-out retrains that no estimator saw "
             f"({against}, one-sided on the predicted sign{how}): {verdict}.")
     cell = ev.get("sparsest_cell")
-    # A balanced design (p = 0.5) puts a quarter of the held-out masks in each of a pair's four cells; under half
-    # of that, the kept fraction starves one cell and the tests lose power. On planted fortunes at p = 0.9 (the
-    # listed pairs' sparsest cells: a median of 1.5 of 256 held-out masks, 7 of 768) the report made 6 of the 8
-    # planted pairs findings with 256 held out, all 8 with 768.
-    if cell is not None and cell < ev["n_heldout"] / 8:
+    if cell is not None and cell < STARVED_CELL_SHARE * ev["n_heldout"]:
         line += (" The tests have less power than at design.p=0.5: the sparsest of a listed pair's four cells "
                  f"(neither, one or both of its examples kept) holds a median of {cell:g} of the {ev['n_heldout']} "
                  "held-out masks (a quarter at design.p=0.5); more held-out masks (design.heldout) find more real "

@@ -13,6 +13,7 @@ from dataspex.design import extend_pairwise, make_design, settings_differences
 from dataspex.design.random import grow_random
 from dataspex.design.replicate import extend_replicates
 from dataspex.fit.estimators import LinearDatamodel
+from dataspex.fit.significance import STARVED_CELL_SHARE
 from dataspex.fit.trak import load_trak_scores
 from dataspex.stages.rundir import open_run, record_setting
 from dataspex.stages.units import build_units
@@ -117,9 +118,9 @@ def _base_design(cfg, store, data) -> None:
 def _warn_starved_cells(design_cfg, n_heldout: int) -> None:
     """Say before any retraining when a kept fraction far from 0.5 leaves the held-out pair tests few masks: random
     masks put n_heldout * min(p, 1 - p)^2 of them in a pair's sparsest cell, and the report reads power off that
-    cell with the same bound (under an eighth of the held-out masks, half a balanced design's quarter)."""
+    cell with the same bound (:data:`~dataspex.fit.significance.STARVED_CELL_SHARE` of the held-out masks)."""
     p = float(OmegaConf.select(design_cfg, "p", default=0.5))
-    if design_cfg.kind != "random" or n_heldout == 0 or min(p, 1 - p) ** 2 >= 1 / 8:
+    if design_cfg.kind != "random" or n_heldout == 0 or min(p, 1 - p) ** 2 >= STARVED_CELL_SHARE:
         return
     log.warning("design: at design.p=%g a pair's sparsest cell (neither or both of its examples kept) gets about "
                 "%.1f of the %d held-out masks (a quarter at p=0.5), so the report's pair tests have less power; "
