@@ -433,6 +433,9 @@ def test_report_lists_findings_only_where_the_heldout_retrains_support_them(tmp_
         in open(os.path.join(out, "report.md")).read()
     assert "less power than at design.p=0.5" not in open(os.path.join(out, "report.md")).read()  # p = 0.5: balanced
     assert summary["pair_tests"]["sparsest_cell"] >= 16 / 8
+    # the pooled test reads a pair exactly when each of its four cells holds a held-out mask
+    assert summary["pair_tests"]["n_untested"] == int(pairs["p_value"].isna().sum())
+    assert (pairs["p_value"].isna() == (pairs["heldout_cell"] == 0)).all() and (pairs["heldout_cell"] >= 0).all()
 
     run_dir = copy_run(tmp_path)
     store = RunStore(run_dir)

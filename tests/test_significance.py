@@ -244,3 +244,33 @@ def test_the_evidence_line_says_when_a_starved_cell_leaves_the_tests_little_powe
             "design.p=0.5); more held-out masks (design.heldout) find more real pairs") in starved
     assert "less power" not in _evidence_line({"evidence": {**ev, "sparsest_cell": 58.0}})
     assert "less power" not in _evidence_line({"evidence": {**ev, "sparsest_cell": None}})
+
+
+def test_the_pooled_test_leaves_exactly_the_pairs_with_an_empty_cell_untested_and_the_report_says_so():
+    """At a kept fraction of 0.9 over 40 held-out masks many pairs have no mask that drops both examples: the pooled
+    test gives a p-value to every pair whose four cells all hold a mask and to no other, the pair table says how
+    many masks an untested pair's sparsest cell holds, and the evidence line counts the untested pairs."""
+    from types import SimpleNamespace
+
+    from dataspex.fit.significance import sparsest_cells
+    from dataspex.report.text import _evidence_line, _heldout_cell
+
+    rng = np.random.default_rng(3)
+    masks = (rng.random((40, 12)) < 0.9).astype(np.uint8)
+    pairs = pd.DataFrame([(i, j, 0) for i in range(12) for j in range(i + 1, 12)], columns=["i", "j", "test"])
+    tested = heldout_pair_tests(pairs, masks, rng.standard_normal((40, 1)))
+    cells = sparsest_cells(masks, pairs)
+    assert 0 < (cells == 0).sum() < len(pairs)  # both kinds present
+    np.testing.assert_array_equal(np.isnan(tested["p_value"].to_numpy()), cells == 0)
+
+    row = SimpleNamespace(heldout_score=np.nan, heldout_se=np.nan, heldout_cell=0)
+    assert _heldout_cell(row) == "untested: 0 held-out masks in its sparsest cell"
+    assert _heldout_cell(SimpleNamespace(heldout_score=0.25, heldout_se=0.1, heldout_cell=1)) == "+0.250 +- 0.100"
+    assert _heldout_cell(SimpleNamespace(heldout_score=np.nan, heldout_se=np.nan, heldout_cell=-1)) == "n/a +- n/a"
+    ev = {"tested": True, "baseline": "linear", "n_findings": 0, "q_max": 0.1, "test": "pooled", "n_heldout": 40,
+          "sparsest_cell": 5.0}
+    line = _evidence_line({"evidence": {**ev, "n_untested": int((cells == 0).sum())}})
+    assert (f" {int((cells == 0).sum())} listed pairs have no p-value: a pair's four cells (neither, one or both of "
+            "its examples kept) each need held-out masks, and the table says how many its sparsest cell holds; such "
+            "a pair is not a finding.") in line
+    assert "no p-value" not in _evidence_line({"evidence": {**ev, "n_untested": 0}})

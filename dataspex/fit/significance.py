@@ -220,12 +220,16 @@ def heldout_evidence(design, results, fitted: dict, name: str, output: str,
     fitted. Returns ``pairs`` with the columns of :func:`ranked_pair_tests` (NaN when untested), and a dict saying
     what was done: ``tested`` (bool), ``n_heldout``, ``baseline`` (estimator name or None), ``test`` (the pair
     test, :data:`PAIR_TESTS`), ``sparsest_cell`` (the median over the listed pairs of :func:`sparsest_cells`: how
-    many held-out masks the test's weakest cell rests on; None when untested), ``why`` (why not tested, else
-    None)."""
-    meta = {"tested": False, "n_heldout": 0, "baseline": None, "test": test, "sparsest_cell": None, "why": None}
+    many held-out masks the test's weakest cell rests on; None when untested), ``n_untested`` (listed pairs the
+    test could not read: a cell without held-out masks, or with fewer than 2 for Welch), ``why`` (why not tested,
+    else None). The table also gains ``heldout_cell``: each pair's own :func:`sparsest_cells` count (-1 when the
+    run has no held-out test), so that a report can say why a pair has no p-value."""
+    meta = {"tested": False, "n_heldout": 0, "baseline": None, "test": test, "sparsest_cell": None,
+            "n_untested": 0, "why": None}
     out = pairs.copy()
     for c in [*TEST_COLUMNS, "q_value"]:
         out[c] = np.nan
+    out["heldout_cell"] = -1
     if pairs.empty:
         meta["why"] = "no pairs listed"
         return out, meta
@@ -244,6 +248,9 @@ def heldout_evidence(design, results, fitted: dict, name: str, output: str,
     tested = ranked_pair_tests(fitted[name], pairs[["i", "j", "test"]], masks, Y, baseline, test)
     for c in [*TEST_COLUMNS, "q_value"]:
         out[c] = tested[c].to_numpy()
+    cells = sparsest_cells(masks, pairs)
+    out["heldout_cell"] = cells
     meta["tested"] = True
-    meta["sparsest_cell"] = float(np.median(sparsest_cells(masks, pairs)))
+    meta["sparsest_cell"] = float(np.median(cells))
+    meta["n_untested"] = int(np.isnan(out["p_value"].to_numpy(dtype=np.float64)).sum())
     return out, meta

@@ -393,6 +393,12 @@ def _evidence_line(ctx) -> str:
            "permutation": ", p-values from 1,999 permutations of the residuals"}.get(ev.get("test"), "")
     line = (f"Each listed pair was tested on the {ev['n_heldout']} held-out retrains that no estimator saw "
             f"({against}, one-sided on the predicted sign{how}): {verdict}.")
+    untested = ev.get("n_untested", 0)
+    if untested:
+        line += (f" {untested} listed {'pair has' if untested == 1 else 'pairs have'} no p-value: a pair's four cells "
+                 "(neither, one or both of its examples kept) each need held-out masks"
+                 f"{' (2 for Welch)' if ev.get('test') == 'welch' else ''}, and the table says how many its sparsest "
+                 "cell holds; such a pair is not a finding.")
     cell = ev.get("sparsest_cell")
     if cell is not None and cell < STARVED_CELL_SHARE * ev["n_heldout"]:
         line += (" The tests have less power than at design.p=0.5: the sparsest of a listed pair's four cells "
@@ -508,8 +514,7 @@ def _pair_rows(table, trak: bool, validated: bool) -> list[list[str]]:
     rows = []
     for r in table.itertuples():
         q = "n/a" if _fmt(r.q_value) == "n/a" else f"{r.q_value:.3g}" + (" (finding)" if r.finding else "")
-        row = [str(r.rank), f"({r.i}, {r.j})", r.pattern, _fmt(r.score), _fmt(r.joint_effect),
-               f"{_fmt(r.heldout_score)} +- {_fmt(r.heldout_se, '.3f')}", q]
+        row = [str(r.rank), f"({r.i}, {r.j})", r.pattern, _fmt(r.score), _fmt(r.joint_effect), _heldout_cell(r), q]
         if trak:
             row.append(f"{_fmt(r.trak_i, '+.2g')} / {_fmt(r.trak_j, '+.2g')}")
         row += [f"#{r.i}: {r.text_i} [{r.label_i}]", f"#{r.j}: {r.text_j} [{r.label_j}]",
@@ -520,6 +525,15 @@ def _pair_rows(table, trak: bool, validated: bool) -> list[list[str]]:
                        f"{verdict}: {_fmt(r.validated_realised)} {_ci(r.validated_ci_low, r.validated_ci_high)}")
         rows.append(row)
     return rows
+
+
+def _heldout_cell(r) -> str:
+    """The held-out score column of a pair row: ``score +- se``; for a pair the run's held-out test could not read,
+    why (its sparsest cell: :func:`dataspex.fit.significance.sparsest_cells`)."""
+    cell = getattr(r, "heldout_cell", -1)
+    if _fmt(r.heldout_score) == "n/a" and cell is not None and cell >= 0:
+        return f"untested: {int(cell)} held-out {'mask' if cell == 1 else 'masks'} in its sparsest cell"
+    return f"{_fmt(r.heldout_score)} +- {_fmt(r.heldout_se, '.3f')}"
 
 
 def _triple_rows(triples) -> list[list[str]]:
@@ -548,7 +562,8 @@ PAIR_NOTE = ("Joint effect: change in the test loss from keeping both examples v
              "raises the loss). Held-out score: the same pair's uniform score (average second difference) measured "
              "on the held-out retrains alone, beyond the linear model's main effects, +- its standard error; "
              "q-value: Benjamini-Hochberg over every listed pair of its one-sided test; a finding when at most "
-             "report.q_max. Also moves: other test examples where the pair's score is at least half its strongest.")
+             "report.q_max; untested: a cell of the pair has too few held-out masks for the test. Also moves: other "
+             "test examples where the pair's score is at least half its strongest.")
 TRAK_NOTE = ("TRAK i / j: each example's TRAK score on the pair's test example (positive = keeping it lowers that "
              "test loss); a first-order score, blind to what the pair does together.")
 FAITH_NOTE = ("Faithfulness R^2 of each estimator on held-out random masks it never saw (1 = predicts every retrain's "
