@@ -9,6 +9,9 @@ fit masks (the first m of the run's fit masks) and prints pooled held-out R^2 of
 * the margin model against the margin, beside the margin's ceiling;
 * the margin model mapped to the loss (softplus(-prediction)) against the loss.
 
+Each share of a ceiling comes with a bootstrap standard error (``--bootstrap``, :func:`share_se`): on the runs of
+benchmarks/README.md (256 held-out masks, 128 of them with a seed replicate) it is 1-2 points.
+
     python benchmarks/realdata.py fortunes --n-train 256 --harmful 4 --redundant 4 --out /tmp/real/f256p
     dataspex design data=files data.train_file=/tmp/real/f256p/train.csv data.test_file=/tmp/real/f256p/test.csv \\
         design.m=4096 design.heldout=256 design.replicates=128 run_dir=/tmp/runs/f256p_4096
@@ -31,20 +34,55 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from budget import estimator_config  # noqa: E402
 
 
-def scores(estimator_cfg, X_fit, loss_fit, margin_fit, X_ho, loss_ho, margin_ho) -> dict:
-    """Pooled held-out R^2 of one estimator (a Hydra config with ``_target_``) fitted on the loss (``loss``), on
-    the margin (``margin``), and of the margin model mapped to the loss (``loss_via_margin``). Arrays: masks
-    (m, n), outputs (m, T)."""
+def predictions(estimator_cfg, X_fit, loss_fit, margin_fit, X_ho) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out predictions (M, T) of one estimator (a Hydra config with ``_target_``) fitted on the loss and, apart,
+    on the margin. Arrays: masks (m, n), outputs (m, T)."""
     from hydra.utils import instantiate
-
-    from dataspex.core.metrics import pooled_r2
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         on_loss = instantiate(estimator_cfg).fit(X_fit, loss_fit).predict(X_ho)
         on_margin = instantiate(estimator_cfg).fit(X_fit, margin_fit).predict(X_ho)
+    return on_loss, on_margin
+
+
+def r2s(on_loss, on_margin, loss_ho, margin_ho) -> dict:
+    """Pooled held-out R^2 of the loss model (``loss``), the margin model (``margin``), and the margin model mapped
+    to the loss (``loss_via_margin``), from :func:`predictions`."""
+    from dataspex.core.metrics import pooled_r2
+
     return {"loss": pooled_r2(loss_ho, on_loss), "margin": pooled_r2(margin_ho, on_margin),
             "loss_via_margin": pooled_r2(loss_ho, np.logaddexp(0.0, -on_margin))}
+
+
+def scores(estimator_cfg, X_fit, loss_fit, margin_fit, X_ho, loss_ho, margin_ho) -> dict:
+    """:func:`r2s` of one estimator fitted on the first four arrays and scored on the last three."""
+    return r2s(*predictions(estimator_cfg, X_fit, loss_fit, margin_fit, X_ho), loss_ho, margin_ho)
+
+
+def share_se(Y_ho: np.ndarray, predicted: np.ndarray, replicate_of: np.ndarray, Y_rep: np.ndarray,
+             n_boot: int = 1000, seed: int = 0) -> float:
+    """Bootstrap standard error of the share of the noise ceiling, pooled R^2 / pooled ceiling.
+
+    Y_ho, predicted: (M, T) held-out outputs and a model's predictions of them; replicate_of: (M,) for each held-out
+    mask the row of ``Y_rep`` (R, T) that retrains it under another seed, -1 for a mask without one. One resample
+    draws M held-out masks with replacement and scores both the R^2 and the ceiling on what it drew (the ceiling on
+    the drawn masks that have a replicate), so the two share their masks' luck as they do in the measurement. With
+    128 replicates it is 1-2 points of share (benchmarks/README)."""
+    from dataspex.core.metrics import pooled_r2
+    from dataspex.fit.faithfulness import pooled_ceiling
+
+    rng = np.random.default_rng(seed)
+    has = np.flatnonzero(replicate_of >= 0)
+    if len(has) < 8:
+        raise ValueError(f"{len(has)} held-out masks have a seed replicate; 8 or more needed")
+    shares = []
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(Y_ho), len(Y_ho))
+        paired = drawn[replicate_of[drawn] >= 0]
+        shares.append(pooled_r2(Y_ho[drawn], predicted[drawn])
+                      / pooled_ceiling(Y_ho[paired], Y_rep[replicate_of[paired]]))
+    return float(np.std(shares, ddof=1))
 
 
 def main(argv=None) -> dict:
@@ -53,11 +91,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--budgets", default="256,512,1024", help="fit masks per refit, comma-separated")
     parser.add_argument("--estimators", default="linear,quadratic",
                         help="comma-separated: the run's or conf/estimator/<name>.yaml, name:key=value for parameters")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="resamples for the standard error of each share of the ceiling (0: none)")
     opts = parser.parse_args(argv)
 
     from omegaconf import OmegaConf
 
     from dataspex.core.errors import DataspexError
+    from dataspex.design.replicate import finished_replicate_rows
     from dataspex.fit.faithfulness import noise_ceiling
     from dataspex.store import RunStore
 
@@ -70,6 +111,8 @@ def main(argv=None) -> dict:
     loss, margin = results.losses, results.margins  # the recorded margin, not the modelled (negated) one
     gap = float(np.abs(np.logaddexp(0.0, -margin) - loss).max())
     ceiling = {o: noise_ceiling(design, results, o) for o in ("loss", "margin")}
+    replica = dict(finished_replicate_rows(design, results.mask_ids))  # held-out row -> its replicate's row
+    replicate_of = np.array([replica.get(int(r), -1) for r in np.flatnonzero(ho)])
     if ceiling["loss"]["pooled"] is None:
         raise DataspexError(f"no noise ceiling: {ceiling['loss']['why']}")
     print(f"{opts.run}: {int(fit.sum())} fit, {int(ho.sum())} held-out masks, n_train={X.shape[1]}, "
@@ -89,11 +132,14 @@ def main(argv=None) -> dict:
         for name in opts.estimators.split(","):
             est_cfg = estimator_config(cfg, name)
             started = time.perf_counter()
-            row = {"m": m, "estimator": name, **scores(est_cfg, X[fit][:m], loss[fit][:m], margin[fit][:m],
-                                                       X[ho], loss[ho], margin[ho])}
+            on_loss, on_margin = predictions(est_cfg, X[fit][:m], loss[fit][:m], margin[fit][:m], X[ho])
+            row = {"m": m, "estimator": name, **r2s(on_loss, on_margin, loss[ho], margin[ho])}
             row["loss_share"] = row["loss"] / ceiling["loss"]["pooled"]
             row["margin_share"] = row["margin"] / ceiling["margin"]["pooled"]
             row["via_share"] = row["loss_via_margin"] / ceiling["loss"]["pooled"]
+            if opts.bootstrap:
+                row["loss_share_se"] = share_se(loss[ho], on_loss, replicate_of, loss, opts.bootstrap)
+                row["margin_share_se"] = share_se(margin[ho], on_margin, replicate_of, margin, opts.bootstrap)
             row["seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)
             print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -101,11 +147,16 @@ def main(argv=None) -> dict:
     out = {"run": opts.run, "ceiling": ceiling, "max_link_gap": gap, **quality, "rows": rows}
     with open(os.path.join(opts.run, "outputs_study.json"), "w") as fh:
         json.dump(out, fh, indent=1, default=float)
-    print("| m | estimator | loss R^2 (share of ceiling) | margin R^2 (share) | loss via margin (share) |")
+    print("| m | estimator | loss R^2 (share of ceiling" + (" +- SE" if opts.bootstrap else "") +
+          ") | margin R^2 (share) | loss via margin (share) |")
     print("|---:|---|---:|---:|---:|")
+
+    def share(r, key):
+        se = r.get(f"{key}_se")
+        return f"{r[key]:.0%}" + ("" if se is None else f" +- {100 * se:.0f}")
     for r in rows:
-        print(f"| {r['m']} | {r['estimator']} | {r['loss']:.3f} ({r['loss_share']:.0%}) | {r['margin']:.3f} "
-              f"({r['margin_share']:.0%}) | {r['loss_via_margin']:.3f} ({r['via_share']:.0%}) |")
+        print(f"| {r['m']} | {r['estimator']} | {r['loss']:.3f} ({share(r, 'loss_share')}) | {r['margin']:.3f} "
+              f"({share(r, 'margin_share')}) | {r['loss_via_margin']:.3f} ({r['via_share']:.0%}) |")
     return out
 
 

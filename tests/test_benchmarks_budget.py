@@ -101,6 +101,27 @@ def test_outputs_margin_model_predicts_the_loss_through_the_link():
     assert got["loss"] < 0.99
 
 
+def test_outputs_share_se_is_zero_for_a_perfect_model_and_shrinks_as_one_over_root_m():
+    """benchmarks/outputs.py: the bootstrap SE of R^2 / ceiling. A model equal to noiseless outputs whose replicates
+    agree scores share 1 in every resample (SE 0); on a signal (variance 3) plus seed noise (variance 1) with half
+    the held-out masks replicated, four times the masks halve the SE (ratio within 0.35-0.65), and too few
+    replicates are refused."""
+    outputs = load_benchmark("outputs")
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((40, 3))
+    replicate_of = np.where(np.arange(40) % 2 == 0, np.arange(40), -1)
+    assert outputs.share_se(Y, Y, replicate_of, Y, n_boot=50) == 0.0
+
+    def se(M):
+        signal = np.sqrt(3.0) * rng.standard_normal((M, 4))
+        held_out, again = signal + rng.standard_normal((M, 4)), signal + rng.standard_normal((M, 4))
+        half = np.where(np.arange(M) < M // 2, np.arange(M), -1)
+        return outputs.share_se(held_out, signal, half, again, n_boot=400, seed=1)
+    assert 0.35 < se(1600) / se(400) < 0.65
+    with pytest.raises(ValueError, match="7 held-out masks have a seed replicate; 8 or more needed"):
+        outputs.share_se(Y, Y, np.where(np.arange(40) < 7, np.arange(40), -1), Y)
+
+
 def test_estimator_config_takes_the_runs_the_packages_and_parameters():
     import pytest
     from omegaconf import OmegaConf
