@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
 
     from dataspex.core.errors import DataspexError
     from dataspex.design.replicate import finished_replicate_rows
-    from dataspex.fit.faithfulness import noise_ceiling
+    from dataspex.fit.faithfulness import ceiling_se, noise_ceiling, pooled_ceiling
     from dataspex.store import RunStore
 
     cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
@@ -117,8 +117,14 @@ def main(argv=None) -> dict:
         raise DataspexError(f"no noise ceiling: {ceiling['loss']['why']}")
     print(f"{opts.run}: {int(fit.sum())} fit, {int(ho.sum())} held-out masks, n_train={X.shape[1]}, "
           f"{loss.shape[1]} test examples; max |softplus(-margin) - loss| = {gap:.1e}; ceilings (from "
-          f"{ceiling['loss']['n_masks']} seed replicates): loss {ceiling['loss']['pooled']:.3f}, margin "
-          f"{ceiling['margin']['pooled']:.3f}", file=sys.stderr)
+          f"{ceiling['loss']['n_masks']} seed replicates, +- bootstrap SE): loss {ceiling['loss']['pooled']:.3f} +- "
+          f"{ceiling['loss']['pooled_se']:.3f}, margin {ceiling['margin']['pooled']:.3f} +- "
+          f"{ceiling['margin']['pooled_se']:.3f}", file=sys.stderr)
+    # What the default design (design.replicates=16) would have said of the same loss ceiling: its first 16 pairs.
+    first = list(replica.items())[:16]
+    a, b = loss[[x for x, _ in first]], loss[[y for _, y in first]]
+    print(f"loss ceiling from the first 16 replicates only (the default design.replicates): "
+          f"{pooled_ceiling(a, b):.3f} +- {ceiling_se(a, b):.3f}", file=sys.stderr)
     # How good the retrained models are, whatever their attributability: over the held-out masks (half-size
     # training sets at p = 0.5), the mean test loss and the accuracy (margin > 0: gold logit above every other).
     quality = {"heldout_mean_loss": float(loss[ho].mean()), "heldout_accuracy": float((margin[ho] > 0).mean())}

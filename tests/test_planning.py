@@ -71,6 +71,28 @@ def test_noise_ceiling_pairs_each_replicate_with_its_original():
     assert noise_ceiling(design, _results(design, shuffled), "loss")["pooled"] < got["pooled"] - 0.3
 
 
+def test_ceiling_se_is_zero_for_agreeing_replicates_and_matches_the_spread_of_independent_studies():
+    """Replicates that agree give the ceiling 1 in every resample (SE 0). On a signal (variance 3) plus seed noise
+    (variance 1), the bootstrap SE from one study of 32 replicated masks is within 35% of the standard deviation of
+    the ceiling over 300 independent studies of 32, and the noise ceiling reports it with a fixed seed."""
+    from dataspex.fit.faithfulness import ceiling_se
+
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((16, 3))
+    assert ceiling_se(a, a) == 0.0
+
+    def study():
+        signal = np.sqrt(3.0) * rng.standard_normal((32, 4))
+        return signal + rng.standard_normal((32, 4)), signal + rng.standard_normal((32, 4))
+    spread = np.std([pooled_ceiling(*study()) for _ in range(300)], ddof=1)
+    one = ceiling_se(*study())
+    assert abs(one / spread - 1) < 0.35
+    design, _ = extend_replicates(_design(n_heldout=40), 40)
+    losses = rng.standard_normal((len(design), 3))
+    got = noise_ceiling(design, _results(design, losses), "loss")
+    assert got["pooled_se"] == ceiling_se(losses[design.rows("heldout")], losses[design.rows(ROLE)])
+
+
 def test_noise_ceiling_says_what_is_missing():
     design = _design()
     assert "design.replicates=0" in noise_ceiling(design, _results(design, np.zeros((18, 2))), "loss")["why"]
@@ -137,6 +159,20 @@ def test_drop_effect_is_not_predicted_when_no_term_touches_the_examples():
     assert drop_all_effect(result, 5, [0]) == pytest.approx(1.0)
     assert drop_all_effect(result, 5, [1, 3]) == pytest.approx(-0.5)
     assert _drop_sentence(1.0).endswith("a change of +1.000 nats in the mean test loss if all are removed")
+
+
+def test_plan_target_defaults_to_80_percent_of_the_ceiling_and_says_how_uncertain_it_is():
+    from omegaconf import OmegaConf
+
+    from dataspex.stages.plan import choose_target
+
+    ceiling = {"pooled": 0.7, "pooled_se": 0.05, "n_masks": 16}
+    target, source = choose_target(OmegaConf.create({"target": None}), ceiling, 0.1)
+    assert target == pytest.approx(0.56)
+    assert source == ("80% of the noise ceiling 0.700 (+- 0.050, its bootstrap standard error over 16 replicated "
+                      "masks: the target is as uncertain)")
+    assert choose_target(OmegaConf.create({"target": None}), {"pooled": None, "why": "none"}, 0.1) == \
+        (0.1, "report.trust_r2 (no noise ceiling: none)")
 
 
 def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):

@@ -471,7 +471,7 @@ def test_trust_leads_the_summary_and_an_unfaithful_model_gets_no_actions(tmp_pat
     """The synthetic run's held-out masks have seed replicates (other noise draws): the summary opens with the
     ranking model's pooled R^2 beside the ceiling they give; with report.trust_r2 above that R^2 the same pairs
     stay in the tables as candidates and the summary has no actions."""
-    from dataspex.fit.faithfulness import pooled_ceiling
+    from dataspex.fit.faithfulness import ceiling_se, pooled_ceiling
     from dataspex.store import RunStore
 
     run_dir = copy_run(tmp_path)
@@ -487,9 +487,17 @@ def test_trust_leads_the_summary_and_an_unfaithful_model_gets_no_actions(tmp_pat
     assert trust["trusted"] and summary["examples_to_review_predicted"]
     md = open(os.path.join(run_dir, "report", "report.md")).read()
     first = md.split("## Summary for the curation team", 1)[1].strip().splitlines()[0]
+    se = trust["ceiling"]["pooled_se"]
+    a = results.losses[[row[x] for x in of]]
+    assert se == pytest.approx(ceiling_se(a, results.losses[design.rows("replicate")])) and 0 < se < 0.2
+    r2 = trust["r2_pooled"]
     assert first.startswith(f"* Trust: the ranking model {summary['estimator']} has pooled held-out R^2 "
-                            f"{trust['r2_pooled']:.3f} from 48 retrains (16 held out); noise ceiling "
-                            f"{expected:.3f}, {trust['r2_pooled'] / expected:.0%} of it")
+                            f"{r2:.3f} from 48 retrains (16 held out); noise ceiling {expected:.3f} +- {se:.3f} (16 "
+                            "held-out retrains repeated under another seed: no model of the training set can beat it; "
+                            "+- is its bootstrap standard error, which four times the replicates would about halve: "
+                            f"design.replicates, at most design.heldout); the model reaches {r2 / expected:.0%} of it, "
+                            f"{r2 / (expected + se):.0%} to {r2 / (expected - se):.0%} with the ceiling one standard "
+                            "error either way.")
 
     run_cli("report", f"run_dir={run_dir}", "report.trust_r2=0.999", *REPORT_ARGS)
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))

@@ -327,14 +327,41 @@ def _need(need: dict | None, what: str) -> str:
             "(`dataspex plan` prints the study and a second, power-law estimate).")
 
 
+def _ceiling_se(c: dict) -> str:
+    se = c.get("pooled_se")
+    return "" if se is None or not np.isfinite(se) else f" +- {se:.3f}"
+
+
+def _share(pooled, c: dict) -> str:
+    """"; the model reaches 82% of it, 77% to 86% with the ceiling one standard error either way": the ranking
+    model's share of the ceiling and how far the ceiling's own sampling error moves it ('' without a share)."""
+    if pooled is None or not np.isfinite(pooled) or c["pooled"] <= 0:
+        return ""
+    share = f"; the model reaches {pooled / c['pooled']:.0%} of it"
+    se = c.get("pooled_se")
+    if se is None or not np.isfinite(se) or se <= 0 or se >= c["pooled"]:
+        return share
+    return (f"{share}, {pooled / (c['pooled'] + se):.0%} to {pooled / (c['pooled'] - se):.0%} with the ceiling one "
+            "standard error either way")
+
+
+def _replicates_hint(c: dict) -> str:
+    # A bootstrap SE falls as 1 / sqrt(replicates): 0.036-0.068 from 16 replicates and 0.016-0.019 from 128 on four
+    # real-text runs (benchmarks/README, 'Without plants, to 16n'); four times the replicates halve it.
+    if c.get("pooled_se") is None or c["n_masks"] >= 64:
+        return ""
+    return ("; +- is its bootstrap standard error, which four times the replicates would about halve: "
+            "design.replicates, at most design.heldout")
+
+
 def _trust_lines(trust: dict) -> list[str]:
     """The first lines of the summary: how faithful the ranking model is, beside the noise ceiling, and
     whether the report's lists are actions or only candidates."""
     c, pooled = trust["ceiling"], trust["r2_pooled"]
     if c.get("pooled") is not None:
-        share = "" if pooled is None or c["pooled"] <= 0 else f", {pooled / c['pooled']:.0%} of it"
-        ceiling = (f"noise ceiling {_fmt(c['pooled'], '.3f')}{share} ({c['n_masks']} held-out retrains repeated "
-                   "under another seed: no model of the training set can beat it)")
+        ceiling = (f"noise ceiling {_fmt(c['pooled'], '.3f')}{_ceiling_se(c)} ({c['n_masks']} held-out retrains "
+                   f"repeated under another seed: no model of the training set can beat it{_replicates_hint(c)})"
+                   f"{_share(pooled, c)}")
     else:
         ceiling = f"noise ceiling not measured ({c.get('why')})"
     head = (f"Trust: the ranking model {trust['estimator']} has pooled held-out R^2 {_fmt(pooled, '.3f')} from "
