@@ -253,3 +253,23 @@ def test_the_curve_refits_an_estimator_added_at_fit_time(tmp_path):
     half = curve[(curve["estimator"] == "shared_pairs") & (curve["fraction"] == 0.5)].iloc[0]
     assert half["note"] == "" and half["n_masks"] == round(0.5 * faithfulness["shared_pairs"]["n_fit_masks"])
     assert half["r2_pooled"] is not None and np.isfinite(half["r2_pooled"])
+
+
+def test_the_trust_line_gives_the_ceilings_error_and_the_shares_range():
+    """With 128 replicates the line says what +- is and no more; with 16 it also says how to narrow it; a ceiling
+    without an SE (older summaries) keeps the plain share."""
+    from dataspex.report.text import _trust_lines
+
+    trust = {"estimator": "quadratic", "r2_pooled": 0.6, "n_fit_masks": 1024, "n_heldout_masks": 256,
+             "trusted": True, "trust_r2": 0.1, "need_trust": None, "need_ceiling": None,
+             "ceiling": {"pooled": 0.8, "pooled_se": 0.02, "n_masks": 128}}
+    line = _trust_lines(trust)[0]
+    assert ("noise ceiling 0.800 +- 0.020 (128 held-out retrains repeated under another seed: no model of the "
+            "training set can beat it; +- is its bootstrap standard error); the model reaches 75% of it, 73% to 77% "
+            "with the ceiling one standard error either way.") in line
+    few = _trust_lines({**trust, "ceiling": {"pooled": 0.8, "pooled_se": 0.05, "n_masks": 16}})[0]
+    assert ("+- is its bootstrap standard error, which four times the replicates would about halve: "
+            "design.replicates, at most design.heldout); the model reaches 75% of it, 71% to 80%") in few
+    plain = _trust_lines({**trust, "ceiling": {"pooled": 0.8, "n_masks": 16}})[0]
+    assert "noise ceiling 0.800 (16 held-out retrains repeated under another seed: no model of the training set " \
+           "can beat it); the model reaches 75% of it." in plain

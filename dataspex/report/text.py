@@ -348,10 +348,10 @@ def _share(pooled, c: dict) -> str:
 def _replicates_hint(c: dict) -> str:
     # A bootstrap SE falls as 1 / sqrt(replicates): 0.036-0.068 from 16 replicates and 0.016-0.019 from 128 on four
     # real-text runs (benchmarks/README, 'Without plants, to 16n'); four times the replicates halve it.
-    if c.get("pooled_se") is None or c["n_masks"] >= 64:
+    if c.get("pooled_se") is None:
         return ""
-    return ("; +- is its bootstrap standard error, which four times the replicates would about halve: "
-            "design.replicates, at most design.heldout")
+    return "; +- is its bootstrap standard error" + ("" if c["n_masks"] >= 64 else (
+        ", which four times the replicates would about halve: design.replicates, at most design.heldout"))
 
 
 def _trust_lines(trust: dict) -> list[str]:
