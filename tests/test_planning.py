@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dataspex.design.base import Design
@@ -273,3 +274,19 @@ def test_the_trust_line_gives_the_ceilings_error_and_the_shares_range():
     plain = _trust_lines({**trust, "ceiling": {"pooled": 0.8, "n_masks": 16}})[0]
     assert "noise ceiling 0.800 (16 held-out retrains repeated under another seed: no model of the training set " \
            "can beat it); the model reaches 75% of it." in plain
+
+
+def test_a_predicted_rise_from_dropping_the_harmful_examples_is_called_out():
+    """The summary's predicted list is not advice when the ranking model says removing it all raises the mean test
+    loss: the warning names the redundant findings that share its examples; a fall or no prediction says nothing."""
+    from dataspex.report.text import _rise_warning
+
+    actions = pd.DataFrame({"kind": ["harmful", "harmful", "redundant", "redundant"], "i": [3, 5, 3, 8],
+                            "j": [7, 9, 7, 11], "test": [0, 1, 4, 2]})
+    warning = _rise_warning(0.148, actions)
+    assert warning == (" That is a rise: by the ranking model these examples lower the loss of other test examples "
+                       "more than they raise it where they were found harmful; redundant findings share examples with "
+                       "them: #3 + #7 (test #4). Removing all of them is not advised; `dataspex validate` measures "
+                       "each pair's removal on the mean test loss.")
+    assert "redundant findings" not in _rise_warning(0.1, actions[actions["i"] != 3])
+    assert _rise_warning(-0.2, actions) == _rise_warning(None, actions) == _rise_warning(0.0, actions) == ""

@@ -107,7 +107,8 @@ def _headline(ctx) -> list[str]:
         out.append(f"{what}, predicted (top harmful pairs): "
                    f"{_ids(predicted, ctx.get('units'))}. "
                    f"{_drop_sentence(ctx['drop_effect']['predicted'], ctx['output'].unit)} (an extrapolation to "
-                   f"the full training set from {_retrain_size(ctx['cfg'])} retrains).")
+                   f"the full training set from {_retrain_size(ctx['cfg'])} retrains)."
+                   f"{_rise_warning(ctx['drop_effect']['predicted'], ctx['actions'], ctx.get('units'))}")
     elif not ctx["trust"]["trusted"] and ctx["tables"]["harmful"].get("finding", pd.Series(dtype=bool)).any():
         out.append(f"{what}, predicted: none (the ranking model is below report.trust_r2: the "
                    "pair tables list candidates only, findings included).")
@@ -275,6 +276,22 @@ def _drop_sentence(effect: float | None, unit: str = "nats") -> str:
         return ("The ranking model has no term on these examples for the mean test loss: the change if all are "
                 "removed is not predicted")
     return f"The ranking model predicts a change of {_fmt(effect)} {unit} in the mean test loss if all are removed"
+
+
+def _rise_warning(effect: float | None, actions: pd.DataFrame, units=None) -> str:
+    """When the ranking model predicts that removing every example of the harmful findings *raises* the mean test
+    loss, say so and why it can (the same examples lower other test examples' losses, some in a redundant finding),
+    so the list is not read as advice; '' otherwise."""
+    if effect is None or not effect > 0:
+        return ""
+    harmful = actions[actions["kind"] == "harmful"]
+    chosen = set(harmful["i"]) | set(harmful["j"])
+    both = [f"{_ids([r.i], units)} + {_ids([r.j], units)} (test #{r.test})" for r in actions.itertuples()
+            if r.kind == "redundant" and (r.i in chosen or r.j in chosen)]
+    also = f"; redundant findings share examples with them: {', '.join(both)}" if both else ""
+    return (" That is a rise: by the ranking model these examples lower the loss of other test examples more than "
+            f"they raise it where they were found harmful{also}. Removing all of them is not advised; `dataspex "
+            "validate` measures each pair's removal on the mean test loss.")
 
 
 def _curation_line(cur: dict | None) -> str | None:
