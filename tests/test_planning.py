@@ -290,3 +290,35 @@ def test_a_predicted_rise_from_dropping_the_harmful_examples_is_called_out():
                        "each pair's removal on the mean test loss.")
     assert "redundant findings" not in _rise_warning(0.1, actions[actions["i"] != 3])
     assert _rise_warning(-0.2, actions) == _rise_warning(None, actions) == _rise_warning(0.0, actions) == ""
+
+
+def test_an_action_reads_the_validation_of_its_own_test_example_only():
+    """(0, 1) is a harmful finding at test 0 and a redundant one at test 1; `validate` retrained only the redundant
+    claim. The harmful action must stay 'not validated' (it once read the redundant claim's verdict and removal,
+    keyed by the pair alone), the redundant one gets its own verdict, and neither is a validated harmful action."""
+    from types import SimpleNamespace
+
+    from dataspex.report.curation import curation_actions
+    from dataspex.validate.analysis import validated_harmful
+
+    # f_0 = 1 + 0.5 chi_0 - 0.5 chi_{0,1}, f_1 = 1 - 0.5 chi_0 + 0.5 chi_{0,1}
+    result = InteractionResult(n_features=3, keys=[(), (0,), (0, 1)],
+                               fourier=np.array([[1.0, 1.0], [0.5, -0.5], [-0.5, 0.5]]))
+    texts = {"text_i": "a", "label_i": "x", "text_j": "b", "label_j": "x", "test_text": "c", "test_label": "y"}
+    tables = {kind: pd.DataFrame([{"rank": 1, "i": 0, "j": 1, "test": test, "pattern": pattern, "finding": True,
+                                   **texts}])
+              for kind, test, pattern in (("harmful", 0, "masking"), ("redundant", 1, "redundant"))}
+    validation = pd.DataFrame([{"kind": "redundant", "i": 0, "j": 1, "test": 1, "verdict": "confirmed",
+                                "removal": "raised", "realised_removal": 2.5, "removal_ci_low": 2.3,
+                                "removal_ci_high": 2.7, "removal_mean_ci_low": -0.2, "removal_mean_ci_high": -0.1}])
+    actions = curation_actions(tables, result, SimpleNamespace(task="classification"), validation)
+    harmful, redundant = actions.iloc[0], actions.iloc[1]
+    assert harmful["kind"] == "harmful" and harmful["verdict"] == "not validated" and harmful["removal"] == "-"
+    assert np.isnan(harmful["realised_change_if_both_removed"])
+    assert redundant["verdict"] == "confirmed" and redundant["realised_change_if_both_removed"] == 2.5
+    full = np.ones((2, 3), dtype=np.uint8)
+    full[1, [0, 1]] = 0
+    change = result.predict(full)[1] - result.predict(full)[0]  # removing both, per test example: [+1, -1]
+    assert harmful["predicted_change_if_both_removed"] == pytest.approx(change[0])
+    assert redundant["predicted_change_if_both_removed"] == pytest.approx(change[1]) and change[0] != change[1]
+    assert validated_harmful(actions).empty

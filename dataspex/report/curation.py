@@ -18,7 +18,10 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
     retrains do not support gets no action: it stays a candidate in the pair tables. With ``units`` the pairs are
     units and the actions act on every member (no relabelling: a unit's members need not share a label)."""
     rows = []
-    vkey = {} if validation is None else {(r.i, r.j): r for r in validation.itertuples()}
+    # A validation is of one claim: the pair at its test example. The same pair can be a harmful finding at one test
+    # example and a redundant one at another (unplanted WordNet at 16n: (159, 236) at tests 38 and 60), and a
+    # verdict read off another test example would be another claim's.
+    vkey = {} if validation is None else {(r.i, r.j, r.test): r for r in validation.itertuples()}
     for kind in KINDS:
         table = tables[kind]
         for row in table[table["finding"].astype(bool)].head(SUMMARY_ROWS).itertuples():
@@ -32,7 +35,7 @@ def curation_actions(tables: dict, result, data, validation, units=None) -> pd.D
             else:
                 action = "keep at least one (dropping one is safe, both is not)"
             predicted = float(-result.pair_effects("full", output=int(row.test))[row.i, row.j])
-            v = vkey.get((row.i, row.j))
+            v = vkey.get((row.i, row.j, row.test))
             done = v is not None and v.verdict != "pending"
             removal = getattr(v, "removal", "unclear") if done else "-"
             # from the interval, so validations written before the column existed read the same
