@@ -120,6 +120,28 @@ def test_analyse_confirms_a_real_interaction_and_not_noise():
     assert table.iloc[0]["verdict"] == "pending"
 
 
+def test_two_claims_of_one_pair_read_their_own_test_examples_from_the_same_retrains():
+    """Pair (0, 1) is harmful at test 0 (either copy keeps its loss at 2) and redundant at test 1 (its loss is 2
+    only when both are gone): one set of retrains of the four training sets answers both, each at its own test
+    example, with opposite interactions."""
+    class PerOutput(_FakeResult):
+        def pair_scores(self, estimand, output):
+            return np.full((4, 4), self.value[output])
+
+    base = Design(np.ones((1, 4)), [0], ["fit"])
+    pairs = _pairs([("harmful", 1, 0, 1, 0)])
+    claims = pd.concat([pairs, _pairs([("redundant", 1, 0, 1, 1)])], ignore_index=True)
+    design, _ = extend_design(base, needed_masks(4, pairs), 4)  # retrained once, for the pair
+    rng = np.random.default_rng(2)
+    losses = np.array([[2.0 * max(m[0], m[1]), 2.0 * (1 - max(m[0], m[1]))] for m in design.masks])
+    losses += 0.05 * rng.standard_normal(losses.shape)
+    results = Results(design.mask_ids, design.masks, losses, -losses)
+    table = analyse(claims, design, results, {"est": PerOutput([-2.0, 2.0])}, "est", 4, 4, 0.9)
+    assert table["test"].tolist() == [0, 1] and table["verdict"].tolist() == ["confirmed", "confirmed"]
+    assert table["realised"].tolist() == pytest.approx([-2.0, 2.0], abs=0.2)
+    assert table["removal"].tolist() == ["lowered", "raised"] and table["seeds"].tolist() == [4, 4]
+
+
 def test_elsewhere_is_the_mean_change_over_the_test_examples_not_chosen_on():
     from dataspex.validate import elsewhere
 
@@ -369,8 +391,11 @@ def test_validate_takes_the_reports_findings_not_the_top_of_each_list(tmp_path):
     store, data = open_run(cfg)
     fitted, faithfulness = load_fitted(store)
     ranking = choose_estimator(fitted, faithfulness, cfg.report.estimator)
-    got = report_findings(cfg, store, store.load_design(), data, fitted, faithfulness, ranking, opts)
+    got, siblings = report_findings(cfg, store, store.load_design(), data, fitted, faithfulness, ranking, opts)
     expected = pd.concat([listed[(listed["kind"] == k) & listed["finding"]].head(2) for k in ("harmful", "redundant")])
+    # every sibling is another finding of a chosen pair at another test example (none on this run's distinct pairs)
+    assert set(zip(siblings["i"], siblings["j"])) <= set(zip(got["i"], got["j"]))
+    assert not set(zip(siblings["i"], siblings["j"], siblings["test"])) & set(zip(got["i"], got["j"], got["test"]))
     key = ["kind", "rank", "i", "j", "test"]
     assert got[key].values.tolist() == expected[key].values.tolist()
     assert (got.groupby("kind").size() <= 2).all() and len(got) >= 2
@@ -379,6 +404,21 @@ def test_validate_takes_the_reports_findings_not_the_top_of_each_list(tmp_path):
         map(tuple, got[["kind", "i", "j"]].values.tolist()))  # a listed pair that is no finding: only `top` takes it
     findings = listed[listed["finding"]]
     assert set(map(tuple, got[["i", "j"]].values.tolist())) <= set(map(tuple, findings[["i", "j"]].values.tolist()))
+
+
+def test_claims_of_one_pair_share_its_retrains_and_its_seeds():
+    """Two claims of pair (3, 7) (harmful at test 0, redundant at test 4) map to the one row of the pairs that
+    retrains it; the pair gets the most seeds any of its claims wants, never fewer than it has."""
+    from dataspex.stages.validate import claim_pairs, pair_seeds
+
+    pairs = pd.DataFrame({"i": [3, 1], "j": [7, 2], "test": [0, 5]})
+    claims = pd.DataFrame({"i": [3, 1, 3], "j": [7, 2, 7], "test": [0, 5, 4]})
+    pair_of = claim_pairs(claims, pairs)
+    assert pair_of.tolist() == [0, 1, 0]
+    assert pair_seeds(pair_of, np.array([16, 16, 40]), np.array([16, 16])).tolist() == [40, 16]
+    assert pair_seeds(pair_of, np.array([8, 30, 12]), np.array([16, 16])).tolist() == [16, 30]
+    with pytest.raises(KeyError):
+        claim_pairs(pd.DataFrame({"i": [0], "j": [9], "test": [1]}), pairs)
 
 
 def test_validate_with_no_finding_retrains_nothing(tmp_path):

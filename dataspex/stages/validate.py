@@ -43,8 +43,9 @@ def stage_validate(cfg) -> pd.DataFrame:
                     "not improve the held-out fit), so the report lists no pair", ranking)
         return pd.DataFrame()
     design = store.load_design()
+    siblings = pd.DataFrame()
     if opts["select"] == "findings":
-        pairs = report_findings(cfg, store, design, data, fitted, faithfulness, ranking, opts)
+        pairs, siblings = report_findings(cfg, store, design, data, fitted, faithfulness, ranking, opts)
         if pairs.empty:
             log.warning("validate: nothing to validate: none of the report's listed %s pairs is a finding "
                         "(held-out q-value <= report.q_max=%s), so the report names no action; "
@@ -62,15 +63,24 @@ def stage_validate(cfg) -> pd.DataFrame:
         replicates = 1
 
     # Pairs name columns of the masks: units when the design is over units (their members are retrained together).
+    # A claim is a pair at one test example: the pairs' own, then their siblings (other findings of the same pair,
+    # read from the same retrains at their own test examples: no retrain more).
+    claims = pd.concat([pairs, siblings], ignore_index=True) if not siblings.empty else pairs
+    pair_of = claim_pairs(claims, pairs)
+    if len(claims) > len(pairs):
+        log.info("validate: %d more %s of the same pairs at other test examples, read from the same retrains: %s",
+                 len(claims) - len(pairs), "finding" if len(claims) - len(pairs) == 1 else "findings",
+                 ", ".join(f"{r.kind} ({r.i}, {r.j}) on test {r.test}" for r in siblings.itertuples()))
     curated = curated_mask(design.n_units, pairs)
     masks, counts = seeds_by_mask(design.n_units, pairs, replicates, curated)
     output = faithfulness[ranking].get("output", "loss")
     design, results = _retrain(cfg, store, design, data, masks, counts, len(pairs), ranking)
-    table = analyse(pairs, design, results, fitted, ranking, design.n_units, replicates, opts["level"], output)
     per_pair = np.full(len(pairs), replicates, dtype=np.int64)
+    table = analyse(claims, design, results, fitted, ranking, design.n_units, per_pair[pair_of], opts["level"],
+                    output)
     curated_seeds = replicates
     for _ in range(GROWTH_ROUNDS):
-        want = seeds_per_pair(table, per_pair, opts["max_seeds"])
+        want = pair_seeds(pair_of, seeds_per_pair(table, per_pair[pair_of], opts["max_seeds"]), per_pair)
         if not (want > per_pair).any():
             break
         log.info("validate: %d of %d pairs have an interval wider than half their predicted interaction: growing "
@@ -83,9 +93,10 @@ def stage_validate(cfg) -> pd.DataFrame:
         if curated is not None:
             curated_seeds = dict(zip((m.tobytes() for m in masks), counts))[curated.tobytes()]
         design, results = _retrain(cfg, store, design, data, masks, counts, len(pairs), ranking)
-        table = analyse(pairs, design, results, fitted, ranking, design.n_units, per_pair, opts["level"], output)
+        table = analyse(claims, design, results, fitted, ranking, design.n_units, per_pair[pair_of], opts["level"],
+                        output)
     table["seeds_needed"] = seeds_needed(table)
-    harmful_tests = pairs.loc[pairs["kind"] == "harmful", "test"].tolist()
+    harmful_tests = pairs.loc[pairs["kind"] == "harmful", "test"].tolist()  # the pairs the curated mask drops
     curated_effect = analyse_curated(curated, design, results, curated_seeds, opts["level"], output, harmful_tests)
     save_validation(store, table, {
         "estimator": ranking, "ranking_estimand": estimand, "compared_estimand": "full", "top_k": opts["top_k"],
@@ -124,14 +135,33 @@ def _retrain(cfg, store, design, data, masks, counts, n_pairs: int, ranking: str
     return design, store.load_results(design)
 
 
+def claim_pairs(claims: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
+    """For each claim (a row with ``i``, ``j``), the row of ``pairs`` that retrains its pair: (len(claims),) int.
+    Every claim's pair must be among ``pairs``."""
+    row = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(pairs["i"], pairs["j"]))}
+    return np.array([row[(int(i), int(j))] for i, j in zip(claims["i"], claims["j"])], dtype=np.int64)
+
+
+def pair_seeds(pair_of: np.ndarray, want: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The seeds each pair's training sets should have: the most any of its claims wants (``want``, one per claim;
+    ``pair_of`` maps claims to pairs), never fewer than it has (``seeds``, one per pair)."""
+    out = np.array(seeds, dtype=np.int64, copy=True)
+    np.maximum.at(out, pair_of, np.asarray(want, dtype=np.int64))
+    return out
+
+
 def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, ranking: str,
-                    opts: dict) -> pd.DataFrame:
+                    opts: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The pairs the report acts on, in its order: of each kind in ``validate.kinds``, the first ``validate.top_k``
     findings (held-out BH q-value at most ``report.q_max``) among the report's ``report.top_k`` listed pairs, with
     the q-values computed over the same lists the report tests (:func:`dataspex.report.context.pair_evidence`).
     The top of a ranked list need not be a finding: validating it instead (``validate.select=top``) spends the
     retrains on pairs the report names no action for, while its actions stay unvalidated (on unplanted WordNet,
-    2026-12-06, the three top harmful pairs by score were validated and none of the report's harmful findings)."""
+    2026-12-06, the three top harmful pairs by score were validated and none of the report's harmful findings).
+
+    Returns (pairs, siblings): each pair once (the first of its claims), and every other finding of the same pairs
+    at another test example (a pair can be harmful at one test example and redundant at another: unplanted WordNet
+    at 16n, (159, 236) at tests 38 and 60), which the same retrains answer at their own test examples."""
     other = [k for k in opts["kinds"] if k not in KINDS]
     if other:
         raise DataspexError(f"validate.kinds has {other} and validate.select=findings: the report tests only "
@@ -140,7 +170,13 @@ def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, 
     output = faithfulness[ranking].get("output", "loss")
     tested, _ = pair_evidence(design, store.load_results(design), fitted, ranking, output, listed,
                               float(cfg.report.q_max), str(cfg.report.pair_test))
-    tables = [tested[kind][tested[kind]["finding"].astype(bool)].head(opts["top_k"]).assign(kind=kind)
-              for kind in opts["kinds"]]
-    pairs = pd.concat(tables, ignore_index=True)
-    return pairs.drop_duplicates(subset=["i", "j"], keep="first").reset_index(drop=True)
+    findings = [tested[kind][tested[kind]["finding"].astype(bool)].assign(kind=kind) for kind in opts["kinds"]]
+    pairs = pd.concat([f.head(opts["top_k"]) for f in findings], ignore_index=True)
+    pairs = pairs.drop_duplicates(subset=["i", "j"], keep="first").reset_index(drop=True)
+    chosen = set(zip(pairs["i"], pairs["j"]))
+    claimed = set(zip(pairs["i"], pairs["j"], pairs["test"]))
+    every = pd.concat(findings, ignore_index=True)
+    same_pair = [(i, j) in chosen and (i, j, t) not in claimed
+                 for i, j, t in zip(every["i"], every["j"], every["test"])]
+    siblings = every[same_pair].drop_duplicates(subset=["i", "j", "test"], keep="first").reset_index(drop=True)
+    return pairs, siblings
