@@ -409,14 +409,18 @@ def test_validate_takes_the_reports_findings_not_the_top_of_each_list(tmp_path):
 def test_claims_of_one_pair_share_its_retrains_and_its_seeds():
     """Two claims of pair (3, 7) (harmful at test 0, redundant at test 4) map to the one row of the pairs that
     retrains it; the pair gets the most seeds any of its claims wants, never fewer than it has."""
-    from dataspex.stages.validate import claim_pairs, pair_seeds
+    from dataspex.stages.validate import all_claims, claim_pairs, pair_seeds
 
-    pairs = pd.DataFrame({"i": [3, 1], "j": [7, 2], "test": [0, 5]})
-    claims = pd.DataFrame({"i": [3, 1, 3], "j": [7, 2, 7], "test": [0, 5, 4]})
+    pairs = pd.DataFrame({"kind": ["harmful", "redundant"], "rank": [2, 3], "i": [3, 1], "j": [7, 2], "test": [0, 5]})
+    siblings = pd.DataFrame({"kind": ["redundant"], "rank": [1], "i": [3], "j": [7], "test": [4]})
+    claims = all_claims(pairs, siblings, ["harmful", "redundant"])
+    assert claims[["kind", "rank", "test"]].values.tolist() == [["harmful", 2, 0], ["redundant", 1, 4],
+                                                                ["redundant", 3, 5]]  # the report's order
+    assert all_claims(pairs, pd.DataFrame(), ["harmful", "redundant"]) is pairs
     pair_of = claim_pairs(claims, pairs)
-    assert pair_of.tolist() == [0, 1, 0]
-    assert pair_seeds(pair_of, np.array([16, 16, 40]), np.array([16, 16])).tolist() == [40, 16]
-    assert pair_seeds(pair_of, np.array([8, 30, 12]), np.array([16, 16])).tolist() == [16, 30]
+    assert pair_of.tolist() == [0, 0, 1]
+    assert pair_seeds(pair_of, np.array([16, 40, 16]), np.array([16, 16])).tolist() == [40, 16]
+    assert pair_seeds(pair_of, np.array([8, 12, 30]), np.array([16, 16])).tolist() == [16, 30]
     with pytest.raises(KeyError):
         claim_pairs(pd.DataFrame({"i": [0], "j": [9], "test": [1]}), pairs)
 

@@ -65,7 +65,7 @@ def stage_validate(cfg) -> pd.DataFrame:
     # Pairs name columns of the masks: units when the design is over units (their members are retrained together).
     # A claim is a pair at one test example: the pairs' own, then their siblings (other findings of the same pair,
     # read from the same retrains at their own test examples: no retrain more).
-    claims = pd.concat([pairs, siblings], ignore_index=True) if not siblings.empty else pairs
+    claims = all_claims(pairs, siblings, opts["kinds"])
     pair_of = claim_pairs(claims, pairs)
     if len(claims) > len(pairs):
         log.info("validate: %d more %s of the same pairs at other test examples, read from the same retrains: %s",
@@ -133,6 +133,16 @@ def _retrain(cfg, store, design, data, masks, counts, n_pairs: int, ranking: str
     trained = train_role(cfg, store, design, data, ROLE)
     log.info("validate: trained %d, reused %d", trained, n_rows - trained)
     return design, store.load_results(design)
+
+
+def all_claims(pairs: pd.DataFrame, siblings: pd.DataFrame, kinds) -> pd.DataFrame:
+    """The pairs' own claims and their siblings in the report's order: by kind (in ``kinds``' order), then rank."""
+    if siblings.empty:
+        return pairs
+    claims = pd.concat([pairs, siblings], ignore_index=True)
+    order = {k: n for n, k in enumerate(kinds)}
+    claims["_order"] = claims["kind"].map(order)
+    return claims.sort_values(["_order", "rank"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def claim_pairs(claims: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray:
