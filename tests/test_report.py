@@ -507,3 +507,16 @@ def test_trust_leads_the_summary_and_an_unfaithful_model_gets_no_actions(tmp_pat
     assert "Examples to drop or relabel, predicted: none" in md and "| suggested action |" not in md
     pairs = pd.read_parquet(os.path.join(run_dir, "report", "pairs.parquet"))
     assert pairs["finding"].any()  # the candidates are still there, with their tests
+
+
+def test_a_ranking_model_without_pair_terms_draws_no_heatmap_and_leaves_none_behind(tmp_path):
+    run_dir = copy_run(tmp_path)
+    out = os.path.join(run_dir, "report")
+    assert {"heatmap.png", "heatmap_proxyspex.png"} <= set(os.listdir(out))  # the pair model's report, copied
+    run_cli("report", f"run_dir={run_dir}", "report.estimator=linear", *REPORT_ARGS)
+    assert not [f for f in os.listdir(out) if f.startswith("heatmap")]  # a blank square, or the last model's
+    note = "linear has no pair terms (a model of single-example effects), so there is no pair to draw."
+    assert f"## Heatmaps of pairwise scores\n\n_{note}_" in open(os.path.join(out, "report.md")).read()
+    assert note in open(os.path.join(out, "report.html")).read()
+    run_cli("report", f"run_dir={run_dir}", "report.estimator=proxyspex", *REPORT_ARGS)
+    assert "heatmap.png" in os.listdir(out) and note not in open(os.path.join(out, "report.md")).read()

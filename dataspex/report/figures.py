@@ -96,9 +96,13 @@ def _write_images(out_dir, fitted, name, estimand, stack, tables, data, curve, o
     """The report's figures; ``output``: the modelled output (:class:`dataspex.core.outputs.Output`)."""
     images = {}
     unit = f"interaction on {output.what} ({output.unit})"
-    heatmap_png(strongest(stack), os.path.join(out_dir, "heatmap.png"),
-                f"{name}: every pair ({estimand} estimand), at its strongest test example", unit=unit)
-    images["heatmap.png"] = f"{name}: every pair, at the test example each moves most"
+    # A report rewritten in place must not show the heatmaps of an earlier ranking model beside this one's.
+    for stale in (f for f in os.listdir(out_dir) if f.startswith("heatmap") and f.endswith(".png")):
+        os.remove(os.path.join(out_dir, stale))
+    if fitted[name].degree >= 2:  # a model without pair terms would draw a blank square
+        heatmap_png(strongest(stack), os.path.join(out_dir, "heatmap.png"),
+                    f"{name}: every pair ({estimand} estimand), at its strongest test example", unit=unit)
+        images["heatmap.png"] = f"{name}: every pair, at the test example each moves most"
     listed = []
     for kind in KINDS:
         for i, j in zip(tables[kind]["i"], tables[kind]["j"]):

@@ -628,6 +628,13 @@ FILES = [("pairs.csv / pairs.parquet", "the ranked pair tables, with texts, TRAK
                            "InteractionValues"))]
 
 
+def no_heatmap_note(ctx) -> str | None:
+    """Why the heatmaps section is empty, or None when it has a heatmap."""
+    if any(f.startswith("heatmap") for f in ctx["images"]):
+        return None
+    return f"{ctx['name']} has no pair terms (a model of single-example effects), so there is no pair to draw."
+
+
 def drillable(ctx) -> bool:
     """Whether the report has a drill-down section: a run over units that is not itself a drill-down."""
     units = ctx.get("units")
