@@ -322,3 +322,48 @@ def test_an_action_reads_the_validation_of_its_own_test_example_only():
     assert harmful["predicted_change_if_both_removed"] == pytest.approx(change[0])
     assert redundant["predicted_change_if_both_removed"] == pytest.approx(change[1]) and change[0] != change[1]
     assert validated_harmful(actions).empty
+
+
+def test_a_curve_short_of_its_units_is_no_forecast_in_the_trust_line():
+    """Below as many fit masks as units the report gives no retrain figure, only the next step; at or above it the
+    figure comes with the measured record of such curves."""
+    from dataspex.fit.planning import extrapolation_record
+    from dataspex.report.text import _trust_lines
+
+    need = needed_retrains({"kind": "log2", "intercept": -0.5, "per_doubling": 0.1, "ceiling": None, "points": 4,
+                            "largest": 192}, 0.4)
+    assert need["n_masks"] == 512
+    trust = {"estimator": "linear", "r2_pooled": 0.05, "n_fit_masks": 192, "n_heldout_masks": 48, "trusted": False,
+             "trust_r2": 0.1, "need_trust": need, "need_ceiling": None, "ceiling": {"pooled": None, "why": "none"},
+             "n_units": 256, "short_pilot": True, "record": extrapolation_record(192, 256)}
+    short = _trust_lines(trust)[0]
+    assert ("How many retrains report.trust_r2=0.1 needs: not yet known; with fewer fit retrains (192) than "
+            "training examples (256) a curve has not reached its steep part and is no forecast") in short
+    assert "grow the run to 256 fit retrains" in short and "512" not in short
+    enough = _trust_lines({**trust, "n_fit_masks": 256, "n_units": 200, "short_pilot": False,
+                           "record": extrapolation_record(256, 200)})[0]
+    assert ("extrapolates to about 512 fit retrains for report.trust_r2=0.1; from pilots of as many fit retrains "
+            "as training examples on six real-text runs the log2 line asked") in enough
+    assert extrapolation_record(256, 128).startswith("from pilots of twice as many fit retrains")  # the 2n record
+    assert extrapolation_record(10, 20, "units (cluster:20)").startswith("with fewer fit retrains (10) than units "
+                                                                          "(cluster:20)")
+
+
+def test_plan_on_a_pilot_short_of_its_examples_grows_it_to_n_first(tmp_path):
+    """48 fit masks over 64 training examples: the plan's study is the pilot grown to 64, whatever its curves say."""
+    from dataspex.store import RunStore
+    from tests.conftest import run_cli
+    from tests.test_report import make_synthetic_run
+
+    run_dir = make_synthetic_run(str(tmp_path / "run"), extra=("data.n_train=60",))
+    n_units = RunStore(run_dir).load_design().n_units
+    assert n_units > 48
+    proc = run_cli("plan", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]", "plan.shards=2",
+                   "plan.target=0.99")
+    plan = json.load(open(os.path.join(run_dir, "plan.json")))
+    assert plan["grow_first"] == n_units and plan["new_retrains"] == n_units - 48
+    assert plan["commands"][0] == f"dataspex design run_dir={run_dir} design.m={n_units}"
+    assert (f"with fewer fit retrains (48) than training examples ({n_units}) a curve has not reached its steep "
+            f"part and is no forecast") in proc.stdout
+    assert f"The next step: grow the pilot to {n_units} fit retrains ({n_units - 48} more" in proc.stdout
+    assert "plan: best:" not in proc.stdout

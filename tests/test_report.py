@@ -515,7 +515,7 @@ def test_a_ranking_model_without_pair_terms_draws_no_heatmap_and_leaves_none_beh
     assert {"heatmap.png", "heatmap_proxyspex.png"} <= set(os.listdir(out))  # the pair model's report, copied
     run_cli("report", f"run_dir={run_dir}", "report.estimator=linear", *REPORT_ARGS)
     assert not [f for f in os.listdir(out) if f.startswith("heatmap")]  # a blank square, or the last model's
-    note = "linear has no pair terms (a model of single-example effects), so there is no pair to draw."
+    note = "linear has no pair terms (it models single-example effects only), so there is no pair to draw."
     assert f"## Heatmaps of pairwise scores\n\n_{note}_" in open(os.path.join(out, "report.md")).read()
     assert note in open(os.path.join(out, "report.html")).read()
     run_cli("report", f"run_dir={run_dir}", "report.estimator=proxyspex", *REPORT_ARGS)

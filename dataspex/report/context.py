@@ -15,7 +15,7 @@ from dataspex.core.outputs import OUTPUTS
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling
-from dataspex.fit.planning import CEILING_SHARE, estimator_curve, needed_retrains
+from dataspex.fit.planning import CEILING_SHARE, estimator_curve, extrapolation_record, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, decide, drop_all_effect, examples_to_review
@@ -168,11 +168,15 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
     return out, meta
 
 
-def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float) -> dict:
+def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float,
+                  n_units: int | None = None, what: str = "training examples") -> dict:
     """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
     whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
     need for the threshold (when below it) and for ``CEILING_SHARE`` of the ceiling (``need_trust``, ``need_ceiling``:
-    :func:`dataspex.fit.planning.needed_retrains`). A model without a held-out score is not trusted."""
+    :func:`dataspex.fit.planning.needed_retrains`), with ``record``, how far such curves have been off on real text
+    for a run of this many fit masks over ``n_units`` units called ``what``
+    (:func:`dataspex.fit.planning.extrapolation_record`; None without ``n_units``), and ``short_pilot``: fewer fit
+    masks than units, where the curve is no forecast. A model without a held-out score is not trusted."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
     _, lc = estimator_curve(curve, name)
@@ -182,7 +186,9 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
            "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(
                lc, trust_r2, ceiling.get("pooled")),
            "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
-               lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"])}
+               lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"]),
+           "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, what),
+           "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units}
     return out
 
 
@@ -208,7 +214,8 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
     trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, output),
-                          float(cfg.report.trust_r2))
+                          float(cfg.report.trust_r2), design.n_units,
+                          "training examples" if units is None else f"units ({units.spec})")
     actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]

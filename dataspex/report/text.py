@@ -331,17 +331,23 @@ def _curation_scope(cur: dict) -> str:
             "eval split without texts like those has little to gain.")
 
 
-def _need(need: dict | None, what: str) -> str:
+def _need(need: dict | None, what: str, trust: dict) -> str:
+    """What the ranking model's faithfulness curve says of the retrains ``what`` needs, with how far such curves
+    have been off (``trust["record"]``: :func:`dataspex.fit.planning.extrapolation_record`)."""
+    record = trust.get("record")
     if need is None:
         return ""
-    if need["n_masks"] is None:
-        return f" To reach {what}: {need['why']}."
     if need["doublings"] == 0:
         return f" It already reaches {what}."
+    if trust.get("short_pilot"):  # fewer fit masks than units: the figure is no forecast
+        return (f" How many retrains {what} needs: not yet known; {record} (`dataspex plan` gives the next step: "
+                f"grow the run to {trust['n_units']} fit retrains).")
+    if need["n_masks"] is None:
+        return f" To reach {what}: {need['why']}."
     far = f", {need['doublings']:.1f} doublings beyond this run: a long extrapolation" if need["doublings"] > 2 else ""
     return (f" Its faithfulness curve (R^2 against log2 retrains) extrapolates to about {need['n_masks']} fit "
-            f"retrains for {what}{far}; on real text such lines asked 0.2 to 1.3 times the retrains needed "
-            "(`dataspex plan` prints the study and a second, power-law estimate).")
+            f"retrains for {what}{far}" + (f"; {record}" if record else "")
+            + " (`dataspex plan` prints the study and a second, power-law estimate).")
 
 
 def _ceiling_se(c: dict) -> str:
@@ -387,8 +393,9 @@ def _trust_lines(trust: dict) -> list[str]:
         goal = f"report.trust_r2={trust['trust_r2']:g}"
         return [f"{head} **Not faithful enough to act on** (below {goal}: under it, the top pairs were not "
                 f"confirmed by retraining on real text; benchmarks/README, section Trust threshold): the tables below "
-                f"list candidates, and there are no actions.{_need(trust['need_trust'], goal)}"]
-    extra = _need(trust["need_ceiling"], f"{CEILING_SHARE:.0%} of the ceiling") if trust["need_ceiling"] else ""
+                f"list candidates, and there are no actions.{_need(trust['need_trust'], goal, trust)}"]
+    extra = (_need(trust["need_ceiling"], f"{CEILING_SHARE:.0%} of the ceiling", trust)
+             if trust["need_ceiling"] else "")
     return [head + extra]
 
 
@@ -632,7 +639,7 @@ def no_heatmap_note(ctx) -> str | None:
     """Why the heatmaps section is empty, or None when it has a heatmap."""
     if any(f.startswith("heatmap") for f in ctx["images"]):
         return None
-    return f"{ctx['name']} has no pair terms (a model of single-example effects), so there is no pair to draw."
+    return f"{ctx['name']} has no pair terms (it models single-example effects only), so there is no pair to draw."
 
 
 def drillable(ctx) -> bool:

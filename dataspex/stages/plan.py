@@ -7,7 +7,10 @@ the power law to the noise ceiling (:mod:`dataspex.fit.planning`), and prints, f
 fewest retrains: the retrains, the wall time here, with ``plan.shards`` Slurm jobs and on a GPU
 (``plan.gpu_speedup``), and the exact commands of the study: the pilot's design grown in place. Writes
 ``<run_dir>/plan.json``. Target: ``plan.target`` (pooled held-out R^2), else 80% of the pilot's noise ceiling,
-else ``report.trust_r2``.
+else ``report.trust_r2``. A pilot with fewer fit masks than units (training examples, or ``design.units``) that
+does not already reach the target gets no forecast: its study is the pilot grown to as many fit masks as units
+(``grow_first`` in plan.json), after which `dataspex plan` runs again (on real text such a pilot's curves asked
+0.2 to more than 64 times the retrains needed: :func:`dataspex.fit.planning.extrapolation_record`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
 from dataspex.fit.artifacts import load_fitted
 from dataspex.fit.faithfulness import load_curve, noise_ceiling, update_curve
-from dataspex.fit.planning import CEILING_SHARE, MAX_DOUBLINGS, curve_r2, describe, estimator_curve, needed_retrains
+from dataspex.fit.planning import (
+    CEILING_SHARE,
+    MAX_DOUBLINGS,
+    curve_r2,
+    describe,
+    estimator_curve,
+    extrapolation_record,
+    needed_retrains,
+)
 from dataspex.stages.rundir import open_run
 
 log = logging.getLogger("dataspex")
@@ -103,8 +114,19 @@ def stage_plan(cfg) -> dict:
                 f"not reachable ({p['why']})")
         pts = ", ".join(f"{m}: {v:.3f}" for m, v in r["points"])
         lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {describe(r['curve'])}: {need}")
-    if best is None:
+    n_units = design.n_units
+    what = "training examples" if design.units is None else f"units ({design.units.spec})"
+    if n_fit < n_units and not (best is not None and rows[best]["n_masks"] <= n_fit):
+        # Below m = n_units the curves see only the slow start of R^2 (extrapolation_record): grow to n_units first.
+        goal = n_units
+        plan["grow_first"] = goal
+        lines.append(f"plan: {extrapolation_record(n_fit, n_units, what)}. The next step: grow the "
+                     f"pilot to {goal} fit retrains ({goal - n_fit} more, added to its design; its {n_heldout} "
+                     "held-out masks and every retrain it has are kept), then run `dataspex plan` again on its own "
+                     "curve")
+    elif best is None:
         # What the curves say at 16x the pilot, for a team that plans for less than the target.
+        goal = n_fit
         ahead = 16 * n_fit
         at = {n: float(curve_r2(r["curve"], ahead)) for n, r in rows.items() if r["curve"] is not None}
         plan["r2_at_16x"] = {"n_masks": ahead, **at}
@@ -115,43 +137,42 @@ def stage_plan(cfg) -> dict:
                      + (f"; at 16x the pilot ({ahead} fit retrains) the curves say "
                         + ", ".join(f"{n} {v:.3f}" for n, v in sorted(at.items(), key=lambda kv: -kv[1]))
                         + " (plan.target=<R^2> plans for one of those)" if at else ""))
-        plan["commands"] = []
     else:
-        need = rows[best]["n_masks"]
-        new = max(need - n_fit, 0)
-        plan["new_retrains"] = new
-        lines.append(f"plan: best: {best} at {need} fit retrains"
-                     + (f"; the pilot's {n_fit} already reach it" if need <= n_fit else
-                        f": {new} more than the pilot's {n_fit}, added to its design (its {n_heldout} held-out "
-                        "masks and every retrain it has are kept)"))
-        if new and per_retrain is None:
-            lines.append("plan: seconds per retrain: not recorded in this run's results (written before dataspex "
-                         "recorded it): time estimates left out")
-        elif new:
-            total = new * per_retrain
-            shards = int(cfg.plan.shards)
-            plan.update(wall_seconds_here=total, wall_seconds_slurm=total / shards,
-                        wall_seconds_gpu=total / float(cfg.plan.gpu_speedup))
-            lines.append(f"plan: time: {per_retrain:.2f} s per retrain measured here ({rate['n_masks']} retrains, "
-                         f"{'/'.join(map(str, rate['threads']))} threads) -> {duration(total)} on this machine; "
-                         f"{duration(total / shards)} as {shards} Slurm jobs (plan.shards) with as many cores each; "
-                         f"~{duration(total / float(cfg.plan.gpu_speedup))} on one GPU (plan.gpu_speedup="
-                         f"{cfg.plan.gpu_speedup:g}, an estimate, not a measurement on this data)")
-        plan["commands"] = study_commands(store.run_dir, need, int(cfg.plan.shards)) if new else []
-        if new:
-            lines += ["plan: the study:"] + [f"    {c}" for c in plan["commands"]]
-            # Measured (benchmarks/plan_curves.py, dataspex.fit.planning's docstring): over 27 targets on real text
-            # the log2 line asked 0.20-1.31x the retrains needed (fewer in 19), the power law 0.67-4.84x.
-            power = rows[best]["power"]
-            lines.append("plan: both curves are extrapolations: on real text the log2 line asked 0.2 to 1.3 times "
-                         "the retrains needed (fewer in 19 of 27 targets), the power law to the ceiling 0.7 to 4.8 "
-                         "times"
-                         + (f" (here {power['n_masks']})" if power is not None and power["n_masks"] is not None
-                            else f" (here more than {2 ** MAX_DOUBLINGS}x the pilot)" if power is not None else "")
-                         + "; growing keeps every retrain, so grow to the first figure and run `dataspex plan` again "
-                         "on the grown run's own curve")
+        goal = rows[best]["n_masks"]
+        lines.append(f"plan: best: {best} at {goal} fit retrains"
+                     + (f"; the pilot's {n_fit} already reach it" if goal <= n_fit else
+                        f": {goal - n_fit} more than the pilot's {n_fit}, added to its design (its {n_heldout} "
+                        "held-out masks and every retrain it has are kept)"))
+    new = plan["new_retrains"] = max(goal - n_fit, 0)
+    if new:
+        lines += _time_lines(plan, new, per_retrain, rate, cfg.plan)
+    plan["commands"] = study_commands(store.run_dir, goal, int(cfg.plan.shards)) if new else []
+    if new:
+        lines += ["plan: the study:"] + [f"    {c}" for c in plan["commands"]]
+    if new and "grow_first" not in plan:
+        power = rows[best]["power"]
+        lines.append(f"plan: both curves are extrapolations: {extrapolation_record(n_fit, n_units, what)}"
+                     + (f" (here {power['n_masks']})" if power is not None and power["n_masks"] is not None
+                        else f" (here more than {2 ** MAX_DOUBLINGS}x the pilot)" if power is not None else "")
+                     + "; growing keeps every retrain, so grow to the first figure and run `dataspex plan` again "
+                     "on the grown run's own curve")
     write_json(store.path("plan.json"), plan)
     for line in lines:
         log.info(line)
         print(line)
     return plan
+
+
+def _time_lines(plan: dict, new: int, per_retrain: float | None, rate: dict, plan_cfg) -> list[str]:
+    """The wall time of ``new`` more retrains here, on ``plan.shards`` Slurm jobs and on a GPU (also into ``plan``)."""
+    if per_retrain is None:
+        return ["plan: seconds per retrain: not recorded in this run's results (written before dataspex recorded "
+                "it): time estimates left out"]
+    total = new * per_retrain
+    shards, gpu = int(plan_cfg.shards), float(plan_cfg.gpu_speedup)
+    plan.update(wall_seconds_here=total, wall_seconds_slurm=total / shards, wall_seconds_gpu=total / gpu)
+    return [f"plan: time: {per_retrain:.2f} s per retrain measured here ({rate['n_masks']} retrains, "
+            f"{'/'.join(map(str, rate['threads']))} threads) -> {duration(total)} on this machine; "
+            f"{duration(total / shards)} as {shards} Slurm jobs (plan.shards) with as many cores each; "
+            f"~{duration(total / gpu)} on one GPU (plan.gpu_speedup={plan_cfg.gpu_speedup:g}, an estimate, not a "
+            "measurement on this data)"]
