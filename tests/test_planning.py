@@ -355,7 +355,7 @@ def test_plan_on_a_pilot_short_of_its_examples_grows_it_to_n_first(tmp_path):
     from tests.conftest import run_cli
     from tests.test_report import make_synthetic_run
 
-    run_dir = make_synthetic_run(str(tmp_path / "run"), extra=("data.n_train=60",))
+    run_dir = make_synthetic_run(str(tmp_path / "run"), extra=("data.n_train=60",), proxyspex=False, report=False)
     n_units = RunStore(run_dir).load_design().n_units
     assert n_units > 48
     proc = run_cli("plan", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]", "plan.shards=2",
