@@ -327,6 +327,7 @@ def test_an_action_reads_the_validation_of_its_own_test_example_only():
 def test_a_curve_short_of_its_units_is_no_forecast_in_the_trust_line():
     """Below as many fit masks as units the report gives no retrain figure, only the next step; at or above it the
     figure comes with the measured record of such curves."""
+    from dataspex.design.units import Units
     from dataspex.fit.planning import extrapolation_record
     from dataspex.report.text import _trust_lines
 
@@ -345,8 +346,8 @@ def test_a_curve_short_of_its_units_is_no_forecast_in_the_trust_line():
     assert ("extrapolates to about 512 fit retrains for report.trust_r2=0.1; from pilots of as many fit retrains "
             "as training examples on six real-text runs the log2 line asked") in enough
     assert extrapolation_record(256, 128).startswith("from pilots of twice as many fit retrains")  # the 2n record
-    assert extrapolation_record(10, 20, "units (cluster:20)").startswith("with fewer fit retrains (10) than units "
-                                                                          "(cluster:20)")
+    clusters = Units(np.arange(40) % 20, [f"cluster {k}" for k in range(20)], spec="cluster:20")
+    assert extrapolation_record(10, 20, clusters).startswith("with fewer fit retrains (10) than units (cluster:20)")
 
 
 def test_plan_on_a_pilot_short_of_its_examples_grows_it_to_n_first(tmp_path):

@@ -122,13 +122,15 @@ def needed_retrains(curve: dict | None, target: float, ceiling: float | None = N
     return {"n_masks": n, "why": "", "doublings": max(0.0, float(np.log2(n / curve["largest"])))}
 
 
-def extrapolation_record(n_fit: int, n_units: int, what: str = "training examples") -> str:
+def extrapolation_record(n_fit: int, n_units: int, units=None) -> str:
     """How far a curve through a pilot of ``n_fit`` fit retrains over ``n_units`` training units (examples, or the
     units of ``design.units``) has been off on real text, for the report and `dataspex plan` to print beside its
     figures. Measured with ``benchmarks/plan_curves.py`` (benchmarks/README, "A pilot smaller than its training
     set"): R^2 climbs faster per doubling as the fit retrains near the number of units (fresh fortunes, n = 256:
     +0.05 from 64 to 128, +0.11 from 128 to 256, +0.12 from 256 to 512, +0.04 from 1,024 to 2,048), so a pilot
-    of fewer retrains than units sees only the slow start. ``what``: the units' name in the sentence."""
+    of fewer retrains than units sees only the slow start. ``units``: the design's units
+    (:class:`dataspex.design.units.Units`), None for training examples."""
+    what = "training examples" if units is None else f"units ({units.spec})"
     if n_fit < n_units:
         return (f"with fewer fit retrains ({n_fit}) than {what} ({n_units}) a curve has not reached its "
                 "steep part and is no forecast: from pilots of half as many on six real-text runs the log2 line "

@@ -169,13 +169,13 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
 
 
 def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float,
-                  n_units: int | None = None, what: str = "training examples") -> dict:
+                  n_units: int | None = None, units=None) -> dict:
     """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
     whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
     need for the threshold (when below it) and for ``CEILING_SHARE`` of the ceiling (``need_trust``, ``need_ceiling``:
     :func:`dataspex.fit.planning.needed_retrains`), with ``record``, how far such curves have been off on real text
-    for a run of this many fit masks over ``n_units`` units called ``what``
-    (:func:`dataspex.fit.planning.extrapolation_record`; None without ``n_units``), and ``short_pilot``: fewer fit
+    for a run of this many fit masks over ``n_units`` units (the design's ``units``; None: training examples;
+    :func:`dataspex.fit.planning.extrapolation_record`; None without ``n_units``), and ``short_pilot``: fewer fit
     masks than units, where the curve is no forecast. A model without a held-out score is not trusted."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
@@ -187,7 +187,7 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
                lc, trust_r2, ceiling.get("pooled")),
            "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
                lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"]),
-           "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, what),
+           "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, units),
            "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units}
     return out
 
@@ -214,8 +214,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
     trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, output),
-                          float(cfg.report.trust_r2), design.n_units,
-                          "training examples" if units is None else f"units ({units.spec})")
+                          float(cfg.report.trust_r2), design.n_units, units)
     actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]

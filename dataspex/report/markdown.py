@@ -82,8 +82,9 @@ def render_markdown(ctx) -> str:
         lines += [_triples_text(ctx), ""] + _md_table(TRIPLE_HEAD, _triple_rows(ctx["triples"]))
     lines += ["", "## Heatmaps of pairwise scores", ""]
     lines += [f"![{text}]({file})" for file, text in ctx["images"].items() if file.startswith("heatmap")]
-    if no_heatmap_note(ctx):
-        lines.append(f"_{no_heatmap_note(ctx)}_")
+    note = no_heatmap_note(ctx)
+    if note:
+        lines.append(f"_{note}_")
     lines += ["", "## How far to trust this", "",
               FAITH_NOTE, ""]
     lines += _md_table(FAITH_HEAD, _faith_rows(ctx))

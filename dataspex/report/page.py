@@ -148,8 +148,9 @@ def render_html(ctx) -> str:
                                                             if rows else "")
         sections.insert(4, ("drill", "Inside the top unit pairs (drill-down)"))
     body["heatmaps"] = "".join(_img(out_dir, f, t) for f, t in ctx["images"].items() if f.startswith("heatmap"))
-    if no_heatmap_note(ctx):
-        body["heatmaps"] = f'<p class="muted">{_h(no_heatmap_note(ctx))}</p>'
+    note = no_heatmap_note(ctx)
+    if note:
+        body["heatmaps"] = f'<p class="muted">{_h(note)}</p>'
     faith = [_html_table(FAITH_HEAD, _faith_rows(ctx), numeric=("held-out R^2", "pooled R^2", "fit masks",
                                                                 "held-out masks", "fit seconds"))]
     if "faithfulness_curve.png" in ctx["images"]:

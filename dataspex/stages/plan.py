@@ -115,12 +115,11 @@ def stage_plan(cfg) -> dict:
         pts = ", ".join(f"{m}: {v:.3f}" for m, v in r["points"])
         lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {describe(r['curve'])}: {need}")
     n_units = design.n_units
-    what = "training examples" if design.units is None else f"units ({design.units.spec})"
     if n_fit < n_units and not (best is not None and rows[best]["n_masks"] <= n_fit):
         # Below m = n_units the curves see only the slow start of R^2 (extrapolation_record): grow to n_units first.
         goal = n_units
         plan["grow_first"] = goal
-        lines.append(f"plan: {extrapolation_record(n_fit, n_units, what)}. The next step: grow the "
+        lines.append(f"plan: {extrapolation_record(n_fit, n_units, design.units)}. The next step: grow the "
                      f"pilot to {goal} fit retrains ({goal - n_fit} more, added to its design; its {n_heldout} "
                      "held-out masks and every retrain it has are kept), then run `dataspex plan` again on its own "
                      "curve")
@@ -144,14 +143,13 @@ def stage_plan(cfg) -> dict:
                         f": {goal - n_fit} more than the pilot's {n_fit}, added to its design (its {n_heldout} "
                         "held-out masks and every retrain it has are kept)"))
     new = plan["new_retrains"] = max(goal - n_fit, 0)
-    if new:
-        lines += _time_lines(plan, new, per_retrain, rate, cfg.plan)
     plan["commands"] = study_commands(store.run_dir, goal, int(cfg.plan.shards)) if new else []
     if new:
+        lines += _time_lines(plan, new, per_retrain, rate, cfg.plan)
         lines += ["plan: the study:"] + [f"    {c}" for c in plan["commands"]]
     if new and "grow_first" not in plan:
         power = rows[best]["power"]
-        lines.append(f"plan: both curves are extrapolations: {extrapolation_record(n_fit, n_units, what)}"
+        lines.append(f"plan: both curves are extrapolations: {extrapolation_record(n_fit, n_units, design.units)}"
                      + (f" (here {power['n_masks']})" if power is not None and power["n_masks"] is not None
                         else f" (here more than {2 ** MAX_DOUBLINGS}x the pilot)" if power is not None else "")
                      + "; growing keeps every retrain, so grow to the first figure and run `dataspex plan` again "
