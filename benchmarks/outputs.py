@@ -85,6 +85,31 @@ def share_se(Y_ho: np.ndarray, predicted: np.ndarray, replicate_of: np.ndarray, 
     return float(np.std(shares, ddof=1))
 
 
+def replicated_run(run_dir: str) -> dict:
+    """A finished run with seed replicates: keys cfg, design, results, fit and ho (row masks of the fit and held-out
+    retrains), ceiling ({"loss": ..., "margin": ...}, :func:`dataspex.fit.faithfulness.noise_ceiling`), replica
+    (held-out row -> its replicate's row) and replicate_of ((M,) per held-out mask its replicate's row, -1 for
+    none). Raises DataspexError when the run has no loss ceiling."""
+    from omegaconf import OmegaConf
+
+    from dataspex.core.errors import DataspexError
+    from dataspex.design.replicate import finished_replicate_rows
+    from dataspex.fit.faithfulness import noise_ceiling
+    from dataspex.store import RunStore
+
+    store = RunStore(run_dir)
+    design = store.load_design()
+    results = store.load_results(design)
+    ho = results.keep(design, "heldout")
+    ceiling = {o: noise_ceiling(design, results, o) for o in ("loss", "margin")}
+    if ceiling["loss"]["pooled"] is None:
+        raise DataspexError(f"no noise ceiling: {ceiling['loss']['why']}")
+    replica = dict(finished_replicate_rows(design, results.mask_ids))
+    return {"cfg": OmegaConf.load(os.path.join(run_dir, "config.yaml")), "design": design, "results": results,
+            "fit": results.keep(design, "fit"), "ho": ho, "ceiling": ceiling, "replica": replica,
+            "replicate_of": np.array([replica.get(int(r), -1) for r in np.flatnonzero(ho)])}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
@@ -95,26 +120,14 @@ def main(argv=None) -> dict:
                         help="resamples for the standard error of each share of the ceiling (0: none)")
     opts = parser.parse_args(argv)
 
-    from omegaconf import OmegaConf
+    from dataspex.fit.faithfulness import ceiling_se, pooled_ceiling
 
-    from dataspex.core.errors import DataspexError
-    from dataspex.design.replicate import finished_replicate_rows
-    from dataspex.fit.faithfulness import ceiling_se, noise_ceiling, pooled_ceiling
-    from dataspex.store import RunStore
-
-    cfg = OmegaConf.load(os.path.join(opts.run, "config.yaml"))
-    store = RunStore(opts.run)
-    design = store.load_design()
-    results = store.load_results(design)
-    fit, ho = results.keep(design, "fit"), results.keep(design, "heldout")
+    run = replicated_run(opts.run)
+    cfg, design, results, fit, ho = run["cfg"], run["design"], run["results"], run["fit"], run["ho"]
+    ceiling, replica, replicate_of = run["ceiling"], run["replica"], run["replicate_of"]
     X = results.masks
     loss, margin = results.losses, results.margins  # the recorded margin, not the modelled (negated) one
     gap = float(np.abs(np.logaddexp(0.0, -margin) - loss).max())
-    ceiling = {o: noise_ceiling(design, results, o) for o in ("loss", "margin")}
-    replica = dict(finished_replicate_rows(design, results.mask_ids))  # held-out row -> its replicate's row
-    replicate_of = np.array([replica.get(int(r), -1) for r in np.flatnonzero(ho)])
-    if ceiling["loss"]["pooled"] is None:
-        raise DataspexError(f"no noise ceiling: {ceiling['loss']['why']}")
     print(f"{opts.run}: {int(fit.sum())} fit, {int(ho.sum())} held-out masks, n_train={X.shape[1]}, "
           f"{loss.shape[1]} test examples; max |softplus(-margin) - loss| = {gap:.1e}; ceilings (from "
           f"{ceiling['loss']['n_masks']} seed replicates, +- bootstrap SE): loss {ceiling['loss']['pooled']:.3f} +- "

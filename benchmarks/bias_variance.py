@@ -1,0 +1,158 @@
+"""Why a fit stops short of the noise ceiling: its estimation variance against its bias, from disjoint blocks.
+
+A retrained output is y = g(mask) + e, with e the seed noise. A model f fitted on m other masks misses the held-out
+y by E(y - f)^2 = E(g - E f)^2 + Var(f) + Var(e) (f does not see the held-out masks' noise), so in units of the
+pooled held-out variance V its R^2 is
+
+    R^2 = ceiling - bias - variance,    ceiling = 1 - Var(e) / V,  bias = E(g - E f)^2 / V,  variance = Var(f) / V.
+
+The variance is what more retrains of the same kind buy back (it falls about as 1 / m); the bias is what the model
+misses at that budget however its m masks fall (its shrinkage and which pair terms it kept at m, and what no model
+of its class represents). Both are measured without a model of g: fit the estimator on K disjoint blocks of m fit
+masks; the spread of the K held-out predictions around their mean, sum_k (f_k - mean f)^2 / (K - 1), estimates
+Var(f) without bias, and the bias is the rest of the gap, ceiling - mean R^2 - variance (so it carries the
+ceiling's error). Exactly, the mean of the K fits scores R^2 = mean R^2 + (K - 1) / K * variance (printed as a
+check), and R^2 without variance = ceiling - bias = mean R^2 + variance is what the mean of infinitely many such
+fits would reach at this budget.
+
+    python benchmarks/bias_variance.py --run /tmp/runs/f256u_4096 --budgets 256,512,1024,2048 --blocks 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def decompose(Y_ho: np.ndarray, predictions: np.ndarray, ceiling: float) -> dict:
+    """Split the gap between ``ceiling`` and the pooled held-out R^2 of K fits.
+
+    Y_ho: (M, T) held-out outputs; predictions: (K, M, T), K >= 2 fits on disjoint blocks of masks; ceiling: the
+    pooled noise ceiling of Y_ho. Every value is in pooled-R^2 units (a share of the held-out variance V):
+    ``r2_each`` (K,), ``r2`` their mean, ``variance`` (the unbiased spread of the fits over V), ``bias`` (ceiling -
+    r2 - variance), ``r2_of_mean`` (the pooled R^2 of the fits' mean), ``r2_without_variance`` (r2 + variance)."""
+    from dataspex.core.metrics import pooled_r2
+
+    K = predictions.shape[0]
+    if K < 2:
+        raise ValueError(f"{K} fit(s): the variance needs 2 or more fits on disjoint blocks")
+    sst = float(((Y_ho - Y_ho.mean(0)) ** 2).sum())
+    r2_each = np.array([pooled_r2(Y_ho, p) for p in predictions])
+    spread = float(((predictions - predictions.mean(0)) ** 2).sum() / (K - 1))
+    r2, variance = float(r2_each.mean()), spread / sst
+    return {"K": K, "r2_each": r2_each, "r2": r2, "variance": variance, "bias": ceiling - r2 - variance,
+            "r2_of_mean": pooled_r2(Y_ho, predictions.mean(0)), "r2_without_variance": r2 + variance}
+
+
+class ols:
+    """Main effects and an intercept by unpenalised least squares, fitted on masks (m, n) and outputs (m, T). With
+    no shrinkage its mean over designs is the best linear function of the mask, so its ``bias`` in
+    :func:`decompose` is what no main-effects model represents, at any budget, and its ``variance`` is all the
+    cost of estimating it."""
+
+    def __init__(self, masks: np.ndarray, outputs: np.ndarray):
+        design = np.hstack([np.ones((len(masks), 1)), masks.astype(np.float64)])
+        self.coef_ = np.linalg.lstsq(design, outputs, rcond=None)[0]
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        return self.coef_[0] + masks.astype(np.float64) @ self.coef_[1:]
+
+
+def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed: int = 0) -> dict:
+    """Bootstrap standard errors of :func:`decompose`'s ``variance`` and ``bias`` as shares of the ceiling: one
+    resample draws the M held-out masks with replacement and scores the ceiling on the drawn masks that have a
+    seed replicate (``replicate_of``: (M,) row of ``Y_rep`` or -1), as benchmarks/outputs.py's share_se does."""
+    from dataspex.fit.faithfulness import pooled_ceiling
+
+    rng = np.random.default_rng(seed)
+    draws = {"variance": [], "bias": []}
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(Y_ho), len(Y_ho))
+        paired = drawn[replicate_of[drawn] >= 0]
+        c = pooled_ceiling(Y_ho[paired], Y_rep[replicate_of[paired]])
+        d = decompose(Y_ho[drawn], predictions[:, drawn], c)
+        draws["variance"].append(d["variance"] / c)
+        draws["bias"].append(d["bias"] / c)
+    return {k: float(np.std(v, ddof=1)) for k, v in draws.items()}
+
+
+def main(argv=None) -> list:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a finished run with seed replicates (design.replicates)")
+    parser.add_argument("--budgets", default="256,512,1024", help="fit masks per block, comma-separated")
+    parser.add_argument("--blocks", type=int, default=4, help="disjoint blocks per budget, at most (2 or more)")
+    parser.add_argument("--estimators", default="linear,quadratic,ols",
+                        help="budget.estimator_config specs, or ols (main effects by unpenalised least squares); "
+                        "NAME@margin fits the margin and predicts the loss as softplus(-margin)")
+    parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the standard errors (0: none)")
+    opts = parser.parse_args(argv)
+
+    from hydra.utils import instantiate
+
+    from budget import estimator_config
+    from outputs import replicated_run
+
+    run = replicated_run(opts.run)
+    cfg, results, fit, ho, replicate_of = run["cfg"], run["results"], run["fit"], run["ho"], run["replicate_of"]
+    ceiling = run["ceiling"]["loss"]
+    C = ceiling["pooled"]
+    X, loss = results.masks, results.losses
+    X_fit, Y_fit, X_ho, Y_ho = X[fit], loss[fit], X[ho], loss[ho]
+    print(f"{opts.run}: {len(X_fit)} fit masks, {len(X_ho)} held out, n_train={X.shape[1]}, loss ceiling "
+          f"{C:.3f} +- {ceiling['pooled_se']:.3f}", file=sys.stderr)
+    rows = []
+    for m in (int(b) for b in opts.budgets.split(",") if b):
+        K = min(opts.blocks, len(X_fit) // m)
+        if K < 2:
+            print(f"m={m}: {len(X_fit)} fit masks make {K} block(s) of {m}; skipped", file=sys.stderr)
+            continue
+        for spec in opts.estimators.split(","):
+            name, _, via = spec.partition("@")
+            if via not in ("", "margin"):
+                raise SystemExit(f"error: {spec!r}: the only output after @ is margin")
+            if name == "ols" and m < 2 * (X.shape[1] + 1):
+                print(f"m={m}: ols needs 2 (n_train + 1) = {2 * (X.shape[1] + 1)} masks or more; skipped",
+                      file=sys.stderr)
+                continue
+            started = time.perf_counter()
+            fitter = ols if name == "ols" else lambda Xb, Yb: instantiate(estimator_config(cfg, name)).fit(Xb, Yb)
+            target = results.margins[fit] if via else Y_fit
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                predictions = np.stack([fitter(X_fit[k * m:(k + 1) * m], target[k * m:(k + 1) * m]).predict(X_ho)
+                                        for k in range(K)])
+            if via:  # the recorded margin is log p - log(1 - p) of the gold class, so the loss is softplus(-margin)
+                predictions = np.logaddexp(0.0, -predictions)
+            d = decompose(Y_ho, predictions, C)
+            row = {"m": m, "estimator": spec, **{k: v for k, v in d.items() if k != "r2_each"}}
+            if opts.bootstrap:
+                row.update({f"{k}_se": v for k, v in
+                            bootstrap_se(Y_ho, predictions, replicate_of, loss, opts.bootstrap).items()})
+            row["seconds"] = round(time.perf_counter() - started, 1)
+            rows.append(row)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  file=sys.stderr, flush=True)
+
+    def share(r, key):
+        se = r.get(f"{key}_se")
+        return f"{r[key] / C:.0%}" + ("" if se is None else f" +- {100 * se:.0f}")
+    print(f"ceiling {C:.3f}; every share is of the ceiling")
+    print("| m | estimator | K | R^2 (share) | variance | bias | R^2 without variance | R^2 of the mean of K "
+          "(check: mean + (K-1)/K variance) |")
+    print("|---:|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        check = r["r2"] + (r["K"] - 1) / r["K"] * r["variance"]
+        print(f"| {r['m']} | {r['estimator']} | {r['K']} | {r['r2']:.3f} ({r['r2'] / C:.0%}) | {share(r, 'variance')} "
+              f"| {share(r, 'bias')} | {r['r2_without_variance'] / C:.0%} | {r['r2_of_mean']:.3f} ({check:.3f}) |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
