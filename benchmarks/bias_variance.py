@@ -32,34 +32,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def decompose(Y_ho: np.ndarray, predictions: np.ndarray, ceiling: float) -> dict:
-    """Split the gap between ``ceiling`` and the pooled held-out R^2 of K fits.
+    """:func:`dataspex.fit.faithfulness.gap_split` of K fits' held-out predictions (K, M, T) against ``ceiling``."""
+    from dataspex.fit.faithfulness import gap_split
 
-    Y_ho: (M, T) held-out outputs; predictions: (K, M, T), K >= 2 fits on disjoint blocks of masks; ceiling: the
-    pooled noise ceiling of Y_ho. Every value is in pooled-R^2 units (a share of the held-out variance V):
-    ``r2_each`` (K,), ``r2`` their mean, ``variance`` (the unbiased spread of the fits over V), ``bias`` (ceiling -
-    r2 - variance), ``r2_of_mean`` (the pooled R^2 of the fits' mean), ``r2_without_variance`` (r2 + variance)."""
-    from dataspex.core.metrics import pooled_r2
-
-    K = predictions.shape[0]
-    if K < 2:
-        raise ValueError(f"{K} fit(s): the variance needs 2 or more fits on disjoint blocks")
-    sst = float(((Y_ho - Y_ho.mean(0)) ** 2).sum())
-    r2_each = np.array([pooled_r2(Y_ho, p) for p in predictions])
-    spread = float(((predictions - predictions.mean(0)) ** 2).sum() / (K - 1))
-    r2, variance = float(r2_each.mean()), spread / sst
-    return {"K": K, "r2_each": r2_each, "r2": r2, "variance": variance, "bias": ceiling - r2 - variance,
-            "r2_of_mean": pooled_r2(Y_ho, predictions.mean(0)), "r2_without_variance": r2 + variance}
+    return gap_split(Y_ho, predictions, ceiling)
 
 
 class ols:
-    """Main effects and an intercept by unpenalised least squares, fitted on masks (m, n) and outputs (m, T). With
-    no shrinkage its mean over designs is the best linear function of the mask, so its ``bias`` in
-    :func:`decompose` is what no main-effects model represents, at any budget, and its ``variance`` is all the
-    cost of estimating it."""
+    """Main effects and an intercept by unpenalised least squares
+    (:func:`dataspex.fit.faithfulness.least_squares_main_effects`), fitted on masks (m, n) and outputs (m, T): its
+    ``bias`` in :func:`decompose` is what no main-effects model represents, at any budget, and its ``variance``
+    all the cost of estimating it."""
 
     def __init__(self, masks: np.ndarray, outputs: np.ndarray):
-        design = np.hstack([np.ones((len(masks), 1)), masks.astype(np.float64)])
-        self.coef_ = np.linalg.lstsq(design, outputs, rcond=None)[0]
+        from dataspex.fit.faithfulness import least_squares_main_effects
+
+        self.coef_ = least_squares_main_effects(masks, outputs)
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
         return self.coef_[0] + masks.astype(np.float64) @ self.coef_[1:]
@@ -93,6 +81,9 @@ def main(argv=None) -> list:
                         "NAME@margin fits the margin and predicts the loss as softplus(-margin)")
     parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the standard errors (0: none)")
     opts = parser.parse_args(argv)
+    for spec in opts.estimators.split(","):
+        if spec.partition("@")[2] not in ("", "margin"):
+            raise SystemExit(f"error: {spec!r}: the only output after @ is margin")
 
     from hydra.utils import instantiate
 
@@ -115,8 +106,6 @@ def main(argv=None) -> list:
             continue
         for spec in opts.estimators.split(","):
             name, _, via = spec.partition("@")
-            if via not in ("", "margin"):
-                raise SystemExit(f"error: {spec!r}: the only output after @ is margin")
             if name == "ols" and m < 2 * (X.shape[1] + 1):
                 print(f"m={m}: ols needs 2 (n_train + 1) = {2 * (X.shape[1] + 1)} masks or more; skipped",
                       file=sys.stderr)
@@ -131,7 +120,7 @@ def main(argv=None) -> list:
             if via:  # the recorded margin is log p - log(1 - p) of the gold class, so the loss is softplus(-margin)
                 predictions = np.logaddexp(0.0, -predictions)
             d = decompose(Y_ho, predictions, C)
-            row = {"m": m, "estimator": spec, **{k: v for k, v in d.items() if k != "r2_each"}}
+            row = {"m": m, "estimator": spec, **d}
             if opts.bootstrap:
                 row.update({f"{k}_se": v for k, v in
                             bootstrap_se(Y_ho, predictions, replicate_of, loss, opts.bootstrap).items()})

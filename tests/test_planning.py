@@ -14,7 +14,13 @@ from dataspex.design.base import Design
 from dataspex.design.replicate import ROLE, extend_replicates, finished_replicate_rows, replicate_pairs
 from dataspex.fit.artifacts import design_record
 from dataspex.fit.estimators import InteractionResult
-from dataspex.fit.faithfulness import noise_ceiling, pooled_ceiling
+from dataspex.fit.faithfulness import (
+    gap_split,
+    least_squares_main_effects,
+    main_effects_limit,
+    noise_ceiling,
+    pooled_ceiling,
+)
 from dataspex.fit.planning import curve_r2, describe, learning_curve, needed_retrains
 from dataspex.report.curation import drop_all_effect
 from dataspex.report.text import _drop_sentence
@@ -105,6 +111,71 @@ def test_noise_ceiling_says_what_is_missing():
     few, _ = extend_replicates(_design(), 5)
     assert noise_ceiling(few, _results(few, np.zeros((len(few), 2))), "loss")["why"].startswith(
         "only 5 seed replicates in the design, 8 needed")
+
+
+N_FEATURES, NOISE_SD = 8, 1.0
+
+
+def _pair_study(pair: float, K: int = 4, m: int = 2000, M: int = 20000) -> dict:
+    """K least-squares fits on disjoint blocks of m masks over 8 examples, scored on M held-out masks: two outputs,
+    main effects plus ``pair`` times x0 x1 on the first, main effects only on the second, seed noise of SD 1."""
+    rng = np.random.default_rng(0)
+    X = (rng.random((K * m + M, N_FEATURES)) < 0.5).astype(np.float64)
+    weights = np.linspace(-1.0, 1.0, N_FEATURES)
+    g = np.stack([X @ weights + pair * X[:, 0] * X[:, 1], X @ weights[::-1]], axis=1)
+    y = g + NOISE_SD * rng.standard_normal(g.shape)
+    g_ho, y_ho = g[K * m:], y[K * m:]
+    sst = float(((y_ho - y_ho.mean(0)) ** 2).sum())
+    ceiling = float(((g_ho - g_ho.mean(0)) ** 2).sum()) / sst  # the share of held-out variance the mask determines
+    coefs = [least_squares_main_effects(X[k * m:(k + 1) * m], y[k * m:(k + 1) * m]) for k in range(K)]
+    fits = np.stack([c[0] + X[K * m:] @ c[1:] for c in coefs])
+    return {**gap_split(y_ho, fits, ceiling), "sst": sst, "M": M, "X": X, "y": y, "K": K, "m": m}
+
+
+def test_gap_split_the_mean_of_the_fits_scores_the_mean_r2_plus_most_of_the_variance_exactly():
+    rng = np.random.default_rng(1)
+    Y = rng.standard_normal((50, 3))
+    fits = Y + rng.standard_normal((5, 50, 3))
+    d = gap_split(Y, fits, ceiling=0.9)
+    assert d["r2_of_mean"] == pytest.approx(d["r2"] + (5 - 1) / 5 * d["variance"], abs=1e-12)
+    assert d["r2_without_variance"] == pytest.approx(d["r2"] + d["variance"], abs=1e-12)
+    assert d["bias"] == pytest.approx(0.9 - d["r2"] - d["variance"], abs=1e-12)
+    assert gap_split(Y, fits)["bias"] is None
+    with pytest.raises(ValueError, match="1 fit\\(s\\): the variance needs 2 or more fits on disjoint blocks"):
+        gap_split(Y, fits[:1])
+
+
+def test_least_squares_on_an_additive_truth_has_no_bias_and_the_variance_least_squares_theory_gives():
+    d = _pair_study(pair=0.0)
+    assert abs(d["bias"]) < 0.01
+    # p = n + 1 coefficients on m masks: held-out prediction variance about sigma^2 p / (m - p - 1) per output
+    expected = 2 * d["M"] * NOISE_SD ** 2 * (N_FEATURES + 1) / (2000 - N_FEATURES - 2) / d["sst"]
+    assert d["variance"] == pytest.approx(expected, rel=0.1)
+
+
+def test_least_squares_bias_is_the_part_of_a_pair_term_no_main_effect_represents():
+    pair = 4.0
+    d = _pair_study(pair=pair)
+    # x0 x1 = 1/4 + (x0 - 1/2) / 2 + (x1 - 1/2) / 2 + (x0 - 1/2)(x1 - 1/2); the last term, of variance 1/16 at
+    # p = 1/2, is orthogonal to every main effect, so least squares leaves pair^2 / 16 per held-out mask
+    assert d["bias"] == pytest.approx(d["M"] * pair ** 2 / 16 / d["sst"], rel=0.1)
+    assert d["bias"] > 0.05
+
+
+def test_main_effects_limit_is_the_ceiling_less_the_pair_part_and_needs_two_blocks_of_2n_plus_2():
+    d = _pair_study(pair=4.0)
+    K, m, X, y = d["K"], d["m"], d["X"], d["y"]
+    got = main_effects_limit(X[:K * m], y[:K * m], X[K * m:], y[K * m:])
+    assert got["K"] == 4 and got["block_masks"] == m
+    assert got["r2"] == pytest.approx(d["r2_without_variance"], abs=1e-12)  # the same blocks, the same split
+    assert 0 < got["r2_se"] < 0.01
+    # the pair part is out of every main-effects model's reach: the limit sits that far under the ceiling
+    ceiling = d["bias"] + d["r2_without_variance"]
+    assert got["r2"] == pytest.approx(ceiling - d["M"] * 4.0 ** 2 / 16 / d["sst"], abs=0.02)
+    short = main_effects_limit(X[:35], y[:35], X[K * m:], y[K * m:])
+    assert short["r2"] is None
+    assert short["why"] == "35 fit masks: 2 disjoint blocks of 2 (n + 1) = 18 or more are needed"
+    assert main_effects_limit(X[:36], y[:36], X[K * m:], y[K * m:])["K"] == 2
 
 
 def test_learning_curve_recovers_intercept_and_step_and_inverts_them():
@@ -368,3 +439,66 @@ def test_plan_on_a_pilot_short_of_its_examples_grows_it_to_n_first(tmp_path):
             f"part and is no forecast") in proc.stdout
     assert f"The next step: grow the pilot to {n_units} fit retrains ({n_units - 48} more" in proc.stdout
     assert "plan: best:" not in proc.stdout
+
+
+def test_plan_gives_main_effects_models_no_forecast_past_the_main_effects_limit(tmp_path):
+    """120 fit masks of a synthetic run whose planted pairs are not additive: least squares on disjoint blocks puts
+    the main-effects limit under a target of 0.99, so the linear datamodel gets no forecast and the pair model's
+    carries the warning; a target under the limit changes nothing."""
+    from dataspex.fit.faithfulness import fit_outputs
+    from dataspex.store import RunStore
+    from tests.conftest import run_cli
+    from tests.test_report import make_synthetic_run
+
+    run_dir = make_synthetic_run(str(tmp_path / "run"), extra=("design.m=120",), proxyspex=False, report=False)
+    store = RunStore(run_dir)
+    design = store.load_design()
+    results = store.load_results(design)
+    Y = fit_outputs(results, "loss")
+    fit, heldout = results.keep(design, "fit"), results.keep(design, "heldout")
+    limit = main_effects_limit(results.masks[fit], Y[fit], results.masks[heldout], Y[heldout])
+    assert limit["K"] >= 2 and limit["r2"] + 2 * limit["r2_se"] < 0.99
+    args = ("plan", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]")
+    proc = run_cli(*args, "plan.target=0.99")
+    plan = json.load(open(os.path.join(run_dir, "plan.json")))
+    assert plan["main_effects_limit"]["r2"] == pytest.approx(limit["r2"])
+    linear = plan["estimators"]["linear"]
+    assert linear["n_masks"] is None and linear["power"] is None
+    assert linear["why"] == (f"the target is above the main-effects limit {limit['r2']:.3f} (no budget reaches it "
+                             "with main effects alone)")
+    assert plan["best"] != "linear"
+    assert (f"plan: main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at "
+            f"any budget") in proc.stdout
+    assert f"the target is above it by {0.99 - limit['r2']:.3f}, which only interaction terms can add" in proc.stdout
+    low = round(limit["r2"] / 2, 3)
+    proc = run_cli(*args, f"plan.target={low}")
+    plan = json.load(open(os.path.join(run_dir, "plan.json")))
+    assert "the target is within it" in proc.stdout and "main-effects limit" not in plan["estimators"]["linear"]["why"]
+
+
+def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_a_pair_model_one():
+    from dataspex.report.context import trust_summary
+    from dataspex.report.text import _trust_lines
+
+    # a log2 curve 0.2, 0.3, 0.4 at 256, 512, 1024 fit masks: 0.56 (80% of the ceiling 0.7) at 1024 x 2^1.6
+    curve = pd.DataFrame({"estimator": ["m"] * 3, "fraction": [0.25, 0.5, 1.0], "n_masks": [256, 512, 1024],
+                          "r2": [0.2, 0.3, 0.4], "r2_pooled": [0.2, 0.3, 0.4], "note": [""] * 3})
+    faithfulness = {"m": {"r2_pooled": 0.4, "n_fit_masks": 1024, "n_heldout_masks": 64}}
+    ceiling = {"pooled": 0.7, "pooled_se": 0.02, "n_masks": 64}
+    limit = {"r2": 0.5, "r2_se": 0.02, "K": 2, "block_masks": 512}
+    args = (faithfulness, "m", curve, ceiling, 0.1, 256, None, limit)
+    pair = trust_summary(*args, main_only=False)
+    assert pair["need_ceiling"]["n_masks"] == needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]),
+                                                              0.56, 0.7)["n_masks"]
+    line = _trust_lines(pair)[0]
+    assert ("Main effects alone reach at most R^2 0.500 +- 0.020 on this run at any budget (71% of the ceiling): "
+            "least squares on 2 disjoint blocks of 512 fit masks, its variance removed") in line
+    assert "extrapolates to about" in line
+    main = trust_summary(*args, main_only=True)
+    assert main["need_ceiling"]["n_masks"] is None
+    assert _trust_lines(main)[0].endswith("To reach 80% of the ceiling: no budget gets it there, as main effects "
+                                          "alone reach at most R^2 0.500 on this run.")
+    # within two standard errors of the limit the figure stays: 0.56 is not past 0.5 + 2 x 0.04
+    near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, main_only=True)
+    assert near["need_ceiling"] == pair["need_ceiling"]
+    assert "Main effects alone" not in _trust_lines(trust_summary(*args[:-1], None))[0]

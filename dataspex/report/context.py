@@ -14,7 +14,13 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.outputs import OUTPUTS
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
-from dataspex.fit.faithfulness import load_curve, noise_ceiling
+from dataspex.fit.faithfulness import (
+    load_curve,
+    main_effects_only,
+    noise_ceiling,
+    past_limit,
+    run_main_effects_limit,
+)
 from dataspex.fit.planning import CEILING_SHARE, estimator_curve, extrapolation_record, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
@@ -169,14 +175,17 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
 
 
 def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float,
-                  n_units: int | None = None, units=None) -> dict:
+                  n_units: int | None = None, units=None, limit: dict | None = None,
+                  main_only: bool = False) -> dict:
     """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
     whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
     need for the threshold (when below it) and for ``CEILING_SHARE`` of the ceiling (``need_trust``, ``need_ceiling``:
     :func:`dataspex.fit.planning.needed_retrains`), with ``record``, how far such curves have been off on real text
     for a run of this many fit masks over ``n_units`` units (the design's ``units``; None: training examples;
     :func:`dataspex.fit.planning.extrapolation_record`; None without ``n_units``), and ``short_pilot``: fewer fit
-    masks than units, where the curve is no forecast. A model without a held-out score is not trusted."""
+    masks than units, where the curve is no forecast. A model without a held-out score is not trusted. ``limit``:
+    the run's :func:`dataspex.fit.faithfulness.main_effects_limit`; for a ranking model of main effects only
+    (``main_only``) a goal past it gets no figure, since no budget reaches it."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
     _, lc = estimator_curve(curve, name)
@@ -188,7 +197,15 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
            "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
                lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"]),
            "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, units),
-           "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units}
+           "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units,
+           "limit": limit or {"r2": None}}
+    goals = {"need_trust": trust_r2, "need_ceiling": None if ceiling.get("pooled") is None else
+             CEILING_SHARE * ceiling["pooled"]}
+    for key, goal in goals.items():
+        if main_only and out[key] is not None and past_limit(out["limit"], goal):
+            out[key] = {"n_masks": None, "doublings": None,
+                        "why": f"no budget gets it there, as main effects alone reach at most R^2 "
+                               f"{out['limit']['r2']:.3f} on this run"}
     return out
 
 
@@ -214,7 +231,9 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
     trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, output),
-                          float(cfg.report.trust_r2), design.n_units, units)
+                          float(cfg.report.trust_r2), design.n_units, units,
+                          run_main_effects_limit(design, results, output),
+                          main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)))
     actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]

@@ -377,6 +377,18 @@ def _replicates_hint(c: dict) -> str:
         ", which four times the replicates would about halve: design.replicates, at most design.heldout"))
 
 
+def _limit(trust: dict) -> str:
+    """" Main effects alone reach at most R^2 ... on this run at any budget ...": the run's main-effects limit
+    (:func:`dataspex.fit.faithfulness.main_effects_limit`), beside the ceiling ('' where it was not measured)."""
+    limit, c = trust.get("limit") or {}, trust["ceiling"]
+    if limit.get("r2") is None:
+        return ""
+    share = f" ({limit['r2'] / c['pooled']:.0%} of the ceiling)" if c.get("pooled") else ""
+    return (f" Main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at any "
+            f"budget{share}: least squares on {limit['K']} disjoint blocks of {limit['block_masks']} fit masks, its "
+            "variance removed; past it only interaction terms explain the retrains.")
+
+
 def _trust_lines(trust: dict) -> list[str]:
     """The first lines of the summary: how faithful the ranking model is, beside the noise ceiling, and
     whether the report's lists are actions or only candidates."""
@@ -388,7 +400,7 @@ def _trust_lines(trust: dict) -> list[str]:
     else:
         ceiling = f"noise ceiling not measured ({c.get('why')})"
     head = (f"Trust: the ranking model {trust['estimator']} has pooled held-out R^2 {_fmt(pooled, '.3f')} from "
-            f"{trust['n_fit_masks']} retrains ({trust['n_heldout_masks']} held out); {ceiling}.")
+            f"{trust['n_fit_masks']} retrains ({trust['n_heldout_masks']} held out); {ceiling}.{_limit(trust)}")
     if not trust["trusted"]:
         goal = f"report.trust_r2={trust['trust_r2']:g}"
         return [f"{head} **Not faithful enough to act on** (below {goal}: under it, the top pairs were not "

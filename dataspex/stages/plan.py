@@ -10,7 +10,9 @@ fewest retrains: the retrains, the wall time here, with ``plan.shards`` Slurm jo
 else ``report.trust_r2``. A pilot with fewer fit masks than units (training examples, or ``design.units``) that
 does not already reach the target gets no forecast: its study is the pilot grown to as many fit masks as units
 (``grow_first`` in plan.json), after which `dataspex plan` runs again (on real text such a pilot's curves asked
-0.2 to more than 64 times the retrains needed: :func:`dataspex.fit.planning.extrapolation_record`).
+0.2 to more than 64 times the retrains needed: :func:`dataspex.fit.planning.extrapolation_record`). From
+4 (n + 1) fit masks it also prints the run's main-effects limit (:func:`dataspex.fit.faithfulness.main_effects_limit`):
+a target past it gets no forecast for an estimator of main effects only, and a warning for the pair models.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import logging
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
 from dataspex.fit.artifacts import load_fitted
-from dataspex.fit.faithfulness import load_curve, noise_ceiling, update_curve
+from dataspex.fit.faithfulness import (
+    load_curve,
+    main_effects_only,
+    noise_ceiling,
+    past_limit,
+    run_main_effects_limit,
+    update_curve,
+)
 from dataspex.fit.planning import (
     CEILING_SHARE,
     MAX_DOUBLINGS,
@@ -93,13 +102,20 @@ def stage_plan(cfg) -> dict:
         rows[name] = {"points": points, "curve": line, **needed_retrains(line, target, ceiling.get("pooled")),
                       "power": None if power is None or power["kind"] != "power" else
                       {"curve": power, **needed_retrains(power, target, ceiling["pooled"])}}
+    limit = run_main_effects_limit(design, results, output)
+    beyond = past_limit(limit, target)
+    for name in rows:
+        if beyond and main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)):
+            rows[name].update(n_masks=None, power=None, why=f"the target is above the main-effects limit "
+                              f"{limit['r2']:.3f} (no budget reaches it with main effects alone)")
     reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
     n_fit = int(len(design.rows("fit")))
     n_heldout = int(len(design.rows("heldout")))
     plan = {"run_dir": store.run_dir, "target_r2_pooled": target, "target_from": source, "ceiling": ceiling,
             "estimators": rows, "best": best, "pilot_fit_masks": n_fit, "seconds_per_retrain": per_retrain,
-            "threads": rate["threads"], "shards": int(cfg.plan.shards), "gpu_speedup": float(cfg.plan.gpu_speedup)}
+            "threads": rate["threads"], "shards": int(cfg.plan.shards), "gpu_speedup": float(cfg.plan.gpu_speedup),
+            "main_effects_limit": limit}
 
     lines = [f"plan: pilot {store.run_dir}: {n_fit} fit + {n_heldout} held-out retrains, target pooled held-out "
              f"R^2 {target:.3f} ({source})"]
@@ -114,6 +130,8 @@ def stage_plan(cfg) -> dict:
                 f"not reachable ({p['why']})")
         pts = ", ".join(f"{m}: {v:.3f}" for m, v in r["points"])
         lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {describe(r['curve'])}: {need}")
+    if limit["r2"] is not None:
+        lines.append(_limit_line(limit, target, ceiling.get("pooled"), beyond))
     n_units = design.n_units
     if n_fit < n_units and not (best is not None and rows[best]["n_masks"] <= n_fit):
         # Below m = n_units the curves see only the slow start of R^2 (extrapolation_record): grow to n_units first.
@@ -159,6 +177,20 @@ def stage_plan(cfg) -> dict:
         log.info(line)
         print(line)
     return plan
+
+
+def _limit_line(limit: dict, target: float, ceiling: float | None, beyond: bool) -> str:
+    """The plan's line on the main-effects limit, and what it means for the target."""
+    share = "" if ceiling is None else f", {limit['r2'] / ceiling:.0%} of the noise ceiling"
+    line = (f"plan: main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at "
+            f"any budget{share} (least squares on {limit['K']} disjoint blocks of {limit['block_masks']} fit masks, "
+            "its variance removed)")
+    if not beyond:
+        return line + "; the target is within it"
+    return (line + f"; the target is above it by {target - limit['r2']:.3f}, which only interaction terms can add: "
+            "on the unplanted real-text runs the quadratic model, its variance removed, reached 1 and 4 points of "
+            "the ceiling past this limit at 8n (the planted ones 9-10; benchmarks/README, 'Why the fits stop "
+            "short'), so a pair model's forecast past it assumes interactions this run has not yet shown")
 
 
 def _time_lines(plan: dict, new: int, per_retrain: float | None, rate: dict, plan_cfg) -> list[str]:

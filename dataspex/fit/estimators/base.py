@@ -91,7 +91,8 @@ class BaseInteractionEstimator(BaseEstimator):
 
     What the fit stage needs to know about an estimator is declared here, never keyed by its config name:
     ``design_role`` (the design rows it fits on, as :meth:`dataspex.design.Design.rows` names them),
-    ``heldout_scored`` (whether held-out random masks measure its faithfulness), :meth:`design_inputs` (extra
+    ``heldout_scored`` (whether held-out random masks measure its faithfulness), ``main_effects_only`` (no
+    interaction terms at any budget), :meth:`design_inputs` (extra
     ``fit`` arguments taken from the design) and :meth:`fit_summary` (extra entries for faithfulness.json).
     """
 
@@ -99,6 +100,9 @@ class BaseInteractionEstimator(BaseEstimator):
     design_role = "fit"
     # False for models valid near the full training set only: no held-out R^2 on random masks.
     heldout_scored = True
+    # True for models of single-example effects only (no interaction term at any budget): `dataspex plan` gives
+    # them no forecast past the run's main-effects limit (dataspex.fit.faithfulness.main_effects_limit).
+    main_effects_only = False
 
     def design_inputs(self, design_meta: dict) -> dict:
         """Keyword arguments for ``fit`` taken from the design's metadata (none by default)."""

@@ -33,6 +33,8 @@ class LinearDatamodel(BaseInteractionEstimator):
     ``alpha_`` (T,), ``result_`` (degree <= 1: F[()] = c + sum w/2, F[{i}] = -w_i/2).
     """
 
+    main_effects_only = True
+
     def __init__(
         self,
         alpha=None,
