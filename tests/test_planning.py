@@ -502,3 +502,18 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, main_only=True)
     assert near["need_ceiling"] == pair["need_ceiling"]
     assert "Main effects alone" not in _trust_lines(trust_summary(*args[:-1], None))[0]
+
+
+def test_the_plan_line_on_the_limit_says_within_near_or_past():
+    from dataspex.stages.plan import _limit_line
+
+    limit = {"r2": 0.5, "r2_se": 0.03, "K": 2, "block_masks": 555}
+    head = ("plan: main effects alone reach at most R^2 0.500 +- 0.030 on this run at any budget, 71% of the noise "
+            "ceiling (least squares on 2 disjoint blocks of 555 fit masks, its variance removed)")
+    assert _limit_line(limit, 0.45, 0.7, False) == head + "; the target is within it"
+    assert _limit_line(limit, 0.559, 0.7, False) == head + (
+        "; the target is 0.059 above it, within two of its standard errors: main effects alone may not reach it "
+        "(more held-out masks, design.heldout, narrow the error)")
+    assert _limit_line(limit, 0.6, None, True).startswith(
+        head.replace(", 71% of the noise ceiling", "") + "; the target is above it by 0.100, which only interaction "
+        "terms can add")

@@ -185,8 +185,11 @@ def _limit_line(limit: dict, target: float, ceiling: float | None, beyond: bool)
     line = (f"plan: main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at "
             f"any budget{share} (least squares on {limit['K']} disjoint blocks of {limit['block_masks']} fit masks, "
             "its variance removed)")
-    if not beyond:
+    if target <= limit["r2"]:
         return line + "; the target is within it"
+    if not beyond:
+        return (line + f"; the target is {target - limit['r2']:.3f} above it, within two of its standard errors: "
+                "main effects alone may not reach it (more held-out masks, design.heldout, narrow the error)")
     return (line + f"; the target is above it by {target - limit['r2']:.3f}, which only interaction terms can add: "
             "on the unplanted real-text runs the quadratic model, its variance removed, reached 1 and 4 points of "
             "the ceiling past this limit at 8n (the planted ones 9-10; benchmarks/README, 'Why the fits stop "
