@@ -474,6 +474,12 @@ def test_plan_gives_main_effects_models_no_forecast_past_the_main_effects_limit(
     proc = run_cli(*args, f"plan.target={low}")
     plan = json.load(open(os.path.join(run_dir, "plan.json")))
     assert "the target is within it" in proc.stdout and "main-effects limit" not in plan["estimators"]["linear"]["why"]
+    # the report's trust line and summary.json carry the same limit
+    run_cli("report", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]")
+    summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
+    assert summary["trust"]["limit"]["r2"] == pytest.approx(limit["r2"])
+    assert (f"Main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at any "
+            "budget") in open(os.path.join(run_dir, "report", "report.md")).read()
 
 
 def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_a_pair_model_one():
