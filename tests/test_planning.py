@@ -19,6 +19,7 @@ from dataspex.fit.faithfulness import (
     least_squares_main_effects,
     main_effects_limit,
     noise_ceiling,
+    pair_energy,
     pooled_ceiling,
 )
 from dataspex.fit.planning import curve_r2, describe, learning_curve, needed_retrains
@@ -176,6 +177,49 @@ def test_main_effects_limit_is_the_ceiling_less_the_pair_part_and_needs_two_bloc
     assert short["r2"] is None
     assert short["why"] == "35 fit masks: 2 disjoint blocks of 2 (n + 1) = 18 or more are needed"
     assert main_effects_limit(X[:36], y[:36], X[K * m:], y[K * m:])["K"] == 2
+
+
+def test_pair_energy_recovers_the_squared_pair_coefficients_of_each_output_under_noise():
+    rng = np.random.default_rng(0)
+    n, M = 12, 6000
+    X = (rng.random((M, n)) < 0.5).astype(np.uint8)
+    s = 1.0 - 2.0 * X
+    g = 0.8 * s[:, 0] + 0.6 * s[:, 1] * s[:, 2] + 0.4 * s[:, 4] * s[:, 5]
+    Y = np.stack([g + 0.5 * rng.standard_normal(M), 0.3 * s[:, 1] * s[:, 2] + 0.5 * rng.standard_normal(M)], axis=1)
+    V = ((Y - Y.mean(0)) ** 2).sum() / (M - 1)
+    both = pair_energy(X, Y, [[1, 2], [4, 5]], [[0], [0]])  # the first output's two pairs: 0.36 + 0.16
+    assert 0 < both["se"] < 0.02 and both["share"] == pytest.approx(0.52 / V, abs=3 * both["se"])
+    shared = pair_energy(X, Y, [[1, 2]], [[0, 1]])  # one pair serving both outputs: 0.36 + 0.09
+    assert shared["share"] == pytest.approx(0.45 / V, abs=3 * shared["se"])
+    assert abs(pair_energy(X, Y, [[7, 8]], [[0, 1]])["share"]) < 0.002  # seed noise alone holds nothing
+    # the estimate is of the pair's coefficient only: a main effect on one of its examples adds nothing
+    assert pair_energy(X, Y, [[0, 3]], [[0]])["share"] == pytest.approx(0.0, abs=0.003)
+
+
+def test_the_quadratic_models_screen_is_recorded_for_plan_and_screen_reach_says_when_it_cannot_be_measured():
+    from dataspex.estimators import QuadraticProxy
+    from dataspex.fit.faithfulness import screen_reach
+
+    rng = np.random.default_rng(1)
+    X = (rng.random((200, 8)) < 0.5).astype(np.uint8)
+    Y = np.stack([X[:, 0] * X[:, 1] + 0.1 * rng.standard_normal(200), X[:, 2] + 0.1 * rng.standard_normal(200)], 1)
+    est = QuadraticProxy(n_top=3).fit(X, Y)
+    screen = est.fit_summary()["screen"]
+    assert screen["pairs"] == est.pairs_.tolist()
+    for p, ts in enumerate(screen["outputs"]):
+        assert ts == np.flatnonzero(est.candidates_[p]).tolist()
+    assert [0, 1] in screen["pairs"] and 0 in screen["outputs"][screen["pairs"].index([0, 1])]
+    shared = QuadraticProxy(n_top=3, screen="main").fit(X, Y).fit_summary()["screen"]
+    assert shared["outputs"] is None and shared["pairs"]  # every output may use every pair: not spelled out
+    assert pair_energy(X, Y, shared["pairs"], None)["share"] == pytest.approx(
+        pair_energy(X, Y, shared["pairs"], [[0, 1]] * len(shared["pairs"]))["share"])
+
+    class Design:
+        meta = {"p": 0.3}
+    got = screen_reach(Design(), None, "loss", screen, {"r2": 0.5, "r2_se": 0.01})
+    assert got["r2"] is None and got["why"] == "a design with p other than 0.5"
+    no_limit = screen_reach(Design(), None, "loss", screen, {"r2": None, "why": "100 fit masks: too few"})
+    assert no_limit["r2"] is None and no_limit["why"] == "100 fit masks: too few"
 
 
 def test_learning_curve_recovers_intercept_and_step_and_inverts_them():
@@ -467,6 +511,14 @@ def test_plan_gives_main_effects_models_no_forecast_past_the_main_effects_limit(
     assert linear["why"] == (f"the target is above the main-effects limit {limit['r2']:.3f} (no budget reaches it "
                              "with main effects alone)")
     assert plan["best"] != "linear"
+    # the quadratic model's screen: the limit plus its pairs' energy, measured on every uniform mask
+    reach = plan["screen_reach"]["quadratic"]
+    screen = json.load(open(os.path.join(run_dir, "fit", "faithfulness.json")))["quadratic"]["screen"]
+    rows = fit | heldout
+    energy = pair_energy(results.masks[rows], Y[rows], screen["pairs"], screen["outputs"])
+    assert reach["r2"] == pytest.approx(limit["r2"] + energy["share"]) and reach["n_pairs"] == len(screen["pairs"])
+    assert (f"plan: quadratic's {len(screen['pairs'])} screened pairs hold {energy['share']:.3f} +- "
+            f"{energy['se']:.3f} of a retrain's variance") in proc.stdout
     assert (f"plan: main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at "
             f"any budget") in proc.stdout
     assert f"the target is above it by {0.99 - limit['r2']:.3f}, which only interaction terms can add" in proc.stdout

@@ -12,12 +12,16 @@ does not already reach the target gets no forecast: its study is the pilot grown
 (``grow_first`` in plan.json), after which `dataspex plan` runs again (on real text such a pilot's curves asked
 0.2 to more than 64 times the retrains needed: :func:`dataspex.fit.planning.extrapolation_record`). From
 4 (n + 1) fit masks it also prints the run's main-effects limit (:func:`dataspex.fit.faithfulness.main_effects_limit`):
-a target past it gets no forecast for an estimator of main effects only, and a warning for the pair models.
+a target past it gets no forecast for an estimator of main effects only, and a warning for the pair models; for
+an estimator that records its screened pairs (the quadratic model) the limit plus their energy
+(:func:`dataspex.fit.faithfulness.screen_reach`) is its reach, and a target past that gets it no forecast either.
 """
 
 from __future__ import annotations
 
 import logging
+
+import numpy as np
 
 from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
@@ -28,6 +32,7 @@ from dataspex.fit.faithfulness import (
     noise_ceiling,
     past_limit,
     run_main_effects_limit,
+    screen_reach,
     update_curve,
 )
 from dataspex.fit.planning import (
@@ -104,10 +109,22 @@ def stage_plan(cfg) -> dict:
                       {"curve": power, **needed_retrains(power, target, ceiling["pooled"])}}
     limit = run_main_effects_limit(design, results, output)
     beyond = past_limit(limit, target)
+    reach = {name: screen_reach(design, results, output, f["screen"], limit)
+             for name, f in faithfulness.items() if f.get("screen") and limit["r2"] is not None}
+    # The most each estimator can explain at any budget, where that is measured: main effects only -> the
+    # limit; main effects and screened pairs -> the limit plus its pairs' energy. No curve is read past it.
+    caps = {}
     for name in rows:
-        if beyond and main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)):
-            rows[name].update(n_masks=None, power=None, why=f"the target is above the main-effects limit "
-                              f"{limit['r2']:.3f} (no budget reaches it with main effects alone)")
+        if limit["r2"] is not None and main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)):
+            caps[name] = limit
+            why = (f"the target is above the main-effects limit {limit['r2']:.3f} (no budget reaches it with main "
+                   "effects alone)")
+        elif reach.get(name, {}).get("r2") is not None:
+            caps[name] = reach[name]
+            why = (f"the target is above what main effects and its {reach[name]['n_pairs']} screened pairs can "
+                   f"explain (R^2 {reach[name]['r2']:.3f}: no budget reaches it with this screen)")
+        if name in caps and past_limit(caps[name], target):
+            rows[name].update(n_masks=None, power=None, why=why)
     reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
     n_fit = int(len(design.rows("fit")))
@@ -115,7 +132,7 @@ def stage_plan(cfg) -> dict:
     plan = {"run_dir": store.run_dir, "target_r2_pooled": target, "target_from": source, "ceiling": ceiling,
             "estimators": rows, "best": best, "pilot_fit_masks": n_fit, "seconds_per_retrain": per_retrain,
             "threads": rate["threads"], "shards": int(cfg.plan.shards), "gpu_speedup": float(cfg.plan.gpu_speedup),
-            "main_effects_limit": limit}
+            "main_effects_limit": limit, "screen_reach": reach}
 
     lines = [f"plan: pilot {store.run_dir}: {n_fit} fit + {n_heldout} held-out retrains, target pooled held-out "
              f"R^2 {target:.3f} ({source})"]
@@ -132,6 +149,12 @@ def stage_plan(cfg) -> dict:
         lines.append(f"plan:   {name:<10} R^2 by retrains {pts}; {describe(r['curve'])}: {need}")
     if limit["r2"] is not None:
         lines.append(_limit_line(limit, target, ceiling.get("pooled"), beyond))
+    for name, r in reach.items():
+        if r["r2"] is not None:
+            lines.append(f"plan: {name}'s {r['n_pairs']} screened pairs hold {r['pairs']:.3f} +- {r['pairs_se']:.3f} "
+                         f"of a retrain's variance (estimated from pairs of retrains, no model): with main effects it "
+                         f"explains at most R^2 {r['r2']:.3f} +- {r['r2_se']:.3f} at any budget with this screen"
+                         + ("; the target is above it" if past_limit(r, target) else ""))
     n_units = design.n_units
     if n_fit < n_units and not (best is not None and rows[best]["n_masks"] <= n_fit):
         # Below m = n_units the curves see only the slow start of R^2 (extrapolation_record): grow to n_units first.
@@ -145,14 +168,17 @@ def stage_plan(cfg) -> dict:
         # What the curves say at 16x the pilot, for a team that plans for less than the target.
         goal = n_fit
         ahead = 16 * n_fit
-        at = {n: float(curve_r2(r["curve"], ahead)) for n, r in rows.items() if r["curve"] is not None}
+        at = {n: min(float(curve_r2(r["curve"], ahead)), caps[n]["r2"] if n in caps else np.inf)
+              for n, r in rows.items() if r["curve"] is not None}
         plan["r2_at_16x"] = {"n_masks": ahead, **at}
         lines.append(f"plan: no estimator reaches the target by more retrains of this design (within "
-                     f"{2 ** MAX_DOUBLINGS}x the pilot): "
+                     f"{2 ** MAX_DOUBLINGS}x the pilot" + (", or at any budget for those with a measured limit"
+                                                          if caps else "") + "): "
                      "a less noisy output (fit.output=margin, train.seed_policy=shared), seed replicates or a larger "
                      "unit (groups of examples) are what is left"
                      + (f"; at 16x the pilot ({ahead} fit retrains) the curves say "
-                        + ", ".join(f"{n} {v:.3f}" for n, v in sorted(at.items(), key=lambda kv: -kv[1]))
+                        + ", ".join(f"{n} {v:.3f}" + (" (its limit)" if n in caps and v == caps[n]["r2"] else "")
+                                    for n, v in sorted(at.items(), key=lambda kv: -kv[1]))
                         + " (plan.target=<R^2> plans for one of those)" if at else ""))
     else:
         goal = rows[best]["n_masks"]

@@ -201,6 +201,15 @@ class QuadraticProxy(BaseInteractionEstimator):
             intercept[group], alpha[group] = b, a
         return np.array(pairs, dtype=np.int64).reshape(-1, 2), candidates, coef, intercept, alpha
 
+    def fit_summary(self) -> dict:
+        """The screened pairs and the outputs that may use each (``screen``: {"pairs": [[i, j], ...], "outputs":
+        [[t, ...], ...], or None where every output may use every pair, as under ``main`` and ``residual``}), so
+        that `dataspex plan` can measure how much of the retrains they can hold at most
+        (:func:`dataspex.fit.faithfulness.pair_energy`)."""
+        shared = bool(self.candidates_.all())
+        return {"screen": {"pairs": self.pairs_.tolist(), "outputs": None if shared else
+                           [np.flatnonzero(row).tolist() for row in self.candidates_]}}
+
     def _fit(self, masks: np.ndarray, Y: np.ndarray) -> InteractionResult:
         if self.screen not in ("local", "main", "residual"):
             raise DataspexInputError(f"screen must be 'local', 'main' or 'residual', got {self.screen!r}")
