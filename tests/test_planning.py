@@ -530,6 +530,8 @@ def test_plan_gives_main_effects_models_no_forecast_past_the_main_effects_limit(
     run_cli("report", f"run_dir={run_dir}", "report.curve_fractions=[0.25,0.5,0.75]")
     summary = json.load(open(os.path.join(run_dir, "report", "summary.json")))
     assert summary["trust"]["limit"]["r2"] == pytest.approx(limit["r2"])
+    if summary["trust"]["estimator"] == "quadratic":  # the ranking model's own reach, as plan measured it
+        assert summary["trust"]["reach"]["r2"] == pytest.approx(reach["r2"])
     assert (f"Main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at any "
             "budget") in open(os.path.join(run_dir, "report", "report.md")).read()
 
@@ -560,6 +562,15 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, main_only=True)
     assert near["need_ceiling"] == pair["need_ceiling"]
     assert "Main effects alone" not in _trust_lines(trust_summary(*args[:-1], None))[0]
+    # a pair model with a measured reach: no figure past it, the figure below it
+    reach = {"r2": 0.52, "r2_se": 0.01, "pairs": 0.02, "pairs_se": 0.001, "n_pairs": 28}
+    capped = trust_summary(*args, main_only=False, reach=reach)
+    line = _trust_lines(capped)[0]
+    assert ("The ranking model's 28 screened pairs hold 0.020 +- 0.001 of a retrain's variance (estimated from pairs "
+            "of retrains, no model): with main effects it explains at most R^2 0.520 +- 0.010 at any budget.") in line
+    assert line.endswith("To reach 80% of the ceiling: no budget gets it there, as main effects and its 28 screened "
+                         "pairs explain at most R^2 0.520 on this run.")
+    assert trust_summary(*args, reach={**reach, "r2": 0.6})["need_ceiling"] == pair["need_ceiling"]
 
 
 def test_the_plan_line_on_the_limit_says_within_near_or_past():

@@ -384,9 +384,14 @@ def _limit(trust: dict) -> str:
     if limit.get("r2") is None:
         return ""
     share = f" ({limit['r2'] / c['pooled']:.0%} of the ceiling)" if c.get("pooled") else ""
+    reach = trust.get("reach") or {}
+    pairs = "" if reach.get("r2") is None else (
+        f" The ranking model's {reach['n_pairs']} screened pairs hold {reach['pairs']:.3f} +- {reach['pairs_se']:.3f} "
+        f"of a retrain's variance (estimated from pairs of retrains, no model): with main effects it explains at most "
+        f"R^2 {reach['r2']:.3f} +- {reach['r2_se']:.3f} at any budget.")
     return (f" Main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at any "
             f"budget{share}: least squares on {limit['K']} disjoint blocks of {limit['block_masks']} fit masks, its "
-            "variance removed; past it only interaction terms explain the retrains.")
+            f"variance removed; past it only interaction terms explain the retrains.{pairs}")
 
 
 def _trust_lines(trust: dict) -> list[str]:
