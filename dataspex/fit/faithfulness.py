@@ -184,9 +184,9 @@ def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, groups: int = 
     over M masks (products of two different retrains only, so seed noise adds nothing). masks (M, n) uniform, Y
     (M, T); pairs (P, 2); outputs: per pair the output indices it may serve (None: every output). Returns ``share`` (sum over the pairs'
     outputs, over the pooled variance of Y) and ``se`` (a delete-one-group jackknife over ``groups`` groups of
-    masks). On six n = 256 real-text runs the quadratic model's own screen held 2-10% of the ceiling, and the
-    main-effects limit plus it came within 0-2 points of the model's R^2 with its variance removed at 8n
-    (benchmarks/README, 'Where the rest lies')."""
+    masks). On six n = 256 real-text runs the quadratic model's own screen held 2-11% of the ceiling, and the
+    model's measured R^2 lay 2-10 points of the ceiling under the main-effects limit plus it (benchmarks/README,
+    'The pair model's reach, in the product')."""
     M = len(Y)
     Yc = Y - Y.mean(0)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
