@@ -88,6 +88,7 @@ def main(argv=None) -> list:
     from hydra.utils import instantiate
 
     from budget import estimator_config
+    from dataspex.fit.faithfulness import pair_energy
     from outputs import replicated_run
 
     run = replicated_run(opts.run)
@@ -96,6 +97,7 @@ def main(argv=None) -> list:
     C = ceiling["pooled"]
     X, loss = results.masks, results.losses
     X_fit, Y_fit, X_ho, Y_ho = X[fit], loss[fit], X[ho], loss[ho]
+    uniform = fit | ho if float(cfg.design.p) == 0.5 else np.zeros_like(fit)  # pair energies need p = 0.5
     print(f"{opts.run}: {len(X_fit)} fit masks, {len(X_ho)} held out, n_train={X.shape[1]}, loss ceiling "
           f"{C:.3f} +- {ceiling['pooled_se']:.3f}", file=sys.stderr)
     rows = []
@@ -115,12 +117,16 @@ def main(argv=None) -> list:
             target = results.margins[fit] if via else Y_fit
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                predictions = np.stack([fitter(X_fit[k * m:(k + 1) * m], target[k * m:(k + 1) * m]).predict(X_ho)
-                                        for k in range(K)])
+                fits = [fitter(X_fit[k * m:(k + 1) * m], target[k * m:(k + 1) * m]) for k in range(K)]
+            predictions = np.stack([f.predict(X_ho) for f in fits])
+            screens = [f.fit_summary()["screen"] for f in fits if "screen" in getattr(f, "fit_summary", dict)()]
             if via:  # the recorded margin is log p - log(1 - p) of the gold class, so the loss is softplus(-margin)
                 predictions = np.logaddexp(0.0, -predictions)
             d = decompose(Y_ho, predictions, C)
             row = {"m": m, "estimator": spec, **d}
+            if screens and not via and uniform.any():  # each block's screened pairs' share, on every uniform mask
+                row["screen_share"] = float(np.mean([pair_energy(X[uniform], loss[uniform], sc["pairs"],
+                                                                 sc["outputs"])["share"] for sc in screens]))
             if opts.bootstrap:
                 row.update({f"{k}_se": v for k, v in
                             bootstrap_se(Y_ho, predictions, replicate_of, loss, opts.bootstrap).items()})
@@ -134,12 +140,14 @@ def main(argv=None) -> list:
         return f"{r[key] / C:.0%}" + ("" if se is None else f" +- {100 * se:.0f}")
     print(f"ceiling {C:.3f}; every share is of the ceiling")
     print("| m | estimator | K | R^2 (share) | variance | bias | R^2 without variance | R^2 of the mean of K "
-          "(check: mean + (K-1)/K variance) |")
-    print("|---:|---|---:|---:|---:|---:|---:|---|")
+          "(check: mean + (K-1)/K variance) | screened pairs' share |")
+    print("|---:|---|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         check = r["r2"] + (r["K"] - 1) / r["K"] * r["variance"]
+        screen = f"{r['screen_share'] / C:.0%}" if "screen_share" in r else ""
         print(f"| {r['m']} | {r['estimator']} | {r['K']} | {r['r2']:.3f} ({r['r2'] / C:.0%}) | {share(r, 'variance')} "
-              f"| {share(r, 'bias')} | {r['r2_without_variance'] / C:.0%} | {r['r2_of_mean']:.3f} ({check:.3f}) |")
+              f"| {share(r, 'bias')} | {r['r2_without_variance'] / C:.0%} | {r['r2_of_mean']:.3f} ({check:.3f}) | "
+              f"{screen} |")
     return rows
 
 
