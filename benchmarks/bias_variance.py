@@ -13,7 +13,10 @@ masks; the spread of the K held-out predictions around their mean, sum_k (f_k - 
 Var(f) without bias, and the bias is the rest of the gap, ceiling - mean R^2 - variance (so it carries the
 ceiling's error). Exactly, the mean of the K fits scores R^2 = mean R^2 + (K - 1) / K * variance (printed as a
 check), and R^2 without variance = ceiling - bias = mean R^2 + variance is what the mean of infinitely many such
-fits would reach at this budget.
+fits would reach at this budget. For an estimator that records its screened pairs (the quadratic model) the last
+column is the share of the ceiling those pairs hold (:func:`dataspex.fit.faithfulness.pair_energy`, the mean over
+the blocks' screens, on every uniform mask of the run): what `dataspex plan` adds to the main-effects limit as the
+model's reach.
 
     python benchmarks/bias_variance.py --run /tmp/runs/f256u_4096 --budgets 256,512,1024,2048 --blocks 4
 """
