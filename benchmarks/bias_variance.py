@@ -15,7 +15,7 @@ ceiling's error). Exactly, the mean of the K fits scores R^2 = mean R^2 + (K - 1
 check), and R^2 without variance = ceiling - bias = mean R^2 + variance is what the mean of infinitely many such
 fits would reach at this budget. For an estimator that records its screened pairs (the quadratic model) the last
 column is the share of the ceiling those pairs hold (:func:`dataspex.fit.faithfulness.pair_energy`, the mean over
-the blocks' screens, on every uniform mask of the run): what `dataspex plan` adds to the main-effects limit as the
+the blocks' screens, on every random mask of the run): what `dataspex plan` adds to the main-effects limit as the
 model's reach.
 
     python benchmarks/bias_variance.py --run /tmp/runs/f256u_4096 --budgets 256,512,1024,2048 --blocks 4
@@ -100,7 +100,7 @@ def main(argv=None) -> list:
     C = ceiling["pooled"]
     X, loss = results.masks, results.losses
     X_fit, Y_fit, X_ho, Y_ho = X[fit], loss[fit], X[ho], loss[ho]
-    uniform = fit | ho if float(cfg.design.p) == 0.5 else np.zeros_like(fit)  # pair energies need p = 0.5
+    random_rows = fit | ho  # every independent random mask (a replicate repeats a held-out one)
     print(f"{opts.run}: {len(X_fit)} fit masks, {len(X_ho)} held out, n_train={X.shape[1]}, loss ceiling "
           f"{C:.3f} +- {ceiling['pooled_se']:.3f}", file=sys.stderr)
     rows = []
@@ -127,9 +127,10 @@ def main(argv=None) -> list:
                 predictions = np.logaddexp(0.0, -predictions)
             d = decompose(Y_ho, predictions, C)
             row = {"m": m, "estimator": spec, **d}
-            if screens and not via and uniform.any():  # each block's screened pairs' share, on every uniform mask
-                row["screen_share"] = float(np.mean([pair_energy(X[uniform], loss[uniform], sc["pairs"],
-                                                                 sc["outputs"])["share"] for sc in screens]))
+            if screens and not via:  # each block's screened pairs' share, on every random mask of the run
+                row["screen_share"] = float(np.mean([
+                    pair_energy(X[random_rows], loss[random_rows], sc["pairs"], sc["outputs"], float(cfg.design.p))
+                    ["share"] for sc in screens]))
             if opts.bootstrap:
                 row.update({f"{k}_se": v for k, v in
                             bootstrap_se(Y_ho, predictions, replicate_of, loss, opts.bootstrap).items()})

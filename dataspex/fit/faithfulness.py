@@ -175,35 +175,43 @@ def run_main_effects_limit(design, results, output: str) -> dict:
     return main_effects_limit(results.masks[fit], Y[fit], results.masks[heldout], Y[heldout])
 
 
-def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, groups: int = 16, seed: int = 0) -> dict:
+def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, p: float = 0.5, groups: int = 16,
+                seed: int = 0) -> dict:
     """How much of the outputs' variance some pairs' interaction terms hold, estimated without a model.
 
-    On uniform masks (p = 0.5) the characters chi_ij(x) = (1 - 2 x_i)(1 - 2 x_j) are orthonormal, so the most a
-    model of main effects plus these pair terms explains is the main-effects share plus sum c_ij^2, with
-    c_ij = E[y chi_ij]; each c_ij^2 has the unbiased estimate ((sum_r y_r chi_ij(x_r))^2 - sum_r y_r^2) / (M (M - 1))
-    over M masks (products of two different retrains only, so seed noise adds nothing). masks (M, n) uniform, Y
-    (M, T); pairs (P, 2); outputs: per pair the output indices it may serve (None: every output). Returns ``share`` (sum over the pairs'
-    outputs, over the pooled variance of Y) and ``se`` (a delete-one-group jackknife over ``groups`` groups of
-    masks). On six n = 256 real-text runs the quadratic model's own screen held 2-11% of the ceiling, and the
-    model's measured R^2 lay 2-10 points of the ceiling under the main-effects limit plus it (benchmarks/README,
-    'The pair model's reach, in the product')."""
+    On masks drawn with each example kept with probability ``p``, the p-biased characters phi_i(x) = (x_i - p) /
+    sqrt(p (1 - p)) and their products phi_ij = phi_i phi_j are orthonormal, so the most a model of main effects plus
+    these pair terms explains is the main-effects share plus sum c_ij^2, with c_ij = E[y phi_ij]; each c_ij^2 has
+    the unbiased estimate ((sum_r y_r phi_ij(x_r))^2 - sum_r y_r^2 phi_ij(x_r)^2) / (M (M - 1)) over M masks
+    (products of two different retrains only, so seed noise adds nothing; at p = 0.5, phi_ij = (1 - 2 x_i)(1 - 2 x_j)
+    and phi_ij^2 = 1). masks (M, n), Y (M, T); pairs (P, 2); outputs: per pair the output indices it may serve
+    (None: every output). Returns ``share`` (summed over the pairs' outputs, over the pooled variance of Y) and
+    ``se`` (a delete-one-group jackknife over ``groups`` groups of masks). On six n = 256 real-text runs the
+    quadratic model's own screen held 2-11% of the ceiling, and the model's measured R^2 lay 2-10 points of the
+    ceiling under the main-effects limit plus it (benchmarks/README, 'The pair model's reach, in the product')."""
+    if not 0 < p < 1:
+        raise ValueError(f"p={p}: the kept fraction must lie in (0, 1)")
     M = len(Y)
     Yc = Y - Y.mean(0)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     allowed = np.zeros((len(pairs), Y.shape[1])) if outputs is not None else np.ones((len(pairs), Y.shape[1]))
-    for p, ts in enumerate(outputs or []):
-        allowed[p, list(ts)] = 1.0
-    s = 1.0 - 2.0 * masks.astype(np.float64)
+    for k, ts in enumerate(outputs or []):
+        allowed[k, list(ts)] = 1.0
+    phi = (masks.astype(np.float64) - p) / np.sqrt(p * (1 - p))
     labels = np.random.default_rng(seed).permutation(M) % groups
-    by_group = np.stack([(s[labels == g][:, pairs[:, 0]] * s[labels == g][:, pairs[:, 1]]).T @ Yc[labels == g]
-                         for g in range(groups)])  # (groups, P, T): sum_r y_r chi(x_r) within each group
-    squares = np.stack([(Yc[labels == g] ** 2).sum(0) for g in range(groups)])  # (groups, T)
+    projections, diagonals, squares = [], [], []
+    for g in range(groups):
+        chi = phi[labels == g][:, pairs[:, 0]] * phi[labels == g][:, pairs[:, 1]]  # (M_g, P)
+        projections.append(chi.T @ Yc[labels == g])  # sum_r y_r phi_ij(x_r) within the group: (P, T)
+        diagonals.append((chi ** 2).T @ Yc[labels == g] ** 2)  # sum_r y_r^2 phi_ij(x_r)^2: (P, T)
+        squares.append((Yc[labels == g] ** 2).sum(0))  # (T,)
+    projections, diagonals, squares = np.stack(projections), np.stack(diagonals), np.stack(squares)
 
     def share(keep: np.ndarray) -> float:
         m = int(np.isin(labels, np.flatnonzero(keep)).sum())
-        proj, sq = by_group[keep].sum(0), squares[keep].sum(0)
-        variance = sq.sum() / (m - 1)
-        return float((((proj ** 2 - sq) * allowed).sum() / (m * (m - 1))) / variance)
+        proj, diag = projections[keep].sum(0), diagonals[keep].sum(0)
+        variance = squares[keep].sum() / (m - 1)
+        return float((((proj ** 2 - diag) * allowed).sum() / (m * (m - 1))) / variance)
     everything = np.ones(groups, dtype=bool)
     leave = np.array([share(everything & (np.arange(groups) != g)) for g in range(groups)])
     se = float(np.sqrt((groups - 1) / groups * ((leave - leave.mean()) ** 2).sum()))
@@ -213,15 +221,16 @@ def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, groups: int = 
 def screen_reach(design, results, output: str, screen: dict, limit: dict) -> dict:
     """The most a model of main effects plus the pairs of ``screen`` (an estimator's ``fit_summary`` entry: pairs
     and the outputs each may serve) explains of a run's ``output``: ``limit`` (:func:`main_effects_limit`) plus
-    :func:`pair_energy` over every uniform mask of the run (fit and held out). Keys ``r2``, ``r2_se`` (both errors
-    together), ``pairs`` (their share), ``pairs_se``, ``n_pairs``; ``r2`` None with a ``why`` where the limit is not
-    measured or the masks are not uniform (design.p other than 0.5: the characters are then not orthonormal)."""
+    :func:`pair_energy` over every random mask of the run (fit and held out, kept with the design's ``p``). Keys
+    ``r2``, ``r2_se`` (both errors together), ``pairs`` (their share), ``pairs_se``, ``n_pairs``; ``r2`` None with
+    a ``why`` where the limit is not measured."""
     out = {"r2": None, "r2_se": None, "pairs": None, "pairs_se": None, "n_pairs": len(screen["pairs"])}
-    if limit.get("r2") is None or float(design.meta.get("p", 0.0)) != 0.5:
-        out["why"] = limit.get("why") if limit.get("r2") is None else "a design with p other than 0.5"
+    if limit.get("r2") is None:
+        out["why"] = limit.get("why")
         return out
     rows = results.keep(design, "fit") | results.keep(design, "heldout")
-    energy = pair_energy(results.masks[rows], fit_outputs(results, output)[rows], screen["pairs"], screen["outputs"])
+    energy = pair_energy(results.masks[rows], fit_outputs(results, output)[rows], screen["pairs"], screen["outputs"],
+                         float(design.meta.get("p", 0.5)))
     out.update(r2=limit["r2"] + energy["share"], r2_se=float(np.hypot(limit["r2_se"], energy["se"])),
                pairs=energy["share"], pairs_se=energy["se"])
     return out
