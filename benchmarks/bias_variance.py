@@ -34,18 +34,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def decompose(Y_ho: np.ndarray, predictions: np.ndarray, ceiling: float) -> dict:
-    """:func:`dataspex.fit.faithfulness.gap_split` of K fits' held-out predictions (K, M, T) against ``ceiling``."""
-    from dataspex.fit.faithfulness import gap_split
-
-    return gap_split(Y_ho, predictions, ceiling)
-
-
 class ols:
     """Main effects and an intercept by unpenalised least squares
     (:func:`dataspex.fit.faithfulness.least_squares_main_effects`), fitted on masks (m, n) and outputs (m, T): its
-    ``bias`` in :func:`decompose` is what no main-effects model represents, at any budget, and its ``variance``
-    all the cost of estimating it."""
+    ``bias`` (:func:`dataspex.fit.faithfulness.gap_split`) is what no main-effects model represents, at any budget,
+    and its ``variance`` all the cost of estimating it."""
 
     def __init__(self, masks: np.ndarray, outputs: np.ndarray):
         from dataspex.fit.faithfulness import least_squares_main_effects
@@ -57,10 +50,10 @@ class ols:
 
 
 def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed: int = 0) -> dict:
-    """Bootstrap standard errors of :func:`decompose`'s ``variance`` and ``bias`` as shares of the ceiling: one
-    resample draws the M held-out masks with replacement and scores the ceiling on the drawn masks that have a
-    seed replicate (``replicate_of``: (M,) row of ``Y_rep`` or -1), as benchmarks/outputs.py's share_se does."""
-    from dataspex.fit.faithfulness import pooled_ceiling
+    """Bootstrap standard errors of the ``variance`` and ``bias`` of :func:`dataspex.fit.faithfulness.gap_split` as
+    shares of the ceiling: one resample draws the M held-out masks with replacement and scores the ceiling on the
+    drawn masks that have a seed replicate (``replicate_of``: (M,) row of ``Y_rep`` or -1), as benchmarks/outputs.py's share_se does."""
+    from dataspex.fit.faithfulness import gap_split, pooled_ceiling
 
     rng = np.random.default_rng(seed)
     draws = {"variance": [], "bias": []}
@@ -68,7 +61,7 @@ def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed
         drawn = rng.integers(0, len(Y_ho), len(Y_ho))
         paired = drawn[replicate_of[drawn] >= 0]
         c = pooled_ceiling(Y_ho[paired], Y_rep[replicate_of[paired]])
-        d = decompose(Y_ho[drawn], predictions[:, drawn], c)
+        d = gap_split(Y_ho[drawn], predictions[:, drawn], c)
         draws["variance"].append(d["variance"] / c)
         draws["bias"].append(d["bias"] / c)
     return {k: float(np.std(v, ddof=1)) for k, v in draws.items()}
@@ -91,7 +84,7 @@ def main(argv=None) -> list:
     from hydra.utils import instantiate
 
     from budget import estimator_config
-    from dataspex.fit.faithfulness import pair_energy
+    from dataspex.fit.faithfulness import gap_split, pair_energy
     from outputs import replicated_run
 
     run = replicated_run(opts.run)
@@ -122,10 +115,11 @@ def main(argv=None) -> list:
                 warnings.simplefilter("ignore")
                 fits = [fitter(X_fit[k * m:(k + 1) * m], target[k * m:(k + 1) * m]) for k in range(K)]
             predictions = np.stack([f.predict(X_ho) for f in fits])
-            screens = [f.fit_summary()["screen"] for f in fits if "screen" in getattr(f, "fit_summary", dict)()]
+            summaries = [getattr(f, "fit_summary", dict)() for f in fits]  # ols has none
+            screens = [summary["screen"] for summary in summaries if "screen" in summary]
             if via:  # the recorded margin is log p - log(1 - p) of the gold class, so the loss is softplus(-margin)
                 predictions = np.logaddexp(0.0, -predictions)
-            d = decompose(Y_ho, predictions, C)
+            d = gap_split(Y_ho, predictions, C)
             row = {"m": m, "estimator": spec, **d}
             if screens and not via:  # each block's screened pairs' share, on every random mask of the run
                 row["screen_share"] = float(np.mean([

@@ -558,30 +558,30 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     ceiling = {"pooled": 0.7, "pooled_se": 0.02, "n_masks": 64}
     limit = {"r2": 0.5, "r2_se": 0.02, "K": 2, "block_masks": 512}
     args = (faithfulness, "m", curve, ceiling, 0.1, 256, None, limit)
-    pair = trust_summary(*args, main_only=False)
+    pair = trust_summary(*args, bound=None)
     assert pair["need_ceiling"]["n_masks"] == needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]),
                                                               0.56, 0.7)["n_masks"]
     line = _trust_lines(pair)[0]
     assert ("Main effects alone reach at most R^2 0.500 +- 0.020 on this run at any budget (71% of the ceiling): "
             "least squares on 2 disjoint blocks of 512 fit masks, its variance removed") in line
     assert "extrapolates to about" in line
-    main = trust_summary(*args, main_only=True)
+    main = trust_summary(*args, bound={**limit, "kind": "main effects"})
     assert main["need_ceiling"]["n_masks"] is None
     assert _trust_lines(main)[0].endswith("To reach 80% of the ceiling: no budget gets it there, as main effects "
                                           "alone reach at most R^2 0.500 on this run.")
     # within two standard errors of the limit the figure stays: 0.56 is not past 0.5 + 2 x 0.04
-    near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, main_only=True)
+    near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, bound={**limit, "r2_se": 0.04, "kind": "main effects"})
     assert near["need_ceiling"] == pair["need_ceiling"]
     assert "Main effects alone" not in _trust_lines(trust_summary(*args[:-1], None))[0]
     # a pair model with a measured reach: no figure past it, the figure below it
-    reach = {"r2": 0.52, "r2_se": 0.01, "pairs": 0.02, "pairs_se": 0.001, "n_pairs": 28}
-    capped = trust_summary(*args, main_only=False, reach=reach)
+    reach = {"r2": 0.52, "r2_se": 0.01, "pairs": 0.02, "pairs_se": 0.001, "n_pairs": 28, "kind": "screen"}
+    capped = trust_summary(*args, bound=reach)
     line = _trust_lines(capped)[0]
     assert ("The ranking model's 28 screened pairs hold 0.020 +- 0.001 of a retrain's variance (estimated from pairs "
             "of retrains, no model): with main effects it explains at most R^2 0.520 +- 0.010 at any budget.") in line
     assert line.endswith("To reach 80% of the ceiling: no budget gets it there, as main effects and its 28 screened "
                          "pairs explain at most R^2 0.520 on this run.")
-    assert trust_summary(*args, reach={**reach, "r2": 0.6})["need_ceiling"] == pair["need_ceiling"]
+    assert trust_summary(*args, bound={**reach, "r2": 0.6})["need_ceiling"] == pair["need_ceiling"]
 
 
 def test_the_plan_line_on_the_limit_says_within_near_or_past():

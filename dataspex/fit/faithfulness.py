@@ -23,10 +23,9 @@ from dataspex.core.metrics import faithfulness_r2, pooled_r2
 from dataspex.design.replicate import finished_replicate_rows, replicate_pairs
 from dataspex.fit.artifacts import fit_stamp
 
-__all__ = ["ceiling_se", "fit_outputs", "gap_split", "heldout_r2", "least_squares_main_effects", "load_curve",
-           "main_effects_limit", "main_effects_only", "noise_ceiling", "pair_energy", "past_limit", "pooled_ceiling",
-           "screen_reach",
-           "run_main_effects_limit", "update_curve"]
+__all__ = ["ceiling_se", "estimator_bound", "fit_outputs", "gap_split", "heldout_r2", "least_squares_main_effects",
+           "load_curve", "main_effects_limit", "main_effects_only", "noise_ceiling", "pair_energy", "past_limit",
+           "pooled_ceiling", "run_main_effects_limit", "screen_reach", "update_curve"]
 
 log = logging.getLogger("dataspex")
 
@@ -246,6 +245,21 @@ def main_effects_only(est_cfg) -> bool:
     """Whether the estimator an estimator config (with ``_target_``) builds has no interaction term at any budget:
     its class's ``main_effects_only`` (:class:`dataspex.fit.estimators.base.BaseInteractionEstimator`)."""
     return est_cfg is not None and bool(getattr(get_class(est_cfg["_target_"]), "main_effects_only", False))
+
+
+def estimator_bound(design, results, output: str, row: dict, est_cfg, limit: dict) -> dict | None:
+    """The most the estimator of a faithfulness.json ``row`` (built from ``est_cfg``) can explain of a run's
+    ``output`` at any budget, where that is measured: the main-effects ``limit`` for a model of main effects only
+    (``kind`` "main effects"), its :func:`screen_reach` for a model that recorded its screened pairs (``kind``
+    "screen"); None for any other model, or while the limit is not measured. `dataspex plan` and the report's
+    trust line read no forecast past it."""
+    if limit.get("r2") is None:
+        return None
+    if main_effects_only(est_cfg):
+        return {**limit, "kind": "main effects"}
+    if row.get("screen"):
+        return {**screen_reach(design, results, output, row["screen"], limit), "kind": "screen"}
+    return None
 
 
 def heldout_r2(estimator, masks, Y):

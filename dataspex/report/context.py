@@ -15,12 +15,11 @@ from dataspex.core.outputs import OUTPUTS
 from dataspex.fit import trak
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.faithfulness import (
+    estimator_bound,
     load_curve,
-    main_effects_only,
     noise_ceiling,
     past_limit,
     run_main_effects_limit,
-    screen_reach,
 )
 from dataspex.fit.planning import CEILING_SHARE, estimator_curve, extrapolation_record, needed_retrains
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
@@ -177,7 +176,7 @@ def pair_evidence(design, results, fitted: dict, name: str, output: str, tables:
 
 def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: dict, trust_r2: float,
                   n_units: int | None = None, units=None, limit: dict | None = None,
-                  main_only: bool = False, reach: dict | None = None) -> dict:
+                  bound: dict | None = None) -> dict:
     """How far to trust the ranking model ``name``: its pooled held-out R^2 and retrains, the run's noise ceiling,
     whether it clears ``report.trust_r2`` (``trusted``), and the fit retrains its faithfulness curve says it would
     need for the threshold (when below it) and for ``CEILING_SHARE`` of the ceiling (``need_trust``, ``need_ceiling``:
@@ -185,9 +184,9 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
     for a run of this many fit masks over ``n_units`` units (the design's ``units``; None: training examples;
     :func:`dataspex.fit.planning.extrapolation_record`; None without ``n_units``), and ``short_pilot``: fewer fit
     masks than units, where the curve is no forecast. A model without a held-out score is not trusted. ``limit``:
-    the run's :func:`dataspex.fit.faithfulness.main_effects_limit`; for a ranking model of main effects only
-    (``main_only``) a goal past it gets no figure, since no budget reaches it, and likewise for a model of main
-    effects and screened pairs past its ``reach`` (:func:`dataspex.fit.faithfulness.screen_reach`)."""
+    the run's :func:`dataspex.fit.faithfulness.main_effects_limit`; ``bound``: the most the ranking model can
+    explain at any budget (:func:`dataspex.fit.faithfulness.estimator_bound`: the limit for a model of main effects
+    only, its ``reach`` for a model of main effects and screened pairs), past which a goal gets no figure."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
     _, lc = estimator_curve(curve, name)
@@ -200,15 +199,16 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
                lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"]),
            "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, units),
            "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units,
-           "limit": limit or {"r2": None}, "reach": reach or {"r2": None}}
+           "limit": limit or {"r2": None},
+           "reach": bound if bound is not None and bound["kind"] == "screen" else {"r2": None}}
     goals = {"need_trust": trust_r2, "need_ceiling": None if ceiling.get("pooled") is None else
              CEILING_SHARE * ceiling["pooled"]}
-    cap, why = (out["limit"], "main effects alone reach") if main_only else (
-        out["reach"], f"main effects and its {out['reach'].get('n_pairs')} screened pairs explain")
     for key, goal in goals.items():
-        if out[key] is not None and past_limit(cap, goal):
+        if out[key] is not None and bound is not None and past_limit(bound, goal):
+            what = ("main effects alone reach" if bound["kind"] == "main effects" else
+                    f"main effects and its {bound['n_pairs']} screened pairs explain")
             out[key] = {"n_masks": None, "doublings": None,
-                        "why": f"no budget gets it there, as {why} at most R^2 {cap['r2']:.3f} on this run"}
+                        "why": f"no budget gets it there, as {what} at most R^2 {bound['r2']:.3f} on this run"}
     return out
 
 
@@ -234,11 +234,10 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
     curve = load_curve(store, faithfulness, cfg.report.curve_fractions)
     diverged = health.flag_results(results)  # masks whose training diverged
     limit = run_main_effects_limit(design, results, output)
-    screen = faithfulness[name].get("screen")
+    bound = estimator_bound(design, results, output, faithfulness[name],
+                            faithfulness[name].get("config") or cfg.estimators.get(name), limit)
     trust = trust_summary(faithfulness, name, curve, noise_ceiling(design, results, output),
-                          float(cfg.report.trust_r2), design.n_units, units, limit,
-                          main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)),
-                          screen_reach(design, results, output, screen, limit) if screen else None)
+                          float(cfg.report.trust_r2), design.n_units, units, limit, bound)
     actions = curation_actions(tables, result, data, validation, units)
     if not trust["trusted"]:  # an unfaithful ranking model gets candidates (the pair tables), never actions
         actions = actions.iloc[0:0]

@@ -27,12 +27,11 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.files import write_json
 from dataspex.fit.artifacts import load_fitted
 from dataspex.fit.faithfulness import (
+    estimator_bound,
     load_curve,
-    main_effects_only,
     noise_ceiling,
     past_limit,
     run_main_effects_limit,
-    screen_reach,
     update_curve,
 )
 from dataspex.fit.planning import (
@@ -109,22 +108,19 @@ def stage_plan(cfg) -> dict:
                       {"curve": power, **needed_retrains(power, target, ceiling["pooled"])}}
     limit = run_main_effects_limit(design, results, output)
     beyond = past_limit(limit, target)
-    reach = {name: screen_reach(design, results, output, f["screen"], limit)
-             for name, f in faithfulness.items() if f.get("screen") and limit["r2"] is not None}
     # The most each estimator can explain at any budget, where that is measured: main effects only -> the
     # limit; main effects and screened pairs -> the limit plus its pairs' energy. No curve is read past it.
-    caps = {}
-    for name in rows:
-        if limit["r2"] is not None and main_effects_only(faithfulness[name].get("config") or cfg.estimators.get(name)):
-            caps[name] = limit
-            why = (f"the target is above the main-effects limit {limit['r2']:.3f} (no budget reaches it with main "
-                   "effects alone)")
-        elif reach.get(name, {}).get("r2") is not None:
-            caps[name] = reach[name]
-            why = (f"the target is above what main effects and its {reach[name]['n_pairs']} screened pairs can "
-                   f"explain (R^2 {reach[name]['r2']:.3f}: no budget reaches it with this screen)")
-        if name in caps and past_limit(caps[name], target):
-            rows[name].update(n_masks=None, power=None, why=why)
+    bounds = {name: estimator_bound(design, results, output, f, f.get("config") or cfg.estimators.get(name), limit)
+              for name, f in faithfulness.items()}
+    caps = {name: b for name, b in bounds.items() if b is not None and b["r2"] is not None}
+    reach = {name: b for name, b in caps.items() if b["kind"] == "screen"}
+    for name, cap in caps.items():
+        if past_limit(cap, target):
+            rows[name].update(n_masks=None, power=None, why=(
+                f"the target is above the main-effects limit {cap['r2']:.3f} (no budget reaches it with main "
+                "effects alone)" if cap["kind"] == "main effects" else
+                f"the target is above what main effects and its {cap['n_pairs']} screened pairs can explain "
+                f"(R^2 {cap['r2']:.3f}: no budget reaches it with this screen)"))
     reachable = {n: r for n, r in rows.items() if r["n_masks"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["n_masks"]) if reachable else None
     n_fit = int(len(design.rows("fit")))
@@ -150,11 +146,10 @@ def stage_plan(cfg) -> dict:
     if limit["r2"] is not None:
         lines.append(_limit_line(limit, target, ceiling.get("pooled"), beyond))
     for name, r in reach.items():
-        if r["r2"] is not None:
-            lines.append(f"plan: {name}'s {r['n_pairs']} screened pairs hold {r['pairs']:.3f} +- {r['pairs_se']:.3f} "
-                         f"of a retrain's variance (estimated from pairs of retrains, no model): with main effects it "
-                         f"explains at most R^2 {r['r2']:.3f} +- {r['r2_se']:.3f} at any budget with this screen"
-                         + ("; the target is above it" if past_limit(r, target) else ""))
+        lines.append(f"plan: {name}'s {r['n_pairs']} screened pairs hold {r['pairs']:.3f} +- {r['pairs_se']:.3f} "
+                     f"of a retrain's variance (estimated from pairs of retrains, no model): with main effects it "
+                     f"explains at most R^2 {r['r2']:.3f} +- {r['r2_se']:.3f} at any budget with this screen"
+                     + ("; the target is above it" if past_limit(r, target) else ""))
     n_units = design.n_units
     if n_fit < n_units and not (best is not None and rows[best]["n_masks"] <= n_fit):
         # Below m = n_units the curves see only the slow start of R^2 (extrapolation_record): grow to n_units first.
