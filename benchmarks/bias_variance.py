@@ -52,7 +52,8 @@ class ols:
 def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed: int = 0) -> dict:
     """Bootstrap standard errors of the ``variance`` and ``bias`` of :func:`dataspex.fit.faithfulness.gap_split` as
     shares of the ceiling: one resample draws the M held-out masks with replacement and scores the ceiling on the
-    drawn masks that have a seed replicate (``replicate_of``: (M,) row of ``Y_rep`` or -1), as benchmarks/outputs.py's share_se does."""
+    drawn masks that have a seed replicate (``replicate_of``: (M,) row of ``Y_rep`` or -1), as benchmarks/outputs.py's
+    share_se does."""
     from dataspex.fit.faithfulness import gap_split, pooled_ceiling
 
     rng = np.random.default_rng(seed)
@@ -67,6 +68,30 @@ def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed
     return {k: float(np.std(v, ddof=1)) for k, v in draws.items()}
 
 
+def limit_parts(run_dir: str) -> list:
+    """:func:`dataspex.fit.faithfulness.main_effects_limit` (on the outputs `dataspex fit` models) from each disjoint
+    part of 4 (n + 1) fit masks, the fewest it accepts, beside the limit from all of the run's fit masks: how far
+    a small run's limit lands from a large one's, in units of the small run's own standard error."""
+    from dataspex.fit.faithfulness import fit_outputs, main_effects_limit
+    from outputs import replicated_run
+
+    run = replicated_run(run_dir)
+    results, fit, ho = run["results"], run["fit"], run["ho"]
+    Y = fit_outputs(results, "loss")
+    X_fit, Y_fit = results.masks[fit], Y[fit]
+    part = 4 * (X_fit.shape[1] + 1)
+    full = main_effects_limit(X_fit, Y_fit, results.masks[ho], Y[ho])
+    print(f"{run_dir}: limit from all {len(X_fit)} fit masks {full['r2']:.3f} +- {full['r2_se']:.3f}")
+    rows = []
+    for k in range(len(X_fit) // part):
+        got = main_effects_limit(X_fit[k * part:(k + 1) * part], Y_fit[k * part:(k + 1) * part], results.masks[ho],
+                                 Y[ho])
+        rows.append(got)
+        print(f"  part {k} ({part} masks): {got['r2']:.3f} +- {got['r2_se']:.3f}; off by "
+              f"{got['r2'] - full['r2']:+.3f} = {abs(got['r2'] - full['r2']) / got['r2_se']:.2f} of its SE")
+    return rows
+
+
 def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a finished run with seed replicates (design.replicates)")
@@ -76,7 +101,12 @@ def main(argv=None) -> list:
                         help="budget.estimator_config specs, or ols (main effects by unpenalised least squares); "
                         "NAME@margin fits the margin and predicts the loss as softplus(-margin)")
     parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the standard errors (0: none)")
+    parser.add_argument("--limit-parts", action="store_true",
+                        help="instead: the product's main-effects limit from each disjoint part of 4 (n + 1) fit "
+                        "masks (the fewest it accepts) against the limit from all of them")
     opts = parser.parse_args(argv)
+    if opts.limit_parts:
+        return limit_parts(opts.run)
     for spec in opts.estimators.split(","):
         if spec.partition("@")[2] not in ("", "margin"):
             raise SystemExit(f"error: {spec!r}: the only output after @ is margin")

@@ -149,7 +149,8 @@ def main_effects_limit(masks_fit: np.ndarray, Y_fit: np.ndarray, masks_ho: np.nd
              for d in rng.integers(0, len(Y_ho), size=(LIMIT_BOOTSTRAP, len(Y_ho)))]
     # Two sources of error: which masks were held out (the bootstrap) and which were drawn for the blocks (the
     # blocks' R^2 spread, over sqrt K). On six n = 256 real-text runs, limits from 2 blocks of 514 masks were
-    # within 0.025 of the run's limit from all its fit masks: at most 1.1 of this SE (0.012-0.031).
+    # within 0.025 of the run's limit from all its fit masks: at most 1.1 of this SE (0.012-0.031;
+    # benchmarks/bias_variance.py --limit-parts).
     r2_blocks = [pooled_r2(Y_ho, p) for p in predictions]
     se = float(np.sqrt(np.var(draws, ddof=1) + np.var(r2_blocks, ddof=1) / K))
     out.update(r2=split["r2_without_variance"], r2_se=se, block_masks=size, variance=split["variance"])
