@@ -70,7 +70,7 @@ def bootstrap_se(Y_ho, predictions, replicate_of, Y_rep, n_boot: int = 500, seed
 
 def limit_parts(run_dir: str) -> list:
     """:func:`dataspex.fit.faithfulness.main_effects_limit` (on the outputs `dataspex fit` models) from each disjoint
-    part of 4 (n + 1) fit masks, the fewest it accepts, beside the limit from all of the run's fit masks: how far
+    part of 4n fit masks, the fewest it accepts, beside the limit from all of the run's fit masks: how far
     a small run's limit lands from a large one's, in units of the small run's own standard error."""
     from dataspex.fit.faithfulness import fit_outputs, main_effects_limit
     from outputs import replicated_run
@@ -79,7 +79,7 @@ def limit_parts(run_dir: str) -> list:
     results, fit, ho = run["results"], run["fit"], run["ho"]
     Y = fit_outputs(results, "loss")
     X_fit, Y_fit = results.masks[fit], Y[fit]
-    part = 4 * (X_fit.shape[1] + 1)
+    part = 4 * X_fit.shape[1]
     full = main_effects_limit(X_fit, Y_fit, results.masks[ho], Y[ho])
     print(f"{run_dir}: limit from all {len(X_fit)} fit masks {full['r2']:.3f} +- {full['r2_se']:.3f}")
     rows = []
@@ -102,7 +102,7 @@ def main(argv=None) -> list:
                         "NAME@margin fits the margin and predicts the loss as softplus(-margin)")
     parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the standard errors (0: none)")
     parser.add_argument("--limit-parts", action="store_true",
-                        help="instead: the product's main-effects limit from each disjoint part of 4 (n + 1) fit "
+                        help="instead: the product's main-effects limit from each disjoint part of 4n fit "
                         "masks (the fewest it accepts) against the limit from all of them")
     opts = parser.parse_args(argv)
     if opts.limit_parts:

@@ -8,7 +8,11 @@ mean, as `dataspex fit` does), and fits two curves to the pilot's four points on
 
 * ``log2 line``: ``a + b log2(m)`` (what `dataspex plan` uses);
 * ``power law to the ceiling``: ``C - exp(a + b log2(m))``, with C the run's replicate noise ceiling (no model of
-  the mask beats it): the gap to the ceiling shrinking by a constant factor per doubling.
+  the mask beats it): the gap to the ceiling shrinking by a constant factor per doubling;
+* ``power law to the bound``: the same towards the estimator's own bound as `dataspex plan` measures it from the
+  pilot (from 4n fit masks: the main-effects limit for the linear datamodel, the limit plus the energy of its
+  screened pairs for the quadratic model; :func:`dataspex.fit.faithfulness.estimator_bound`), which no budget of
+  that model passes; n/a for a pilot under 4n or a model without a bound.
 
 It prints, per run, estimator and larger budget, the measured R^2 and each curve's prediction, then each curve's
 mean signed and absolute error over all of them. Points are cached in ``--out`` (one JSON per run), so a second
@@ -63,8 +67,30 @@ def power_to_ceiling(m: np.ndarray, r2: np.ndarray, ceiling: float):
     return curve if curve["kind"] == "power" else None
 
 
-CURVES = {"log2 line": lambda m, r, c: log2_line(m, r),
-          "power law to the ceiling": lambda m, r, c: power_to_ceiling(m, r, c)}
+CURVES = {"log2 line": lambda m, r, c, b: log2_line(m, r),
+          "power law to the ceiling": lambda m, r, c, b: power_to_ceiling(m, r, c),
+          "power law to the bound": lambda m, r, c, b: None if b is None else power_to_ceiling(m, r, b)}
+
+
+def pilot_bound(run: dict, name: str, model, pilot: int) -> float | None:
+    """The bound `dataspex plan` would measure for estimator ``name`` (fitted as ``model`` on the first ``pilot``
+    fit masks) from the pilot's fit masks and the run's held-out ones: the main-effects limit for a model of main
+    effects only, the limit plus :func:`dataspex.fit.faithfulness.pair_energy` of its recorded screen for a model
+    that records one; None otherwise, or below 4n fit masks."""
+    from dataspex.fit.faithfulness import main_effects_limit, pair_energy
+
+    X_fit, Y_fit = run["X_fit"][:pilot], run["Y_fit"][:pilot]
+    limit = main_effects_limit(X_fit, Y_fit, run["X_ho"], run["Y_ho"])
+    if limit["r2"] is None:
+        return None
+    if getattr(model, "main_effects_only", False):
+        return limit["r2"]
+    screen = model.fit_summary().get("screen")
+    if not screen:
+        return None
+    energy = pair_energy(np.vstack([X_fit, run["X_ho"]]), np.vstack([Y_fit, run["Y_ho"]]), screen["pairs"],
+                         screen["outputs"], float(run["design"].meta.get("p", 0.5)))
+    return limit["r2"] + energy["share"]
 
 
 def crossing(m: np.ndarray, r2: np.ndarray, target: float) -> float | None:
@@ -88,12 +114,14 @@ def asks(measured: dict, pilot: int, targets: list[float]) -> list[dict]:
         m = np.array([p[0] for p in points], dtype=np.float64)
         r2 = np.array([p[1] for p in points])
         seen = m <= pilot
+        bound = measured.get("bounds", {}).get(name)
         for target in goals:
             row = {"run": os.path.basename(measured["run"]), "estimator": name, "target": target,
                    "needed": crossing(m, r2, target)}
             for curve, make in CURVES.items():
-                fitted = make(m[seen], r2[seen], measured["ceiling"])
+                fitted = make(m[seen], r2[seen], measured["ceiling"], bound)
                 row[curve] = needed_retrains(fitted, target, measured["ceiling"])["n_masks"]
+                row[curve + " n/a"] = fitted is None
             rows.append(row)
     return rows
 
@@ -111,9 +139,9 @@ def measure(run_dir: str, estimators: list[str], pilot: int, cache: str) -> dict
     if os.path.exists(cache):
         with open(cache) as fh:
             cached = json.load(fh)
-        if cached.get("budgets") == wanted and set(estimators) <= set(cached["points"]):
+        if cached.get("budgets") == wanted and set(estimators) <= set(cached.get("bounds", {})):
             return cached
-    out = {"run": run_dir, "budgets": wanted, "points": {},
+    out = {"run": run_dir, "budgets": wanted, "points": {}, "bounds": {},
            "ceiling": noise_ceiling(run["design"], run["results"], "loss")["pooled"]}
     for name in estimators:
         cfg = estimator_config(run["cfg"], name)
@@ -125,6 +153,8 @@ def measure(run_dir: str, estimators: list[str], pilot: int, cache: str) -> dict
                 model = instantiate(cfg).fit(run["X_fit"][:m], run["Y_fit"][:m])
             r2 = pooled_r2(run["Y_ho"], model.predict(run["X_ho"]))
             out["points"][name].append([m, r2])
+            if m == pilot:
+                out["bounds"][name] = pilot_bound(run, name, model, pilot)
             print(f"  {os.path.basename(run_dir)} {name} m = {m}: {r2:.3f} ({time.perf_counter() - started:.1f} s)",
                   flush=True)
     os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
@@ -143,7 +173,8 @@ def compare(measured: dict, pilot: int) -> list[dict]:
         m = np.array([p[0] for p in points], dtype=np.float64)
         r2 = np.array([p[1] for p in points])
         seen = m <= pilot
-        fitted = {curve: make(m[seen], r2[seen], measured["ceiling"]) for curve, make in CURVES.items()}
+        bound = measured.get("bounds", {}).get(name)
+        fitted = {curve: make(m[seen], r2[seen], measured["ceiling"], bound) for curve, make in CURVES.items()}
         for k in np.flatnonzero(~seen):
             row = {"run": os.path.basename(measured["run"]), "estimator": name, "m": int(m[k]),
                    "doublings": float(np.log2(m[k] / pilot)), "measured": float(r2[k])}
@@ -170,7 +201,9 @@ def main(argv=None) -> list[dict]:
         measured = measure(run_dir, opts.estimators.split(","), opts.pilot, cache)
         print(f"{run_dir}: ceiling {measured['ceiling']:.3f}; pilot points "
               + "; ".join(f"{n} " + ", ".join(f"{m}: {r:.3f}" for m, r in p if m <= opts.pilot)
-                          for n, p in measured["points"].items()))
+                          for n, p in measured["points"].items())
+              + "; bounds from the pilot " + ", ".join(f"{n} " + ("n/a" if b is None else f"{b:.3f}")
+                                                      for n, b in measured.get("bounds", {}).items()))
         rows += compare(measured, opts.pilot)
         needs += asks(measured, opts.pilot, targets)
     names = list(CURVES)
@@ -182,6 +215,9 @@ def main(argv=None) -> list[dict]:
     print()
     for c in names:
         err = np.array([r[c] - r["measured"] for r in rows if r[c] is not None])
+        if not len(err):
+            print(f"{c}: n/a at every point")
+            continue
         far = np.array([r[c] - r["measured"] for r in rows if r[c] is not None and r["doublings"] >= 2.5])
         print(f"{c}: mean error {err.mean():+.3f}, mean |error| {np.abs(err).mean():.3f} over {len(err)} points; "
               f"at 2.5+ doublings {far.mean():+.3f} / {np.abs(far).mean():.3f} over {len(far)}")
@@ -192,16 +228,20 @@ def main(argv=None) -> list[dict]:
     for r in needs:
         if r["needed"] is None:
             continue
-        cells = " | ".join("more than 64x" if r[c] is None else f"{r[c]} ({r[c] / r['needed']:.2f}x)" for c in names)
+        cells = " | ".join("n/a" if r[c + " n/a"] else "none: past 64x or its bound" if r[c] is None
+                           else f"{r[c]} ({r[c] / r['needed']:.2f}x)" for c in names)
         print(f"| {r['run']} | {r['estimator']} | {r['target']:.3f} | {r['needed']:.0f} | {cells} |")
     beyond = [r for r in needs if r["needed"] is not None and r["needed"] > opts.pilot]  # true extrapolations
     print(f"\nOver the {len(beyond)} targets the measured curve crossed beyond the pilot:")
     for c in names:
-        ratios = np.array([np.inf if r[c] is None else r[c] / r["needed"] for r in beyond])
+        ratios = np.array([np.inf if r[c] is None else r[c] / r["needed"] for r in beyond if not r[c + " n/a"]])
+        if not len(ratios):
+            print(f"{c}: n/a on every target")
+            continue
         print(f"{c}: asked / needed median {np.median(ratios):.2f}, range {ratios.min():.2f} to {ratios.max():.2f}; "
-              f"fewer than needed in {int((ratios < 1).sum())}")
-    if len(names) == 2:
-        low, high = names
+              f"fewer than needed in {int((ratios < 1).sum())} of {len(ratios)}")
+    if len(beyond):
+        low, high = names[:2]
         inside = sum(1 for r in beyond if r[low] is not None and r[low] <= r["needed"]
                      and (r[high] is None or r["needed"] <= r[high]))
         print(f"the need lay between the {low} and the {high} in {inside} of {len(beyond)}")

@@ -35,3 +35,50 @@ def test_a_curve_that_is_a_log2_line_is_predicted_exactly_by_it():
     target_80, target_05 = asks  # 80% of the ceiling (0.64) is not reached by 1,024; 0.5 is, at 2^9 = 512
     assert target_80["needed"] is None and target_80["target"] == pytest.approx(0.64)
     assert target_05["needed"] == pytest.approx(512.0) and target_05["log2 line"] == 512
+
+
+def test_a_power_law_to_the_bound_is_predicted_exactly_by_that_curve_and_is_na_without_a_bound():
+    m = np.array([256, 512, 768, 1024, 2048, 4096])
+    bound = 0.6
+    r2 = bound - np.exp(-0.5 - 0.4 * np.log2(m))  # the gap to the bound x e^-0.4 per doubling; ceiling 0.8 above it
+    points = [[int(a), float(b)] for a, b in zip(m, r2)]
+    measured = {"run": "/x/run", "ceiling": 0.8, "points": {"quadratic": points, "linear": points},
+                "bounds": {"quadratic": bound, "linear": None}}
+    rows = plan_curves.compare(measured, 1024)
+    for r in rows:
+        if r["estimator"] == "quadratic":
+            assert r["power law to the bound"] == pytest.approx(r["measured"])
+            assert r["power law to the ceiling"] != pytest.approx(r["measured"], abs=1e-3)  # it goes elsewhere
+        else:
+            assert r["power law to the bound"] is None
+    quadratic = [a for a in plan_curves.asks(measured, 1024, [0.59, 0.61]) if a["estimator"] == "quadratic"]
+    at_059 = next(a for a in quadratic if a["target"] == 0.59)
+    expected = 2 ** ((np.log(bound - 0.59) + 0.5) / -0.4)  # where the curve meets 0.59: 1,229 fit masks
+    assert at_059["power law to the bound"] == int(np.ceil(expected))
+    assert 1024 < at_059["needed"] < 2048  # the measured points cross it there too
+    past = next(a for a in quadratic if a["target"] == 0.61)  # past the bound: no figure, though below the ceiling
+    assert past["power law to the bound"] is None and not past["power law to the bound n/a"]
+    assert past["power law to the ceiling"] is not None
+
+
+def test_the_pilot_bound_is_the_limit_for_main_effects_and_adds_the_screen_energy_for_a_pair_model():
+    from types import SimpleNamespace
+
+    from dataspex.fit.faithfulness import main_effects_limit, pair_energy
+
+    rng = np.random.default_rng(0)
+    n, M, H = 8, 200, 100
+    X = (rng.random((M + H, n)) < 0.5).astype(np.uint8)
+    s = 1.0 - 2.0 * X
+    Y = np.column_stack([s[:, 0] + 2.0 * s[:, 1] * s[:, 2], s[:, 3]]) + rng.normal(0, 0.5, (M + H, 2))
+    run = {"X_fit": X[:M], "Y_fit": Y[:M], "X_ho": X[M:], "Y_ho": Y[M:], "design": SimpleNamespace(meta={"p": 0.5})}
+    limit = main_effects_limit(X[:M], Y[:M], X[M:], Y[M:])["r2"]
+    linear = SimpleNamespace(main_effects_only=True)
+    assert plan_curves.pilot_bound(run, "linear", linear, M) == pytest.approx(limit)
+    screen = {"pairs": [[1, 2]], "outputs": [[0]]}
+    quadratic = SimpleNamespace(main_effects_only=False, fit_summary=lambda: {"screen": screen})
+    energy = pair_energy(X, Y, [[1, 2]], [[0]])["share"]
+    assert energy > 0.3  # the pair holds most of output 0's variance, and the bound counts it
+    assert plan_curves.pilot_bound(run, "quadratic", quadratic, M) == pytest.approx(limit + energy)
+    assert plan_curves.pilot_bound(run, "proxyspex", SimpleNamespace(fit_summary=lambda: {}), M) is None
+    assert plan_curves.pilot_bound(run, "linear", linear, 31) is None  # under 4n fit masks: no limit

@@ -163,7 +163,7 @@ def test_least_squares_bias_is_the_part_of_a_pair_term_no_main_effect_represents
     assert d["bias"] > 0.05
 
 
-def test_main_effects_limit_is_the_ceiling_less_the_pair_part_and_needs_two_blocks_of_2n_plus_2():
+def test_main_effects_limit_is_the_ceiling_less_the_pair_part_and_needs_two_blocks_of_2n():
     d = _pair_study(pair=4.0)
     K, m, X, y = d["K"], d["m"], d["X"], d["y"]
     got = main_effects_limit(X[:K * m], y[:K * m], X[K * m:], y[K * m:])
@@ -173,10 +173,10 @@ def test_main_effects_limit_is_the_ceiling_less_the_pair_part_and_needs_two_bloc
     # the pair part is out of every main-effects model's reach: the limit sits that far under the ceiling
     ceiling = d["bias"] + d["r2_without_variance"]
     assert got["r2"] == pytest.approx(ceiling - d["M"] * 4.0 ** 2 / 16 / d["sst"], abs=0.02)
-    short = main_effects_limit(X[:35], y[:35], X[K * m:], y[K * m:])
+    short = main_effects_limit(X[:31], y[:31], X[K * m:], y[K * m:])
     assert short["r2"] is None
-    assert short["why"] == "35 fit masks: 2 disjoint blocks of 2 (n + 1) = 18 or more are needed"
-    assert main_effects_limit(X[:36], y[:36], X[K * m:], y[K * m:])["K"] == 2
+    assert short["why"] == "31 fit masks: 2 disjoint blocks of 2n = 16 or more are needed"
+    assert main_effects_limit(X[:32], y[:32], X[K * m:], y[K * m:])["K"] == 2
 
 
 def test_pair_energy_recovers_the_squared_pair_coefficients_of_each_output_under_noise():
@@ -318,27 +318,39 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
     plan = json.load(open(os.path.join(run_dir, "plan.json")))
     assert plan["target_r2_pooled"] == 0.99 and plan["target_from"] == "plan.target"
     assert plan["seconds_per_retrain"] == 1.5 and plan["pilot_fit_masks"] == 48
+    unbounded = 0
     for name, row in plan["estimators"].items():  # each estimator's answer is its own curve's, inverted
         ms, rs, ceiling = [m for m, _ in row["points"]], [r for _, r in row["points"]], plan["ceiling"]["pooled"]
+        bound = plan["main_effects_limit"] if name == "linear" else plan["screen_reach"].get(name)
+        if bound is not None and bound["r2"] is not None:  # 0.99 is above every bound of this small run
+            assert bound["r2"] < 0.99 and row["n_masks"] is None and row["figure"] is None, name
+            assert row["why"].startswith("the target is a"), name
+            continue
+        unbounded += 1
         assert row["n_masks"] == needed_retrains(learning_curve(ms, rs), 0.99, ceiling)["n_masks"], name
         power = learning_curve(ms, rs, ceiling)  # the second estimate, beside the log2 line
         if ceiling is not None and power["kind"] == "power":
             assert row["power"]["n_masks"] == needed_retrains(power, 0.99, ceiling)["n_masks"], name
             assert f"{name:<10} R^2 by retrains" in proc.stdout and "power law to the ceiling" in proc.stdout
+            # 48 fit masks over 10 examples: from 2n on the figure is the power law's (where the log2 line has one)
+            assert row["figure"] == (row["power"]["n_masks"] if row["n_masks"] is not None else None), name
         else:
-            assert row["power"] is None
+            assert row["power"] is None and row["figure"] == row["n_masks"], name
+    assert unbounded >= 1  # ProxySPEX: no bound measured, its own curves
     best = plan["best"]
     if best is None:
         assert "no estimator reaches the target" in proc.stdout and plan["commands"] == []
     else:
-        need = plan["estimators"][best]["n_masks"]
+        need = plan["estimators"][best]["figure"]
         assert need > 48 and plan["new_retrains"] == need - 48  # the pilot's 48 fit masks are kept
         assert plan["wall_seconds_here"] == pytest.approx((need - 48) * 1.5)
         assert plan["wall_seconds_slurm"] == pytest.approx(plan["wall_seconds_here"] / 4)
         assert plan["commands"][0] == f"dataspex design run_dir={run_dir} design.m={need}"  # grown in place
         assert f"run_dir={run_dir} " in plan["commands"][1]
         assert "shard.count=4 'shard.index=range(0,4)'" in plan["commands"][1]
-        assert f"plan: best: {best} at {need} fit retrains: {need - 48} more than the pilot's 48" in proc.stdout
+        source = plan["estimators"][best]["figure_from"]
+        assert (f"plan: best: {best} at {need} fit retrains" + ("" if source == "log2 line" else f" (its {source})")
+                + f": {need - 48} more than the pilot's 48") in proc.stdout
     proc = run_cli("plan", f"run_dir={run_dir}", "plan.target=1.5", check=False)
     assert proc.returncode == 2 and "plan.target=1.5 must be a pooled R^2 in (0, 1)" in proc.stderr
 
@@ -559,8 +571,14 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     limit = {"r2": 0.5, "r2_se": 0.02, "K": 2, "block_masks": 512}
     args = (faithfulness, "m", curve, ceiling, 0.1, 256, None, limit)
     pair = trust_summary(*args, bound=None)
-    assert pair["need_ceiling"]["n_masks"] == needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]),
-                                                              0.56, 0.7)["n_masks"]
+    # no bound, and four times as many fit masks as units: the power law to the ceiling, as `dataspex plan` acts on
+    assert pair["need_ceiling"]["n_masks"] == needed_retrains(
+        learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.7), 0.56, 0.7)["n_masks"]
+    assert pair["need_ceiling"]["toward"] == "the noise ceiling"
+    short = trust_summary(faithfulness, "m", curve, ceiling, 0.1, 1000, None, limit, bound=None)  # 1,024 < 2n
+    assert short["need_ceiling"]["n_masks"] == needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]),
+                                                               0.56, 0.7)["n_masks"] and "toward" not in short[
+        "need_ceiling"]
     line = _trust_lines(pair)[0]
     assert ("Main effects alone reach at most R^2 0.500 +- 0.020 on this run at any budget (71% of the ceiling): "
             "least squares on 2 disjoint blocks of 512 fit masks, its variance removed") in line
@@ -569,9 +587,12 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     assert main["need_ceiling"]["n_masks"] is None
     assert _trust_lines(main)[0].endswith("To reach 80% of the ceiling: no budget gets it there, as main effects "
                                           "alone reach at most R^2 0.500 on this run.")
-    # within two standard errors of the limit the figure stays: 0.56 is not past 0.5 + 2 x 0.04
+    # within two standard errors above the limit (0.56 is not past 0.5 + 2 x 0.04): not excluded, and no figure
     near = trust_summary(*args[:-1], {**limit, "r2_se": 0.04}, bound={**limit, "r2_se": 0.04, "kind": "main effects"})
-    assert near["need_ceiling"] == pair["need_ceiling"]
+    assert near["need_ceiling"]["n_masks"] is None
+    assert _trust_lines(near)[0].endswith("To reach 80% of the ceiling: no figure, as main effects alone reach at most "
+                                          "R^2 0.500 +- 0.040 on this run (the goal is within two of its standard "
+                                          "errors: not excluded).")
     assert "Main effects alone" not in _trust_lines(trust_summary(*args[:-1], None))[0]
     # a pair model with a measured reach: no figure past it, the figure below it
     reach = {"r2": 0.52, "r2_se": 0.01, "pairs": 0.02, "pairs_se": 0.001, "n_pairs": 28, "kind": "screen"}
@@ -581,7 +602,19 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
             "of retrains, no model): with main effects it explains at most R^2 0.520 +- 0.010 at any budget.") in line
     assert line.endswith("To reach 80% of the ceiling: no budget gets it there, as main effects and its 28 screened "
                          "pairs explain at most R^2 0.520 on this run.")
-    assert trust_summary(*args, bound={**reach, "r2": 0.6})["need_ceiling"] == pair["need_ceiling"]
+    # under the bound the figure is the power law to it: the gap to 0.6 (0.4, 0.3, 0.2) shrinks x0.71 per doubling
+    under = trust_summary(*args, bound={**reach, "r2": 0.6})
+    toward = learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.6)
+    assert under["need_ceiling"]["n_masks"] == needed_retrains(toward, 0.56)["n_masks"]
+    assert under["need_ceiling"]["n_masks"] > pair["need_ceiling"]["n_masks"]  # the gap shrinks ever slower
+    assert under["record"].startswith("from pilots of four and eight times as many fit retrains")
+    line = _trust_lines(under)[0]
+    assert (f"Its faithfulness curve (a power law to its bound R^2 0.600) extrapolates to about "
+            f"{under['need_ceiling']['n_masks']} fit retrains for 80% of the ceiling") in line
+    # a limit above a ceiling measured low says that the two estimates disagree, and by how much
+    above = trust_summary(faithfulness, "m", curve, {**ceiling, "pooled": 0.45}, 0.1, 256, None, limit, bound=None)
+    assert ("its variance removed; it lies above the noise ceiling, which no model can pass: the two estimates "
+            "differ by 0.050, 1.8 of their combined standard errors") in _trust_lines(above)[0]
 
 
 def test_the_plan_line_on_the_limit_says_within_near_or_past():
@@ -590,10 +623,69 @@ def test_the_plan_line_on_the_limit_says_within_near_or_past():
     limit = {"r2": 0.5, "r2_se": 0.03, "K": 2, "block_masks": 555}
     head = ("plan: main effects alone reach at most R^2 0.500 +- 0.030 on this run at any budget, 71% of the noise "
             "ceiling (least squares on 2 disjoint blocks of 555 fit masks, its variance removed)")
-    assert _limit_line(limit, 0.45, 0.7, False) == head + "; the target is within it"
-    assert _limit_line(limit, 0.559, 0.7, False) == head + (
+    ceiling = {"pooled": 0.7, "pooled_se": 0.02}
+    assert _limit_line(limit, 0.45, ceiling, False) == head + "; the target is within it"
+    assert _limit_line(limit, 0.559, ceiling, False) == head + (
         "; the target is 0.059 above it, within two of its standard errors: main effects alone may not reach it "
         "(more held-out masks, design.heldout, narrow the error)")
-    assert _limit_line(limit, 0.6, None, True).startswith(
+    assert _limit_line(limit, 0.6, {"pooled": None, "why": "no replicates"}, True).startswith(
         head.replace(", 71% of the noise ceiling", "") + "; the target is above it by 0.100, which only interaction "
         "terms can add")
+    # a limit above the ceiling: both are estimates, and the line says by how much they disagree
+    low = {"pooled": 0.4, "pooled_se": 0.04}
+    assert _limit_line(limit, 0.32, low, False) == head.replace("71%", "125%") + (
+        "; it lies above the noise ceiling, which no model can pass: the two estimates differ by 0.100, 2.0 of their "
+        "combined standard errors, so this run pins neither down (more replicated and held-out masks narrow both: "
+        "design.replicates, design.heldout); the target is within it")
+
+
+def test_limit_above_ceiling_is_silent_at_or_under_the_ceiling_and_without_either():
+    from dataspex.fit.faithfulness import limit_above_ceiling
+
+    limit = {"r2": 0.5, "r2_se": 0.03}
+    assert limit_above_ceiling(limit, {"pooled": 0.5, "pooled_se": 0.02}) == ""
+    assert limit_above_ceiling(limit, {"pooled": 0.7, "pooled_se": 0.02}) == ""
+    assert limit_above_ceiling(limit, {"pooled": None}) == ""
+    assert limit_above_ceiling({"r2": None, "r2_se": None}, {"pooled": 0.3, "pooled_se": 0.02}) == ""
+    # no SE on the ceiling: the limit's own SE alone (0.2 / 0.03)
+    assert ", 6.7 of their combined" in limit_above_ceiling(limit, {"pooled": 0.3, "pooled_se": None})
+
+
+def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothing():
+    from dataspex.fit.planning import estimator_curve
+    from dataspex.stages.plan import _choose_figures
+
+    # three estimators with one curve 0.2, 0.3, 0.4 at 256, 512, 1,024 fit masks; target 0.45
+    curve = pd.DataFrame({"estimator": np.repeat(["a", "b", "c"], 3), "n_masks": [256, 512, 1024] * 3,
+                          "r2_pooled": [0.2, 0.3, 0.4] * 3})
+    target = 0.45
+
+    def row(name):
+        points, line = estimator_curve(curve, name)
+        return {"points": points, "curve": line, **needed_retrains(line, target), "power": None}
+    rows = {name: row(name) for name in "abc"}
+    caps = {"a": {"r2": 0.5, "r2_se": 0.01, "kind": "main effects"},  # under it: the power law to 0.5
+            "b": {"r2": 0.44, "r2_se": 0.01, "kind": "screen", "n_pairs": 7}}  # 1 SE above it: no curve reaches it
+    _choose_figures(rows, caps, curve, target, 1024, 256)
+    a, b, c = rows["a"], rows["b"], rows["c"]
+    log2 = needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]), target)["n_masks"]
+    toward = needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.5), target)["n_masks"]
+    assert a["n_masks"] == log2 and a["figure"] == a["power"]["n_masks"] == toward > log2
+    assert a["figure_from"] == "power law to its bound" and a["power"]["curve"]["toward"] == "its bound"
+    assert b["figure"] is None and b["power"] is None and b["why"] == (
+        "the target is at or above its bound R^2 0.440, within two of its standard errors (0.010): no curve reaches "
+        "it, though the bound may lie higher (more held-out masks, design.heldout, narrow it)")
+    assert c["figure"] == log2 and c["figure_from"] == "log2 line"  # no bound and no ceiling: the log2 line
+    # no bound, a power law to the ceiling 0.7: its figure from 2n fit masks on, the log2 line's under 2n
+    to_ceiling = learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.7)
+    for n_units, source in ((512, "power law to the ceiling"), (513, "log2 line")):
+        rows = {"c": {**row("c"), "power": {"curve": to_ceiling, **needed_retrains(to_ceiling, target, 0.7)}}}
+        _choose_figures(rows, {}, curve, target, 1024, n_units)
+        assert rows["c"]["figure_from"] == source
+        assert rows["c"]["figure"] == (rows["c"]["power"]["n_masks"] if n_units == 512 else log2)
+    assert rows["c"]["power"]["n_masks"] > log2
+    # more than two SEs past a bound: no figure at all
+    rows = {name: row(name) for name in "ab"}
+    _choose_figures(rows, {"b": {**caps["b"], "r2": 0.4}}, curve, target, 1024, 256)
+    assert rows["b"]["figure"] is None and rows["b"]["why"].startswith("the target is above what main effects and "
+                                                                      "its 7 screened pairs can explain (R^2 0.400")

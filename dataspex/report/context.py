@@ -21,7 +21,13 @@ from dataspex.fit.faithfulness import (
     past_limit,
     run_main_effects_limit,
 )
-from dataspex.fit.planning import CEILING_SHARE, estimator_curve, extrapolation_record, needed_retrains
+from dataspex.fit.planning import (
+    CEILING_SHARE,
+    bound_forecast,
+    estimator_curve,
+    extrapolation_record,
+    needed_retrains,
+)
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, decide, drop_all_effect, examples_to_review
@@ -203,13 +209,41 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
            "reach": bound if bound is not None and bound["kind"] == "screen" else {"r2": None}}
     goals = {"need_trust": trust_r2, "need_ceiling": None if ceiling.get("pooled") is None else
              CEILING_SHARE * ceiling["pooled"]}
+    if (bound is None or bound.get("r2") is None) and ceiling.get("pooled") is not None and n_units is not None \
+            and int(f["n_fit_masks"]) >= 2 * n_units:
+        _toward_ceiling(out, curve, name, ceiling, goals)
     for key, goal in goals.items():
-        if out[key] is not None and bound is not None and past_limit(bound, goal):
-            what = ("main effects alone reach" if bound["kind"] == "main effects" else
-                    f"main effects and its {bound['n_pairs']} screened pairs explain")
+        if out[key] is None or bound is None or bound.get("r2") is None or out[key]["doublings"] == 0:
+            continue
+        what = ("main effects alone reach" if bound["kind"] == "main effects" else
+                f"main effects and its {bound['n_pairs']} screened pairs explain")
+        if past_limit(bound, goal):
             out[key] = {"n_masks": None, "doublings": None,
                         "why": f"no budget gets it there, as {what} at most R^2 {bound['r2']:.3f} on this run"}
+        elif goal >= bound["r2"]:  # as `dataspex plan`: no curve measured on real text passed its bound
+            out[key] = {"n_masks": None, "doublings": None,
+                        "why": f"no figure, as {what} at most R^2 {bound['r2']:.3f} +- {bound['r2_se']:.3f} on "
+                               "this run (the goal is within two of its standard errors: not excluded)"}
+        elif (toward := bound_forecast(curve, name, goal, bound)) is not None:
+            # the curve `dataspex plan` acts on under a measured bound (dataspex.fit.planning)
+            out[key] = {k: toward[k] for k in ("n_masks", "why", "doublings")} | {"toward": "its bound",
+                                                                                   "asymptote": bound["r2"]}
+            if n_units is not None:
+                out["record"] = extrapolation_record(int(f["n_fit_masks"]), n_units, units, bound=True)
     return out
+
+
+def _toward_ceiling(out: dict, curve: pd.DataFrame, name: str, ceiling: dict, goals: dict) -> None:
+    """As `dataspex plan` (its ``_choose_figures``): without a measured bound, from twice as many fit masks as
+    units the figure is the power law to the noise ceiling's, which asked 0.51-1.00x the retrains needed on six
+    real-text runs where the log2 line asked 0.3-0.9x (:func:`dataspex.fit.planning.extrapolation_record`)."""
+    _, power = estimator_curve(curve, name, ceiling["pooled"])
+    if power is None or power["kind"] != "power":
+        return
+    for key, goal in goals.items():
+        if out[key] is not None and out[key]["n_masks"] is not None and out[key]["doublings"] != 0:
+            out[key] = {**needed_retrains(power, goal, ceiling["pooled"]), "toward": "the noise ceiling",
+                        "asymptote": ceiling["pooled"]}
 
 
 def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dict:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
+from dataspex.fit.faithfulness import limit_above_ceiling
 from dataspex.fit.planning import CEILING_SHARE
 from dataspex.fit.significance import STARVED_CELL_SHARE
 from dataspex.store import health
@@ -345,6 +346,10 @@ def _need(need: dict | None, what: str, trust: dict) -> str:
     if need["n_masks"] is None:
         return f" To reach {what}: {need['why']}."
     far = f", {need['doublings']:.1f} doublings beyond this run: a long extrapolation" if need["doublings"] > 2 else ""
+    if need.get("toward") is not None:
+        return (f" Its faithfulness curve (a power law to {need['toward']} R^2 {need['asymptote']:.3f}) extrapolates "
+                f"to about {need['n_masks']} fit retrains for {what}{far}" + (f"; {record}" if record else "")
+                + " (`dataspex plan` prints the study and the log2 line's figure beside it).")
     return (f" Its faithfulness curve (R^2 against log2 retrains) extrapolates to about {need['n_masks']} fit "
             f"retrains for {what}{far}" + (f"; {record}" if record else "")
             + " (`dataspex plan` prints the study and a second, power-law estimate).")
@@ -391,7 +396,8 @@ def _limit(trust: dict) -> str:
         f"R^2 {reach['r2']:.3f} +- {reach['r2_se']:.3f} at any budget.")
     return (f" Main effects alone reach at most R^2 {limit['r2']:.3f} +- {limit['r2_se']:.3f} on this run at any "
             f"budget{share}: least squares on {limit['K']} disjoint blocks of {limit['block_masks']} fit masks, its "
-            f"variance removed; past it only interaction terms explain the retrains.{pairs}")
+            f"variance removed{limit_above_ceiling(limit, c)}; past it only interaction terms explain the "
+            f"retrains.{pairs}")
 
 
 def _trust_lines(trust: dict) -> list[str]:
