@@ -666,7 +666,7 @@ def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothi
     rows = {name: row(name) for name in "abc"}
     caps = {"a": {"r2": 0.5, "r2_se": 0.01, "kind": "main effects"},  # under it: the power law to 0.5
             "b": {"r2": 0.44, "r2_se": 0.01, "kind": "screen", "n_pairs": 7}}  # 1 SE above it: no curve reaches it
-    _choose_figures(rows, caps, curve, target, 1024, 256)
+    _choose_figures(rows, caps, curve, target, None, 1024, 256)  # no ceiling measured
     a, b, c = rows["a"], rows["b"], rows["c"]
     log2 = needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4]), target)["n_masks"]
     toward = needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.5), target)["n_masks"]
@@ -680,12 +680,12 @@ def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothi
     to_ceiling = learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.7)
     for n_units, source in ((512, "power law to the ceiling"), (513, "log2 line")):
         rows = {"c": {**row("c"), "power": {"curve": to_ceiling, **needed_retrains(to_ceiling, target, 0.7)}}}
-        _choose_figures(rows, {}, curve, target, 1024, n_units)
+        _choose_figures(rows, {}, curve, target, 0.7, 1024, n_units)
         assert rows["c"]["figure_from"] == source
         assert rows["c"]["figure"] == (rows["c"]["power"]["n_masks"] if n_units == 512 else log2)
     assert rows["c"]["power"]["n_masks"] > log2
     # more than two SEs past a bound: no figure at all
     rows = {name: row(name) for name in "ab"}
-    _choose_figures(rows, {"b": {**caps["b"], "r2": 0.4}}, curve, target, 1024, 256)
+    _choose_figures(rows, {"b": {**caps["b"], "r2": 0.4}}, curve, target, None, 1024, 256)
     assert rows["b"]["figure"] is None and rows["b"]["why"].startswith("the target is above what main effects and "
                                                                       "its 7 screened pairs can explain (R^2 0.400")

@@ -25,7 +25,7 @@ from dataspex.fit.artifacts import fit_stamp
 
 __all__ = ["ceiling_se", "estimator_bound", "fit_outputs", "gap_split", "heldout_r2", "least_squares_main_effects",
            "limit_above_ceiling", "load_curve", "main_effects_limit", "main_effects_only", "noise_ceiling",
-           "pair_energy", "past_limit", "pooled_ceiling", "run_main_effects_limit", "screen_reach", "update_curve"]
+           "pair_energy", "pooled_ceiling", "run_main_effects_limit", "screen_reach", "update_curve"]
 
 log = logging.getLogger("dataspex")
 
@@ -253,13 +253,6 @@ def limit_above_ceiling(limit: dict, ceiling: dict) -> str:
     return (f"; it lies above the noise ceiling, which no model can pass: the two estimates differ by "
             f"{limit['r2'] - ceiling['pooled']:.3f}, {z:.1f} of their combined standard errors, so this run pins "
             "neither down (more replicated and held-out masks narrow both: design.replicates, design.heldout)")
-
-
-def past_limit(limit: dict, r2: float) -> bool:
-    """Whether a pooled R^2 lies above a :func:`main_effects_limit` by more than two of its standard errors (on six
-    real-text runs the limit from 4n fit masks lay within 1.3 SE of the limit from all of a run's fit masks), so that
-    no main-effects model reaches it."""
-    return limit.get("r2") is not None and r2 > limit["r2"] + 2 * limit["r2_se"]
 
 
 def main_effects_only(est_cfg) -> bool:

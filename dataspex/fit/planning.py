@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CEILING_SHARE", "MAX_DOUBLINGS", "bound_forecast", "curve_r2", "describe", "estimator_curve",
-           "extrapolation_record", "learning_curve", "needed_retrains"]
+__all__ = ["CEILING_SHARE", "MAX_DOUBLINGS", "acted_forecast", "bound_forecast", "curve_r2", "describe",
+           "estimator_curve", "extrapolation_record", "learning_curve", "needed_retrains", "past_limit"]
 
 CEILING_SHARE = 0.8  # the default target: issue 15's "80% of the replicate noise ceiling"
 
@@ -106,6 +106,43 @@ def bound_forecast(curve, name: str, target: float, bound: dict | None) -> dict 
         return None
     line["toward"] = "its bound"
     return {"curve": line, **needed_retrains(line, target)}
+
+
+def past_limit(limit: dict, r2: float) -> bool:
+    """Whether a pooled R^2 lies above a bound (a :func:`dataspex.fit.faithfulness.main_effects_limit`, or an
+    estimator's :func:`dataspex.fit.faithfulness.estimator_bound`) by more than two of its standard errors (on six
+    real-text runs the limit from 4n fit masks lay within 1.3 SE of the limit from all of a run's fit masks), so that
+    no model it bounds reaches it."""
+    return limit.get("r2") is not None and r2 > limit["r2"] + 2 * limit["r2_se"]
+
+
+def acted_forecast(curve, name: str, target: float, ceiling: float | None, bound: dict | None, n_fit: int,
+                   n_units: int | None) -> dict:
+    """The retrains for pooled R^2 ``target`` that `dataspex plan` and the report act on for estimator ``name``, from
+    the curve measured closest for a pilot of ``n_fit`` fit masks over ``n_units`` units (module docstring): the
+    log2 line's answer where it already reaches the target (``doublings`` 0); under a measured ``bound``
+    (:func:`dataspex.fit.faithfulness.estimator_bound`) the power law to it, and no figure at or past it
+    (``refused`` "past": more than two SEs past; "within": at or above it, within two, where no curve measured on
+    real text crossed its bound); without one, from 2n fit masks on (``n_units`` given), the power law to the noise
+    ``ceiling`` (it asked 0.51-1.00x the retrains needed from 2n, 4n and 8n pilots, never more, where the log2 line
+    asked 0.3-0.9x); else the log2 line. Keys of :func:`needed_retrains` plus ``source`` (the curve's name; None
+    when refused), ``curve`` (the curve read) and ``refused`` (None, "past" or "within")."""
+    _, line = estimator_curve(curve, name)
+    out = {**needed_retrains(line, target, ceiling), "source": "log2 line", "curve": line, "refused": None}
+    if out["doublings"] == 0:
+        return out
+    if bound is not None and bound.get("r2") is not None:
+        if target >= bound["r2"]:
+            return {"n_masks": None, "doublings": None, "why": "", "source": None, "curve": None,
+                    "refused": "past" if past_limit(bound, target) else "within"}
+        toward = bound_forecast(curve, name, target, bound)
+        return out if toward is None else {**toward, "source": "power law to its bound", "refused": None}
+    if ceiling is not None and n_units is not None and n_fit >= 2 * n_units and out["n_masks"] is not None:
+        _, power = estimator_curve(curve, name, ceiling)
+        if power is not None and power["kind"] == "power":
+            return {**needed_retrains(power, target, ceiling), "source": "power law to the ceiling", "curve": power,
+                    "refused": None}
+    return out
 
 
 # Beyond 2^6 = 64x the largest measured budget either curve is a guess, not a measurement: the runs behind them

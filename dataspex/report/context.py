@@ -18,16 +18,9 @@ from dataspex.fit.faithfulness import (
     estimator_bound,
     load_curve,
     noise_ceiling,
-    past_limit,
     run_main_effects_limit,
 )
-from dataspex.fit.planning import (
-    CEILING_SHARE,
-    bound_forecast,
-    estimator_curve,
-    extrapolation_record,
-    needed_retrains,
-)
+from dataspex.fit.planning import CEILING_SHARE, acted_forecast, extrapolation_record
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, decide, drop_all_effect, examples_to_review
@@ -195,55 +188,38 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
     only, its ``reach`` for a model of main effects and screened pairs), past which a goal gets no figure."""
     f = faithfulness[name]
     pooled = f.get("r2_pooled")
-    _, lc = estimator_curve(curve, name)
     out = {"estimator": name, "r2_pooled": pooled, "n_fit_masks": int(f["n_fit_masks"]),
            "n_heldout_masks": int(f.get("n_heldout_masks") or 0), "ceiling": ceiling, "trust_r2": trust_r2,
            "trusted": pooled is not None and bool(np.isfinite(pooled)) and pooled >= trust_r2,
-           "need_trust": None if pooled is not None and pooled >= trust_r2 else needed_retrains(
-               lc, trust_r2, ceiling.get("pooled")),
-           "need_ceiling": None if ceiling.get("pooled") is None else needed_retrains(
-               lc, CEILING_SHARE * ceiling["pooled"], ceiling["pooled"]),
+           "need_trust": None, "need_ceiling": None,
            "record": None if n_units is None else extrapolation_record(int(f["n_fit_masks"]), n_units, units),
            "n_units": n_units, "short_pilot": n_units is not None and int(f["n_fit_masks"]) < n_units,
            "limit": limit or {"r2": None},
            "reach": bound if bound is not None and bound["kind"] == "screen" else {"r2": None}}
-    goals = {"need_trust": trust_r2, "need_ceiling": None if ceiling.get("pooled") is None else
-             CEILING_SHARE * ceiling["pooled"]}
-    if (bound is None or bound.get("r2") is None) and ceiling.get("pooled") is not None and n_units is not None \
-            and int(f["n_fit_masks"]) >= 2 * n_units:
-        _toward_ceiling(out, curve, name, ceiling, goals)
+    goals = {}
+    if not (pooled is not None and pooled >= trust_r2):
+        goals["need_trust"] = trust_r2
+    if ceiling.get("pooled") is not None:
+        goals["need_ceiling"] = CEILING_SHARE * ceiling["pooled"]
     for key, goal in goals.items():
-        if out[key] is None or bound is None or bound.get("r2") is None or out[key]["doublings"] == 0:
-            continue
-        what = ("main effects alone reach" if bound["kind"] == "main effects" else
-                f"main effects and its {bound['n_pairs']} screened pairs explain")
-        if past_limit(bound, goal):
+        acted = acted_forecast(curve, name, goal, ceiling.get("pooled"), bound, int(f["n_fit_masks"]), n_units)
+        what = None if bound is None else ("main effects alone reach" if bound["kind"] == "main effects" else
+                                           f"main effects and its {bound['n_pairs']} screened pairs explain")
+        if acted["refused"] == "past":
             out[key] = {"n_masks": None, "doublings": None,
                         "why": f"no budget gets it there, as {what} at most R^2 {bound['r2']:.3f} on this run"}
-        elif goal >= bound["r2"]:  # as `dataspex plan`: no curve measured on real text passed its bound
+        elif acted["refused"] == "within":
             out[key] = {"n_masks": None, "doublings": None,
                         "why": f"no figure, as {what} at most R^2 {bound['r2']:.3f} +- {bound['r2_se']:.3f} on "
                                "this run (the goal is within two of its standard errors: not excluded)"}
-        elif (toward := bound_forecast(curve, name, goal, bound)) is not None:
-            # the curve `dataspex plan` acts on under a measured bound (dataspex.fit.planning)
-            out[key] = {k: toward[k] for k in ("n_masks", "why", "doublings")} | {"toward": "its bound",
-                                                                                   "asymptote": bound["r2"]}
-            if n_units is not None:
+        else:  # the figure `dataspex plan` acts on, with the curve it came from where that is not the log2 line
+            out[key] = {k: acted[k] for k in ("n_masks", "why", "doublings")}
+            if acted["source"] != "log2 line":
+                out[key].update(toward=acted["curve"].get("toward") or "the noise ceiling",
+                                asymptote=acted["curve"]["ceiling"])
+            if n_units is not None and acted["source"] == "power law to its bound":
                 out["record"] = extrapolation_record(int(f["n_fit_masks"]), n_units, units, bound=True)
     return out
-
-
-def _toward_ceiling(out: dict, curve: pd.DataFrame, name: str, ceiling: dict, goals: dict) -> None:
-    """As `dataspex plan` (its ``_choose_figures``): without a measured bound, from twice as many fit masks as
-    units the figure is the power law to the noise ceiling's, which asked 0.51-1.00x the retrains needed on six
-    real-text runs where the log2 line asked 0.3-0.9x (:func:`dataspex.fit.planning.extrapolation_record`)."""
-    _, power = estimator_curve(curve, name, ceiling["pooled"])
-    if power is None or power["kind"] != "power":
-        return
-    for key, goal in goals.items():
-        if out[key] is not None and out[key]["n_masks"] is not None and out[key]["doublings"] != 0:
-            out[key] = {**needed_retrains(power, goal, ceiling["pooled"]), "toward": "the noise ceiling",
-                        "asymptote": ceiling["pooled"]}
 
 
 def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dict:

@@ -36,19 +36,19 @@ from dataspex.fit.faithfulness import (
     limit_above_ceiling,
     load_curve,
     noise_ceiling,
-    past_limit,
     run_main_effects_limit,
     update_curve,
 )
 from dataspex.fit.planning import (
     CEILING_SHARE,
     MAX_DOUBLINGS,
-    bound_forecast,
+    acted_forecast,
     curve_r2,
     describe,
     estimator_curve,
     extrapolation_record,
     needed_retrains,
+    past_limit,
 )
 from dataspex.stages.rundir import open_run
 
@@ -122,7 +122,7 @@ def stage_plan(cfg) -> dict:
     caps = {name: b for name, b in bounds.items() if b is not None and b["r2"] is not None}
     reach = {name: b for name, b in caps.items() if b["kind"] == "screen"}
     n_fit = int(len(design.rows("fit")))
-    _choose_figures(rows, caps, curve, target, n_fit, design.n_units)
+    _choose_figures(rows, caps, curve, target, ceiling.get("pooled"), n_fit, design.n_units)
     reachable = {n: r for n, r in rows.items() if r["figure"] is not None}
     best = min(reachable, key=lambda n: reachable[n]["figure"]) if reachable else None
     n_heldout = int(len(design.rows("heldout")))
@@ -206,42 +206,29 @@ def stage_plan(cfg) -> dict:
     return plan
 
 
-def _choose_figures(rows: dict, caps: dict, curve, target: float, n_fit: int, n_units: int) -> None:
-    """The figure the plan acts on per estimator (``figure``, ``figure_from``), from the curve measured closest
-    for a pilot of ``n_fit`` fit masks over ``n_units`` units. Under a measured bound (``caps``:
-    :func:`estimator_bound` by name): no figure at or past it; under it, the power law to the bound (the second
-    curve). Without one, from 2n fit masks on: the power law to the ceiling (on six real-text runs it asked 0.51 to
-    1.00 times the retrains needed from 2n, 4n and 8n pilots, never more, where the log2 line asked 0.3 to 0.9:
-    :func:`extrapolation_record`); under 2n: the log2 line's figure (there the power law asked up to 6.1 times too
-    many, and a second plan costs less than unneeded retrains)."""
-    for name, cap in caps.items():
-        if past_limit(cap, target):
-            rows[name].update(n_masks=None, power=None, why=(
+def _choose_figures(rows: dict, caps: dict, curve, target: float, ceiling: float | None, n_fit: int,
+                    n_units: int) -> None:
+    """The figure the plan acts on per estimator (``figure``, ``figure_from``):
+    :func:`dataspex.fit.planning.acted_forecast` under its bound (``caps``: :func:`estimator_bound` by name, where
+    measured). A refused target gets no figure and says why; under a bound, the power law to it becomes the row's
+    second curve (``power``)."""
+    for name, row in rows.items():
+        cap = caps.get(name)
+        acted = acted_forecast(curve, name, target, ceiling, cap, n_fit, n_units)
+        if acted["refused"] == "past":
+            row.update(n_masks=None, power=None, why=(
                 f"the target is above the main-effects limit {cap['r2']:.3f} (no budget reaches it with main "
                 "effects alone)" if cap["kind"] == "main effects" else
                 f"the target is above what main effects and its {cap['n_pairs']} screened pairs can explain "
                 f"(R^2 {cap['r2']:.3f}: no budget reaches it with this screen)"))
-        elif target >= cap["r2"]:
-            # Within two SEs above the bound: not excluded, but no curve measured here crosses it. On six real-text
-            # runs no measured curve passed its bound from a 4n or 8n pilot (benchmarks/README, 'The power law to
-            # a model's bound'), so a log2 figure here would only be the optimistic curve's.
-            rows[name].update(n_masks=None, power=None, why=(
+        elif acted["refused"] == "within":
+            row.update(n_masks=None, power=None, why=(
                 f"the target is at or above its bound R^2 {cap['r2']:.3f}, within two of its standard errors "
                 f"({cap['r2_se']:.3f}): no curve reaches it, though the bound may lie higher (more held-out masks, "
                 "design.heldout, narrow it)"))
-        elif (toward := bound_forecast(curve, name, target, cap)) is not None:
-            # Where the model's bound is measured the second curve runs to it, not to the ceiling: from 4n and 8n
-            # pilots on six real-text runs it predicted R^2 within 0.004-0.007 and asked a median 1.01x the
-            # retrains needed, where both other curves asked too few in all 19 targets (dataspex.fit.planning).
-            rows[name]["power"] = toward
-    for row in rows.values():
-        power = row["power"]
-        if power is not None and power["curve"].get("toward") == "its bound":
-            row["figure"], row["figure_from"] = power["n_masks"], "power law to its bound"
-        elif power is not None and n_fit >= 2 * n_units and row["n_masks"] is not None:
-            row["figure"], row["figure_from"] = power["n_masks"], "power law to the ceiling"
-        else:
-            row["figure"], row["figure_from"] = row["n_masks"], "log2 line"
+        elif acted["source"] == "power law to its bound":
+            row["power"] = {k: acted[k] for k in ("curve", "n_masks", "why", "doublings")}
+        row["figure"], row["figure_from"] = acted["n_masks"], acted["source"] or "log2 line"
 
 
 def _limit_line(limit: dict, target: float, ceiling: dict, beyond: bool) -> str:
