@@ -318,6 +318,11 @@ def test_plan_stage_extrapolates_the_pilot_and_prints_the_study(tmp_path):
     plan = json.load(open(os.path.join(run_dir, "plan.json")))
     assert plan["target_r2_pooled"] == 0.99 and plan["target_from"] == "plan.target"
     assert plan["seconds_per_retrain"] == 1.5 and plan["pilot_fit_masks"] == 48
+    # the plan is printed once (stdout), not echoed by the console log beside it, and kept in the run's log
+    printed = [line for line in proc.stdout.splitlines() if line.startswith("plan:")]
+    assert printed and " plan: " not in proc.stderr
+    logged = open(os.path.join(run_dir, "dataspex.log")).read()
+    assert all(f"] {line}\n" in logged for line in printed)
     unbounded = 0
     for name, row in plan["estimators"].items():  # each estimator's answer is its own curve's, inverted
         ms, rs, ceiling = [m for m, _ in row["points"]], [r for _, r in row["points"]], plan["ceiling"]["pooled"]

@@ -53,6 +53,7 @@ from dataspex.fit.planning import (
 from dataspex.stages.rundir import open_run
 
 log = logging.getLogger("dataspex")
+printed = logging.getLogger("dataspex.printed")  # the run's log file only: the plan itself goes to stdout
 
 
 def choose_target(plan_cfg, ceiling: dict, trust_r2: float) -> tuple[float, str]:
@@ -201,8 +202,8 @@ def stage_plan(cfg) -> dict:
                      + " and run `dataspex plan` again on the grown run's own curve")
     write_json(store.path("plan.json"), plan)
     for line in lines:
-        log.info(line)
-        print(line)
+        printed.info(line)
+        print(line, flush=True)
     return plan
 
 
