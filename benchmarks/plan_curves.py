@@ -74,23 +74,18 @@ CURVES = {"log2 line": lambda m, r, c, b: log2_line(m, r),
 
 def pilot_bound(run: dict, name: str, model, pilot: int) -> float | None:
     """The bound `dataspex plan` would measure for estimator ``name`` (fitted as ``model`` on the first ``pilot``
-    fit masks) from the pilot's fit masks and the run's held-out ones: the main-effects limit for a model of main
-    effects only, the limit plus :func:`dataspex.fit.faithfulness.pair_energy` of its recorded screen for a model
-    that records one; None otherwise, or below 4n fit masks."""
-    from dataspex.fit.faithfulness import main_effects_limit, pair_energy
+    fit masks): :func:`dataspex.fit.faithfulness.model_bound` of the pilot's fit masks and the run's held-out
+    ones (the main-effects limit for a model of main effects only, plus its screen's energy for a model that
+    records one); None otherwise, or below 4n fit masks."""
+    from dataspex.fit.faithfulness import main_effects_limit, model_bound
 
     X_fit, Y_fit = run["X_fit"][:pilot], run["Y_fit"][:pilot]
     limit = main_effects_limit(X_fit, Y_fit, run["X_ho"], run["Y_ho"])
-    if limit["r2"] is None:
-        return None
-    if getattr(model, "main_effects_only", False):
-        return limit["r2"]
-    screen = model.fit_summary().get("screen")
-    if not screen:
-        return None
-    energy = pair_energy(np.vstack([X_fit, run["X_ho"]]), np.vstack([Y_fit, run["Y_ho"]]), screen["pairs"],
-                         screen["outputs"], float(run["design"].meta.get("p", 0.5)))
-    return limit["r2"] + energy["share"]
+    main_effects = bool(getattr(model, "main_effects_only", False))
+    screen = None if main_effects or limit["r2"] is None else model.fit_summary().get("screen")
+    bound = model_bound(limit, main_effects, screen, np.vstack([X_fit, run["X_ho"]]),
+                        np.vstack([Y_fit, run["Y_ho"]]), float(run["design"].meta.get("p", 0.5)))
+    return None if bound is None else bound["r2"]
 
 
 def crossing(m: np.ndarray, r2: np.ndarray, target: float) -> float | None:

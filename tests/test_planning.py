@@ -229,7 +229,7 @@ def test_the_quadratic_models_screen_is_recorded_for_plan_and_screen_reach_says_
     assert pair_energy(X, Y, shared["pairs"], None)["share"] == pytest.approx(
         pair_energy(X, Y, shared["pairs"], [[0, 1]] * len(shared["pairs"]))["share"])
 
-    no_limit = screen_reach(None, None, "loss", screen, {"r2": None, "why": "100 fit masks: too few"})
+    no_limit = screen_reach(None, None, screen, {"r2": None, "why": "100 fit masks: too few"})
     assert no_limit["r2"] is None and no_limit["why"] == "100 fit masks: too few"
 
 

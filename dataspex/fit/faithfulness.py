@@ -24,8 +24,8 @@ from dataspex.design.replicate import finished_replicate_rows, replicate_pairs
 from dataspex.fit.artifacts import fit_stamp
 
 __all__ = ["ceiling_se", "estimator_bound", "fit_outputs", "gap_split", "heldout_r2", "least_squares_main_effects",
-           "limit_above_ceiling", "load_curve", "main_effects_limit", "main_effects_only", "noise_ceiling",
-           "pair_energy", "pooled_ceiling", "run_main_effects_limit", "screen_reach", "update_curve"]
+           "limit_above_ceiling", "load_curve", "main_effects_limit", "main_effects_only", "model_bound",
+           "noise_ceiling", "pair_energy", "pooled_ceiling", "run_main_effects_limit", "screen_reach", "update_curve"]
 
 log = logging.getLogger("dataspex")
 
@@ -221,19 +221,18 @@ def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, p: float = 0.5
     return {"share": share(everything), "se": se}
 
 
-def screen_reach(design, results, output: str, screen: dict, limit: dict) -> dict:
+def screen_reach(masks: np.ndarray | None, Y: np.ndarray | None, screen: dict, limit: dict,
+                   p: float = 0.5) -> dict:
     """The most a model of main effects plus the pairs of ``screen`` (an estimator's ``fit_summary`` entry: pairs
-    and the outputs each may serve) explains of a run's ``output``: ``limit`` (:func:`main_effects_limit`) plus
-    :func:`pair_energy` over every random mask of the run (fit and held out, kept with the design's ``p``). Keys
-    ``r2``, ``r2_se`` (both errors together), ``pairs`` (their share), ``pairs_se``, ``n_pairs``; ``r2`` None with
-    a ``why`` where the limit is not measured."""
+    and the outputs each may serve) explains: ``limit`` (:func:`main_effects_limit`) plus :func:`pair_energy` of
+    those pairs on masks (M, n) drawn with keep probability ``p`` and their outputs Y (M, T). Keys ``r2``,
+    ``r2_se`` (both errors together), ``pairs`` (their share), ``pairs_se``, ``n_pairs``; ``r2`` None with a
+    ``why`` where the limit is not measured (masks and Y are then not read)."""
     out = {"r2": None, "r2_se": None, "pairs": None, "pairs_se": None, "n_pairs": len(screen["pairs"])}
     if limit.get("r2") is None:
         out["why"] = limit.get("why")
         return out
-    rows = results.keep(design, "fit") | results.keep(design, "heldout")
-    energy = pair_energy(results.masks[rows], fit_outputs(results, output)[rows], screen["pairs"], screen["outputs"],
-                         float(design.meta.get("p", 0.5)))
+    energy = pair_energy(masks, Y, screen["pairs"], screen["outputs"], p)
     out.update(r2=limit["r2"] + energy["share"], r2_se=float(np.hypot(limit["r2_se"], energy["se"])),
                pairs=energy["share"], pairs_se=energy["se"])
     return out
@@ -263,16 +262,30 @@ def main_effects_only(est_cfg) -> bool:
 
 def estimator_bound(design, results, output: str, row: dict, est_cfg, limit: dict) -> dict | None:
     """The most the estimator of a faithfulness.json ``row`` (built from ``est_cfg``) can explain of a run's
-    ``output`` at any budget, where that is measured: the main-effects ``limit`` for a model of main effects only
-    (``kind`` "main effects"), its :func:`screen_reach` for a model that recorded its screened pairs (``kind``
-    "screen"); None for any other model, or while the limit is not measured. `dataspex plan` and the report's
-    trust line read no forecast past it."""
+    ``output`` at any budget, where that is measured: :func:`model_bound` of the run's masks (its screen's energy
+    over every random mask, fit and held out). `dataspex plan` and the report's trust line read no forecast past
+    it."""
+    main_effects, screen, masks, Y = main_effects_only(est_cfg), row.get("screen"), None, None
+    if limit.get("r2") is not None and screen and not main_effects:  # only then are the masks read
+        rows = results.keep(design, "fit") | results.keep(design, "heldout")
+        masks, Y = results.masks[rows], fit_outputs(results, output)[rows]
+    return model_bound(limit, main_effects, screen, masks, Y, float(design.meta.get("p", 0.5)))
+
+
+def model_bound(limit: dict, main_effects: bool, screen: dict | None, masks: np.ndarray | None = None,
+                Y: np.ndarray | None = None, p: float = 0.5) -> dict | None:
+    """The most a model explains at any budget, where that is measured: the main-effects ``limit``
+    (:func:`main_effects_limit`) for a model of ``main_effects`` only (``kind`` "main effects"); for a model that
+    recorded a ``screen`` of pairs (its ``fit_summary`` entry), :func:`screen_reach` on masks (M, n) kept with
+    probability ``p`` and their outputs Y (M, T) (``kind`` "screen"); None for any other model, or while the limit
+    is not measured. The one rule behind :func:`estimator_bound` (a run) and benchmarks/plan_curves.py (a pilot
+    cut from a run)."""
     if limit.get("r2") is None:
         return None
-    if main_effects_only(est_cfg):
+    if main_effects:
         return {**limit, "kind": "main effects"}
-    if row.get("screen"):
-        return {**screen_reach(design, results, output, row["screen"], limit), "kind": "screen"}
+    if screen:
+        return {**screen_reach(masks, Y, screen, limit, p), "kind": "screen"}
     return None
 
 
