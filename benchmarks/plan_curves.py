@@ -12,7 +12,9 @@ mean, as `dataspex fit` does), and fits two curves to the pilot's four points on
 * ``power law to the bound``: the same towards the estimator's own bound as `dataspex plan` measures it from the
   pilot (from 4n fit masks: the main-effects limit for the linear datamodel, the limit plus the energy of its
   screened pairs for the quadratic model; :func:`dataspex.fit.faithfulness.estimator_bound`), which no budget of
-  that model passes; n/a for a pilot under 4n or a model without a bound.
+  that model passes; n/a for a pilot under 4n or a model without a bound. Beside its figure, the figures with the
+  bound one of its standard errors higher and lower (:func:`dataspex.fit.planning.bound_range`, the range
+  `dataspex plan` prints), and how often the retrains needed fell inside that range.
 
 It prints, per run, estimator and larger budget, the measured R^2 and each curve's prediction, then each curve's
 mean signed and absolute error over all of them. Points are cached in ``--out`` (one JSON per run), so a second
@@ -69,14 +71,14 @@ def power_to_ceiling(m: np.ndarray, r2: np.ndarray, ceiling: float):
 
 CURVES = {"log2 line": lambda m, r, c, b: log2_line(m, r),
           "power law to the ceiling": lambda m, r, c, b: power_to_ceiling(m, r, c),
-          "power law to the bound": lambda m, r, c, b: None if b is None else power_to_ceiling(m, r, b)}
+          "power law to the bound": lambda m, r, c, b: None if b is None else power_to_ceiling(m, r, b["r2"])}
 
 
-def pilot_bound(run: dict, name: str, model, pilot: int) -> float | None:
+def pilot_bound(run: dict, name: str, model, pilot: int) -> dict | None:
     """The bound `dataspex plan` would measure for estimator ``name`` (fitted as ``model`` on the first ``pilot``
     fit masks): :func:`dataspex.fit.faithfulness.model_bound` of the pilot's fit masks and the run's held-out
     ones (the main-effects limit for a model of main effects only, plus its screen's energy for a model that
-    records one); None otherwise, or below 4n fit masks."""
+    records one), as {"r2", "r2_se"}; None otherwise, or below 4n fit masks."""
     from dataspex.fit.faithfulness import main_effects_limit, model_bound
 
     X_fit, Y_fit = run["X_fit"][:pilot], run["Y_fit"][:pilot]
@@ -85,7 +87,7 @@ def pilot_bound(run: dict, name: str, model, pilot: int) -> float | None:
     screen = None if main_effects or limit["r2"] is None else model.fit_summary().get("screen")
     bound = model_bound(limit, main_effects, screen, np.vstack([X_fit, run["X_ho"]]),
                         np.vstack([Y_fit, run["Y_ho"]]), float(run["design"].meta.get("p", 0.5)))
-    return None if bound is None else bound["r2"]
+    return None if bound is None else {"r2": bound["r2"], "r2_se": bound["r2_se"]}
 
 
 def crossing(m: np.ndarray, r2: np.ndarray, target: float) -> float | None:
@@ -101,7 +103,7 @@ def crossing(m: np.ndarray, r2: np.ndarray, target: float) -> float | None:
 def asks(measured: dict, pilot: int, targets: list[float]) -> list[dict]:
     """Per estimator and target (80% of the ceiling, then ``targets``): the retrains the measured curve needed
     (``crossing``) and what each curve fitted on the pilot asked (:func:`dataspex.fit.planning.needed_retrains`)."""
-    from dataspex.fit.planning import needed_retrains
+    from dataspex.fit.planning import bound_range, needed_retrains
 
     rows = []
     goals = [0.8 * measured["ceiling"]] + list(targets)
@@ -117,8 +119,18 @@ def asks(measured: dict, pilot: int, targets: list[float]) -> list[dict]:
                 fitted = make(m[seen], r2[seen], measured["ceiling"], bound)
                 row[curve] = needed_retrains(fitted, target, measured["ceiling"])["n_masks"]
                 row[curve + " n/a"] = fitted is None
+            # the bound's figure with the bound one SE up and down (`dataspex plan` prints it as a range)
+            row["bound range"] = None if row["power law to the bound n/a"] else bound_range(m[seen], r2[seen], target,
+                                                                                          bound)
             rows.append(row)
     return rows
+
+
+def within(needed: float, span: list) -> bool:
+    """Whether ``needed`` retrains lie in a [fewest, most] range of :func:`dataspex.fit.planning.bound_range`
+    (None: no figure that way; as the lower end, none is within; as the upper, it is open)."""
+    low, high = span
+    return low is not None and low <= needed and (high is None or needed <= high)
 
 
 def measure(run_dir: str, estimators: list[str], pilot: int, cache: str) -> dict:
@@ -131,21 +143,29 @@ def measure(run_dir: str, estimators: list[str], pilot: int, cache: str) -> dict
 
     run = run_splits(run_dir)
     wanted = budgets(pilot, len(run["X_fit"]))
+
+    def fitted(name: str, m: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return instantiate(estimator_config(run["cfg"], name)).fit(run["X_fit"][:m], run["Y_fit"][:m])
+    cached = None
     if os.path.exists(cache):
         with open(cache) as fh:
             cached = json.load(fh)
-        if cached.get("budgets") == wanted and set(estimators) <= set(cached.get("bounds", {})):
-            return cached
-    out = {"run": run_dir, "budgets": wanted, "points": {}, "bounds": {},
-           "ceiling": noise_ceiling(run["design"], run["results"], "loss")["pooled"]}
-    for name in estimators:
-        cfg = estimator_config(run["cfg"], name)
-        out["points"][name] = []
+        if cached.get("budgets") != wanted or not set(estimators) <= set(cached.get("bounds", {})):
+            cached = None
+    if cached is not None and all(b is None or isinstance(b, dict) for b in cached["bounds"].values()):
+        return cached
+    if cached is not None:  # written before the bounds kept their standard error: refit at the pilot only
+        out = {**cached, "bounds": {name: pilot_bound(run, name, fitted(name, pilot), pilot)
+                                    for name in cached["bounds"]}}
+    else:
+        out = {"run": run_dir, "budgets": wanted, "points": {name: [] for name in estimators}, "bounds": {},
+               "ceiling": noise_ceiling(run["design"], run["results"], "loss")["pooled"]}
+    for name in estimators if cached is None else []:
         for m in wanted:
             started = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = instantiate(cfg).fit(run["X_fit"][:m], run["Y_fit"][:m])
+            model = fitted(name, m)
             r2 = pooled_r2(run["Y_ho"], model.predict(run["X_ho"]))
             out["points"][name].append([m, r2])
             if m == pilot:
@@ -197,7 +217,7 @@ def main(argv=None) -> list[dict]:
         print(f"{run_dir}: ceiling {measured['ceiling']:.3f}; pilot points "
               + "; ".join(f"{n} " + ", ".join(f"{m}: {r:.3f}" for m, r in p if m <= opts.pilot)
                           for n, p in measured["points"].items())
-              + "; bounds from the pilot " + ", ".join(f"{n} " + ("n/a" if b is None else f"{b:.3f}")
+              + "; bounds from the pilot " + ", ".join(f"{n} " + ("n/a" if b is None else f"{b['r2']:.3f} +- {b['r2_se']:.3f}")
                                                       for n, b in measured.get("bounds", {}).items()))
         rows += compare(measured, opts.pilot)
         needs += asks(measured, opts.pilot, targets)
@@ -215,17 +235,20 @@ def main(argv=None) -> list[dict]:
             continue
         far = np.array([r[c] - r["measured"] for r in rows if r[c] is not None and r["doublings"] >= 2.5])
         print(f"{c}: mean error {err.mean():+.3f}, mean |error| {np.abs(err).mean():.3f} over {len(err)} points; "
-              f"at 2.5+ doublings {far.mean():+.3f} / {np.abs(far).mean():.3f} over {len(far)}")
+              + (f"at 2.5+ doublings {far.mean():+.3f} / {np.abs(far).mean():.3f} over {len(far)}" if len(far)
+                 else "none at 2.5+ doublings"))
     print("\nRetrains for a target: where the measured curve crossed it, and what each curve fitted on the pilot "
           "asked (ratio to the measured need)")
-    print("| run | estimator | target | needed | " + " | ".join(names) + " |")
-    print("|---|---|---:|---:|" + "---:|" * len(names))
+    print("| run | estimator | target | needed | " + " | ".join(names) + " | bound +- 1 SE |")
+    print("|---|---|---:|---:|" + "---:|" * (len(names) + 1))
     for r in needs:
         if r["needed"] is None:
             continue
         cells = " | ".join("n/a" if r[c + " n/a"] else "none: past 64x or its bound" if r[c] is None
                            else f"{r[c]} ({r[c] / r['needed']:.2f}x)" for c in names)
-        print(f"| {r['run']} | {r['estimator']} | {r['target']:.3f} | {r['needed']:.0f} | {cells} |")
+        span = "n/a" if r["bound range"] is None else " to ".join("none" if x is None else str(x)
+                                                                 for x in r["bound range"])
+        print(f"| {r['run']} | {r['estimator']} | {r['target']:.3f} | {r['needed']:.0f} | {cells} | {span} |")
     beyond = [r for r in needs if r["needed"] is not None and r["needed"] > opts.pilot]  # true extrapolations
     print(f"\nOver the {len(beyond)} targets the measured curve crossed beyond the pilot:")
     for c in names:
@@ -240,6 +263,10 @@ def main(argv=None) -> list[dict]:
         inside = sum(1 for r in beyond if r[low] is not None and r[low] <= r["needed"]
                      and (r[high] is None or r["needed"] <= r[high]))
         print(f"the need lay between the {low} and the {high} in {inside} of {len(beyond)}")
+        ranged = [r for r in beyond if r["bound range"] is not None]
+        held = sum(1 for r in ranged if within(r["needed"], r["bound range"]))
+        print(f"the need lay within the power law to the bound's range (the bound +- one SE) in {held} of "
+              f"{len(ranged)}")
     return rows
 
 

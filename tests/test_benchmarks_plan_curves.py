@@ -43,7 +43,7 @@ def test_a_power_law_to_the_bound_is_predicted_exactly_by_that_curve_and_is_na_w
     r2 = bound - np.exp(-0.5 - 0.4 * np.log2(m))  # the gap to the bound x e^-0.4 per doubling; ceiling 0.8 above it
     points = [[int(a), float(b)] for a, b in zip(m, r2)]
     measured = {"run": "/x/run", "ceiling": 0.8, "points": {"quadratic": points, "linear": points},
-                "bounds": {"quadratic": bound, "linear": None}}
+                "bounds": {"quadratic": {"r2": bound, "r2_se": 0.005}, "linear": None}}
     rows = plan_curves.compare(measured, 1024)
     for r in rows:
         if r["estimator"] == "quadratic":
@@ -56,6 +56,10 @@ def test_a_power_law_to_the_bound_is_predicted_exactly_by_that_curve_and_is_na_w
     expected = 2 ** ((np.log(bound - 0.59) + 0.5) / -0.4)  # where the curve meets 0.59: 1,229 fit masks
     assert at_059["power law to the bound"] == int(np.ceil(expected))
     assert 1024 < at_059["needed"] < 2048  # the measured points cross it there too
+    low, high = at_059["bound range"]  # the bound 0.005 (one SE) higher and lower
+    assert low < at_059["power law to the bound"] < high and plan_curves.within(at_059["needed"], [low, high])
+    assert not plan_curves.within(at_059["needed"], [at_059["needed"] + 1, None])
+    assert plan_curves.within(at_059["needed"], [low, None]) and not plan_curves.within(1.0, [None, None])
     past = next(a for a in quadratic if a["target"] == 0.61)  # past the bound: no figure, though below the ceiling
     assert past["power law to the bound"] is None and not past["power law to the bound n/a"]
     assert past["power law to the ceiling"] is not None
@@ -72,13 +76,14 @@ def test_the_pilot_bound_is_the_limit_for_main_effects_and_adds_the_screen_energ
     s = 1.0 - 2.0 * X
     Y = np.column_stack([s[:, 0] + 2.0 * s[:, 1] * s[:, 2], s[:, 3]]) + rng.normal(0, 0.5, (M + H, 2))
     run = {"X_fit": X[:M], "Y_fit": Y[:M], "X_ho": X[M:], "Y_ho": Y[M:], "design": SimpleNamespace(meta={"p": 0.5})}
-    limit = main_effects_limit(X[:M], Y[:M], X[M:], Y[M:])["r2"]
+    limit = main_effects_limit(X[:M], Y[:M], X[M:], Y[M:])
     linear = SimpleNamespace(main_effects_only=True)
-    assert plan_curves.pilot_bound(run, "linear", linear, M) == pytest.approx(limit)
+    assert plan_curves.pilot_bound(run, "linear", linear, M) == pytest.approx({k: limit[k] for k in ("r2", "r2_se")})
     screen = {"pairs": [[1, 2]], "outputs": [[0]]}
     quadratic = SimpleNamespace(main_effects_only=False, fit_summary=lambda: {"screen": screen})
-    energy = pair_energy(X, Y, [[1, 2]], [[0]])["share"]
-    assert energy > 0.3  # the pair holds most of output 0's variance, and the bound counts it
-    assert plan_curves.pilot_bound(run, "quadratic", quadratic, M) == pytest.approx(limit + energy)
+    energy = pair_energy(X, Y, [[1, 2]], [[0]])
+    assert energy["share"] > 0.3  # the pair holds most of output 0's variance, and the bound counts it
+    assert plan_curves.pilot_bound(run, "quadratic", quadratic, M) == pytest.approx(
+        {"r2": limit["r2"] + energy["share"], "r2_se": np.hypot(limit["r2_se"], energy["se"])})
     assert plan_curves.pilot_bound(run, "proxyspex", SimpleNamespace(fit_summary=lambda: {}), M) is None
     assert plan_curves.pilot_bound(run, "linear", linear, 31) is None  # under 4n fit masks: no limit

@@ -614,8 +614,12 @@ def test_the_trust_line_gives_a_main_effects_model_no_figure_past_the_limit_and_
     assert under["need_ceiling"]["n_masks"] > pair["need_ceiling"]["n_masks"]  # the gap shrinks ever slower
     assert under["record"].startswith("from pilots of four and eight times as many fit retrains")
     line = _trust_lines(under)[0]
+    lo, hi = (needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.6 + d), 0.56)["n_masks"]
+              for d in (0.01, -0.01))
+    assert under["need_ceiling"]["range"] == [lo, hi] and under["need_ceiling"]["range_se"] == 0.01
     assert (f"Its faithfulness curve (a power law to its bound R^2 0.600) extrapolates to about "
-            f"{under['need_ceiling']['n_masks']} fit retrains for 80% of the ceiling") in line
+            f"{under['need_ceiling']['n_masks']} fit retrains for 80% of the ceiling ({lo} to {hi} with its bound "
+            "one standard error, 0.010, higher or lower)") in line
     # a limit above a ceiling measured low says that the two estimates disagree, and by how much
     above = trust_summary(faithfulness, "m", curve, {**ceiling, "pooled": 0.45}, 0.1, 256, None, limit, bound=None)
     assert ("its variance removed; it lies above the noise ceiling, which no model can pass: the two estimates "
@@ -656,6 +660,28 @@ def test_limit_above_ceiling_is_silent_at_or_under_the_ceiling_and_without_eithe
     assert ", 6.7 of their combined" in limit_above_ceiling(limit, {"pooled": 0.3, "pooled_se": None})
 
 
+def test_the_bound_range_moves_the_bound_one_se_and_has_no_upper_end_where_the_target_is_then_past_it():
+    from dataspex.fit.planning import bound_range, curve_r2, describe_range
+
+    m = np.array([256, 512, 768, 1024])
+    truth = {"kind": "power", "intercept": -1.0, "per_doubling": -0.3, "ceiling": 0.6, "largest": 1024}
+    r2 = curve_r2(truth, m)  # exactly a power law to 0.6: 0.6 - e^-1 x e^(-0.3 log2 m); 0.582 at 1,024
+    target = 0.59  # at 4,150 fit masks: two doublings beyond the points
+
+    def exact(bound):  # where the power law through these points to ``bound`` meets the target
+        return needed_retrains(learning_curve(m, r2, bound), target)["n_masks"]
+    assert exact(0.6) == int(np.ceil(2 ** ((np.log(0.6 - target) + 1.0) / -0.3)))  # the true figure
+    assert bound_range(m, r2, target, {"r2": 0.6, "r2_se": 0.003}) == [exact(0.603), exact(0.597)]
+    assert exact(0.603) < exact(0.6) < exact(0.597)
+    # one SE lower the bound is at the target: no upper end
+    assert bound_range(m, r2, target, {"r2": 0.6, "r2_se": 0.01}) == [exact(0.61), None]
+    assert bound_range(m, r2, target, {"r2": 0.6, "r2_se": 0.0}) == [exact(0.6), exact(0.6)]
+    assert describe_range([1200, 3400], 0.012) == "1200 to 3400 with its bound one standard error, 0.012, higher or lower"
+    assert describe_range([1200, None], 0.03) == ("1200 with its bound one standard error, 0.030, higher; none with it "
+                                                  "as much lower")
+    assert describe_range(None, 0.01) == "" and describe_range([None, None], 0.01) == ""
+
+
 def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothing():
     from dataspex.fit.planning import estimator_curve
     from dataspex.stages.plan import _choose_figures
@@ -677,6 +703,11 @@ def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothi
     toward = needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.5), target)["n_masks"]
     assert a["n_masks"] == log2 and a["figure"] == a["power"]["n_masks"] == toward > log2
     assert a["figure_from"] == "power law to its bound" and a["power"]["curve"]["toward"] == "its bound"
+    # its range: the same power law to the bound one SE higher (fewer retrains) and lower (more)
+    higher, lower = (needed_retrains(learning_curve([256, 512, 1024], [0.2, 0.3, 0.4], 0.5 + d), target)["n_masks"]
+                     for d in (0.01, -0.01))
+    assert a["figure_range"] == a["power"]["range"] == [higher, lower] and higher < toward < lower
+    assert b["figure_range"] is None and c["figure_range"] is None  # refused; no bound
     assert b["figure"] is None and b["power"] is None and b["why"] == (
         "the target is at or above its bound R^2 0.440, within two of its standard errors (0.010): no curve reaches "
         "it, though the bound may lie higher (more held-out masks, design.heldout, narrow it)")

@@ -217,6 +217,8 @@ def trust_summary(faithfulness: dict, name: str, curve: pd.DataFrame, ceiling: d
             if acted["source"] != "log2 line":
                 out[key].update(toward=acted["curve"].get("toward") or "the noise ceiling",
                                 asymptote=acted["curve"]["ceiling"])
+            if acted["range"] is not None:  # how far the bound's own standard error moves the figure
+                out[key].update(range=acted["range"], range_se=bound["r2_se"])
             if n_units is not None and acted["source"] == "power law to its bound":
                 out["record"] = extrapolation_record(int(f["n_fit_masks"]), n_units, units, bound=True)
     return out

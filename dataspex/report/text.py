@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from dataspex.fit.estimators.vocabulary import PAIR_KINDS
 from dataspex.fit.faithfulness import limit_above_ceiling
-from dataspex.fit.planning import CEILING_SHARE
+from dataspex.fit.planning import CEILING_SHARE, describe_range
 from dataspex.fit.significance import STARVED_CELL_SHARE
 from dataspex.store import health
 from dataspex.validate.analysis import ELSEWHERE_NUMBERS, validated_harmful
@@ -347,8 +347,10 @@ def _need(need: dict | None, what: str, trust: dict) -> str:
         return f" To reach {what}: {need['why']}."
     far = f", {need['doublings']:.1f} doublings beyond this run: a long extrapolation" if need["doublings"] > 2 else ""
     if need.get("toward") is not None:
+        span = describe_range(need.get("range"), need.get("range_se") or 0.0)
         return (f" Its faithfulness curve (a power law to {need['toward']} R^2 {need['asymptote']:.3f}) extrapolates "
-                f"to about {need['n_masks']} fit retrains for {what}{far}" + (f"; {record}" if record else "")
+                f"to about {need['n_masks']} fit retrains for {what}" + (f" ({span})" if span else "") + far
+                + (f"; {record}" if record else "")
                 + " (`dataspex plan` prints the study and the log2 line's figure beside it).")
     return (f" Its faithfulness curve (R^2 against log2 retrains) extrapolates to about {need['n_masks']} fit "
             f"retrains for {what}{far}" + (f"; {record}" if record else "")
