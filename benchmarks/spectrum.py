@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from itertools import combinations
 from math import comb
 
 import numpy as np
@@ -60,6 +61,17 @@ def pair_kernel(masks: np.ndarray, members: np.ndarray) -> np.ndarray:
     return 0.5 * (agree ** 2 - k)
 
 
+def top_pairs(top: np.ndarray) -> tuple[list, list]:
+    """The pairs among each output's examples ``top`` (k, T) as a screen for
+    :func:`dataspex.fit.faithfulness.pair_energy`: every pair inside some output's k, and per pair the outputs
+    whose k hold both."""
+    served: dict[tuple[int, int], list[int]] = {}
+    for t in range(top.shape[1]):
+        for a, b in combinations(sorted(int(i) for i in top[:, t]), 2):
+            served.setdefault((a, b), []).append(t)
+    return [list(p) for p in served], list(served.values())
+
+
 class Energy:
     """Walsh energies of centred outputs Y (M, T) on uniform masks, as shares of the pooled variance of one retrain,
     each with a delete-one-group jackknife SE over ``groups`` random groups of masks."""
@@ -73,14 +85,14 @@ class Energy:
         self.sizes = self.onehot.sum(0)
         self.groups = groups
 
-    def of(self, kernel, per_output=None) -> tuple[float, float]:
-        """Energy of the characters whose products over two masks sum to ``kernel`` (M, M), pooled over outputs;
-        or, with ``per_output`` (a function t -> (M, M)), each output with its own kernel. Returns (share, SE)."""
-        B = np.zeros((self.groups, self.groups))
-        for t in (range(self.Yc.shape[1]) if per_output is not None else [None]):
-            products = self.Yc @ self.Yc.T if t is None else np.outer(self.Yc[:, t], self.Yc[:, t])
-            np.fill_diagonal(products, 0.0)  # pairs of different masks only: a mask's own noise is not signal
-            B += self.onehot.T @ (products * (kernel if t is None else per_output(t))) @ self.onehot
+    def of(self, kernel) -> tuple[float, float]:
+        """Energy of the characters whose products over two masks sum to ``kernel`` (M, M), pooled over outputs.
+        Returns (share, SE). For a family of pairs this is :func:`dataspex.fit.faithfulness.pair_energy` in kernel
+        form (the same share; tested equal): the kernel suits large families such as every pair within a class,
+        the product form a few pairs per output."""
+        products = self.Yc @ self.Yc.T
+        np.fill_diagonal(products, 0.0)  # pairs of different masks only: a mask's own noise is not signal
+        B = self.onehot.T @ (products * kernel) @ self.onehot
         total, M, sizes = B.sum(), self.M, self.sizes
         leave = (total - 2 * B.sum(1) + np.diag(B)) / ((M - sizes) * (M - sizes - 1)) / self.V
         se = float(np.sqrt((self.groups - 1) / self.groups * ((leave - leave.mean()) ** 2).sum()))
@@ -107,7 +119,13 @@ def main(argv=None) -> dict:
 
     import pandas as pd
 
-    from dataspex.fit.faithfulness import ceiling_se, least_squares_main_effects, main_effects_limit, pooled_ceiling
+    from dataspex.fit.faithfulness import (
+        ceiling_se,
+        least_squares_main_effects,
+        main_effects_limit,
+        pair_energy,
+        pooled_ceiling,
+    )
     from outputs import replicated_run
 
     run = replicated_run(opts.run)
@@ -128,7 +146,9 @@ def main(argv=None) -> dict:
     coef = least_squares_main_effects(results.masks[fit], loss[fit])[1:]  # (n, T)
     for k in (int(k) for k in opts.top.split(",") if k):
         top = np.argsort(-np.abs(coef), axis=0)[:k]  # (k, T)
-        got[f"pairs among each test example's top {k}"] = energy.of(None, lambda t: pair_kernel(X, top[:, t]))
+        pairs, outputs = top_pairs(top)
+        share = pair_energy(X, Y, pairs, outputs, groups=opts.groups)
+        got[f"pairs among each test example's top {k}"] = (share["share"], share["se"])
     pairs = list(run["replica"].items())
     a, b = loss[[x for x, _ in pairs]], loss[[y for _, y in pairs]]
     ceiling, c_se = pooled_ceiling(a, b), ceiling_se(a, b)

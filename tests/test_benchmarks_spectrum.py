@@ -52,6 +52,32 @@ def test_energies_recover_a_known_spectrum_under_seed_noise():
     energy = spectrum.Energy(Y)
     assert energy.of(spectrum.pair_kernel(X, np.array([1, 2])))[0] == pytest.approx(0.36 / V, abs=0.02)
     assert abs(energy.of(spectrum.pair_kernel(X, np.arange(8, 12)))[0]) < 0.005
-    # one kernel per output: the first output's pair family, the second's empty, pooled
-    per = energy.of(None, lambda t: spectrum.pair_kernel(X, np.array([1, 2]) if t == 0 else np.array([9, 10])))
-    assert per[0] == pytest.approx(0.36 / V, abs=0.02)
+
+
+
+def test_the_kernel_form_and_the_products_pair_energy_are_one_estimate():
+    from dataspex.fit.faithfulness import pair_energy
+
+    rng = np.random.default_rng(3)
+    n, M = 9, 400
+    X = (rng.random((M, n)) < 0.5).astype(np.uint8)
+    s = 2.0 * X - 1.0
+    Y = np.stack([0.7 * s[:, 1] * s[:, 2] + s[:, 0], 0.5 * s[:, 4] * s[:, 6]], axis=1) + rng.normal(0, 0.5, (M, 2))
+    members = np.array([1, 2, 4, 6])
+    # every pair inside ``members``, serving every output: the kernel sums their character products
+    kernel = spectrum.Energy(Y).of(spectrum.pair_kernel(X, members))[0]
+    product_form = pair_energy(X, Y, list(combinations(members.tolist(), 2)), None)["share"]
+    assert kernel == pytest.approx(product_form, rel=1e-10)
+    # each output its own examples: the screen top_pairs makes, against the kernel of each output alone
+    top = np.array([[1, 4], [2, 6], [0, 5]])  # (k = 3, T = 2)
+    pairs, outputs = spectrum.top_pairs(top)
+    assert sorted(map(tuple, pairs)) == [(0, 1), (0, 2), (1, 2), (4, 5), (4, 6), (5, 6)]
+    assert all(ts == ([0] if max(p) < 3 else [1]) for p, ts in zip(pairs, outputs))
+    Yc = Y - Y.mean(0)
+    V = (Yc ** 2).sum() / (M - 1)
+    by_hand = 0.0
+    for t in range(2):
+        products = np.outer(Yc[:, t], Yc[:, t])
+        np.fill_diagonal(products, 0.0)
+        by_hand += (products * spectrum.pair_kernel(X, top[:, t])).sum() / (M * (M - 1)) / V
+    assert pair_energy(X, Y, pairs, outputs)["share"] == pytest.approx(by_hand, rel=1e-10)
