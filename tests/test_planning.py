@@ -489,6 +489,9 @@ def test_a_curve_short_of_its_units_is_no_forecast_in_the_trust_line():
     assert ("extrapolates to about 512 fit retrains for report.trust_r2=0.1; from pilots of as many fit retrains "
             "as training examples on six real-text runs the log2 line asked") in enough
     assert extrapolation_record(256, 128).startswith("from pilots of twice as many fit retrains")  # the 2n record
+    # from 4n: the bound's record under a bound, else the other curves' from 4n and 8n pilots (a lower estimate)
+    assert "the power law to the model's own bound asked" in extrapolation_record(512, 128, bound=True)
+    assert extrapolation_record(512, 128).endswith("a lower estimate either way")
     clusters = Units(np.arange(40) % 20, [f"cluster {k}" for k in range(20)], spec="cluster:20")
     assert extrapolation_record(10, 20, clusters).startswith("with fewer fit retrains (10) than units (cluster:20)")
 
@@ -680,6 +683,23 @@ def test_the_bound_range_moves_the_bound_one_se_and_has_no_upper_end_where_the_t
     assert describe_range([1200, None], 0.03) == ("1200 with its bound one standard error, 0.030, higher; none with it "
                                                   "as much lower")
     assert describe_range(None, 0.01) == "" and describe_range([None, None], 0.01) == ""
+
+
+def test_a_best_without_a_bound_beside_refused_bounded_models_says_what_its_figure_assumes():
+    from dataspex.stages.plan import _stopped_at_bounds, _unbounded_best_line
+
+    caps = {"linear": {"r2": 0.50, "r2_se": 0.03}, "quadratic": {"r2": 0.522, "r2_se": 0.03}}
+    rows = {"linear": {"figure": None}, "quadratic": {"figure": None}, "proxyspex": {"figure": 11525}}
+    stopped = _stopped_at_bounds("proxyspex", rows, caps)
+    assert stopped == caps
+    assert _unbounded_best_line("proxyspex", stopped).startswith(
+        "plan: proxyspex has no measured bound, so nothing checks its figure against one; linear, quadratic stop "
+        "short of the target at their bounds (the highest, quadratic's, R^2 0.522 +- 0.030), and its figure assumes "
+        "proxyspex passes that: on five real-text runs")
+    # a bounded best, or no refused bounded model: nothing to say
+    assert _stopped_at_bounds("quadratic", {**rows, "quadratic": {"figure": 9000}}, caps) == {}
+    assert _stopped_at_bounds("proxyspex", {**rows, "linear": {"figure": 20000}, "quadratic": {"figure": 30000}},
+                              caps) == {}
 
 
 def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothing():
