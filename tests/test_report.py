@@ -522,3 +522,18 @@ def test_a_ranking_model_without_pair_terms_draws_no_heatmap_and_leaves_none_beh
     note = "linear has no pair terms (it models single-example effects only), so there is no pair to draw."
     assert f"## Heatmaps of pairwise scores\n\n_{note}_" in open(os.path.join(out, "report.md")).read()
     assert note in open(os.path.join(out, "report.html")).read()
+
+
+def test_the_validated_interactions_size_at_the_full_set_is_their_median_ratio_to_the_prediction():
+    from omegaconf import OmegaConf
+
+    from dataspex.report.text import _full_set_size
+
+    validation = pd.DataFrame({"predicted": [0.5, -0.4, 0.2, 0.3, 0.0], "realised": [0.1, 0.2, 0.2, np.nan, 0.1]})
+    cfg = OmegaConf.create({"design": {"p": 0.5}})
+    # ratios 0.2, -0.5, 1.0 (the NaN and the zero prediction are left out): median 0.2; two keep their sign
+    assert _full_set_size(validation, cfg).startswith(
+        "At the full training set the 3 validated interactions came to a median 0.20 of their predicted size (2 of 3 "
+        "with the predicted sign): the predictions describe half-size training sets")
+    assert "describe 90%-size training sets" in _full_set_size(validation, OmegaConf.create({"design": {"p": 0.9}}))
+    assert _full_set_size(validation.iloc[4:], cfg) == ""

@@ -96,6 +96,9 @@ def _headline(ctx) -> list[str]:
                 out.append(f"{int((part['verdict'] == 'confirmed').sum())} of {len(part)} {what} "
                            f"confirmed by retraining ({_seeds_text(vmeta, part['seeds'])}, {level}% interval)."
                            f"{_underpowered(part)}")
+        size = _full_set_size(validation, ctx["cfg"])
+        if size:
+            out.append(size)
         if vmeta.get("stale"):
             out.append("The fit changed after validation: predictions in the validation table may be out of date; "
                        "re-run `dataspex validate`.")
@@ -261,6 +264,21 @@ def _curated_elsewhere(cur: dict) -> str:
         return ""
     return (f", and that of the {cur['n_elsewhere']} test examples the pairs were not chosen on by "
             f"{_fmt(cur['elsewhere_change'])} {_ci(cur['elsewhere_ci_low'], cur['elsewhere_ci_high'])}")
+
+
+def _full_set_size(validation: pd.DataFrame, cfg) -> str:
+    """How large the validated interactions came out at the full training set against their predictions, which
+    describe retrains of ``design.p``'s size: the median of realised / predicted and how many kept the predicted
+    sign ('' without a pair to compare)."""
+    v = validation[np.isfinite(validation["realised"]) & (validation["predicted"] != 0)]
+    if not len(v):
+        return ""
+    ratio = float((v["realised"] / v["predicted"]).median())
+    same = int((np.sign(v["realised"]) == np.sign(v["predicted"])).sum())
+    return (f"At the full training set the {len(v)} validated interactions came to a median {ratio:.2f} of their "
+            f"predicted size ({same} of {len(v)} with the predicted sign): the predictions describe "
+            f"{_retrain_size(cfg)} training sets, and interactions can shrink as the kept set grows (on five "
+            "validations of real text without planted pairs in benchmarks/README, a median 0.22 to 0.89 per run).")
 
 
 def _retrain_size(cfg) -> str:
