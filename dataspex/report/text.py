@@ -277,8 +277,9 @@ def _full_set_size(validation: pd.DataFrame, cfg) -> str:
     same = int((np.sign(v["realised"]) == np.sign(v["predicted"])).sum())
     return (f"At the full training set the {len(v)} validated interactions came to a median {ratio:.2f} of their "
             f"predicted size ({same} of {len(v)} with the predicted sign): the predictions describe "
-            f"{_retrain_size(cfg)} training sets, and interactions can shrink as the kept set grows (on five "
-            "validations of real text without planted pairs in benchmarks/README, a median 0.22 to 0.89 per run).")
+            f"{_retrain_size(cfg)} training sets, and an interaction's size changes with how much of the set is kept "
+            "(on five validations of real text without planted pairs in benchmarks/README the interactions shrank "
+            "at the full set, to a median 0.22 to 0.89 of their predicted size per run).")
 
 
 def _retrain_size(cfg) -> str:
