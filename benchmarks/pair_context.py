@@ -94,9 +94,10 @@ def summary(rows: list[dict], p: float) -> str:
     if not got:
         return "no pair with every cell filled"
     at, full = np.array(got).T
+    predicted = np.array([r["predicted"] for r in rows if r["by_p"][p]["value"] is not None])
     return (f"mean |at p - full set| {np.abs(at - full).mean():.3f} over {len(got)} pairs; median full set / at p "
             f"{np.median(full / at):.2f}; the model's prediction against the cell means at p: mean |difference| "
-            f"{np.mean([abs(r['predicted'] - r['by_p'][p]['value']) for r in rows if r['by_p'][p]['value'] is not None]):.3f}")
+            f"{np.abs(predicted - at).mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -217,8 +217,9 @@ def main(argv=None) -> list[dict]:
         print(f"{run_dir}: ceiling {measured['ceiling']:.3f}; pilot points "
               + "; ".join(f"{n} " + ", ".join(f"{m}: {r:.3f}" for m, r in p if m <= opts.pilot)
                           for n, p in measured["points"].items())
-              + "; bounds from the pilot " + ", ".join(f"{n} " + ("n/a" if b is None else f"{b['r2']:.3f} +- {b['r2_se']:.3f}")
-                                                      for n, b in measured.get("bounds", {}).items()))
+              + "; bounds from the pilot "
+              + ", ".join(f"{n} " + ("n/a" if b is None else f"{b['r2']:.3f} +- {b['r2_se']:.3f}")
+                          for n, b in measured.get("bounds", {}).items()))
         rows += compare(measured, opts.pilot)
         needs += asks(measured, opts.pilot, targets)
     names = list(CURVES)

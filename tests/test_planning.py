@@ -679,7 +679,8 @@ def test_the_bound_range_moves_the_bound_one_se_and_has_no_upper_end_where_the_t
     # one SE lower the bound is at the target: no upper end
     assert bound_range(m, r2, target, {"r2": 0.6, "r2_se": 0.01}) == [exact(0.61), None]
     assert bound_range(m, r2, target, {"r2": 0.6, "r2_se": 0.0}) == [exact(0.6), exact(0.6)]
-    assert describe_range([1200, 3400], 0.012) == "1200 to 3400 with its bound one standard error, 0.012, higher or lower"
+    assert describe_range([1200, 3400], 0.012) == ("1200 to 3400 with its bound one standard error, 0.012, higher "
+                                                   "or lower")
     assert describe_range([1200, None], 0.03) == ("1200 with its bound one standard error, 0.030, higher; none with it "
                                                   "as much lower")
     assert describe_range(None, 0.01) == "" and describe_range([None, None], 0.01) == ""

@@ -17,12 +17,12 @@ an estimator that records its screened pairs (the quadratic model) the limit plu
 (:func:`dataspex.fit.faithfulness.screen_reach`) is its reach, and a target past that gets it no forecast either.
 Under such a bound the second curve is the power law to the bound, and its figure is the one the plan acts on
 (``figure``, ``figure_from`` per estimator in plan.json; :func:`dataspex.fit.planning.bound_forecast`): on six
-real-text runs it asked a median 1.03x the retrains needed, where the log2 line asked too few in all 21 targets, and
-it comes with the range the bound's standard error moves it over (``figure_range``; the need lay inside it in 16 of
-21); a target at or above the bound (within two SEs of it, too) gets no figure. Without a bound, from 2n fit masks on, the
-figure is the power law to the ceiling's (it never asked more than needed there; the log2 line asked fewer); where
-that makes a model without a bound the best because the bounded ones stop short, the plan says its figure assumes
-it passes their bounds (``best_passes_bounds_of``).
+real-text runs it asked a median 1.03x the retrains needed, where the log2 line asked too few in all 21 targets,
+and it comes with the range the bound's standard error moves it over (``figure_range``; the need lay inside it in
+16 of 21); a target at or above the bound (within two SEs of it, too) gets no figure. Without a bound, from 2n fit
+masks on, the figure is the power law to the ceiling's (it asked at most 1.01x the retrains needed; the log2 line
+fewer); where that makes a model without a bound the best because the bounded ones stop short, the plan says its
+figure assumes it passes their bounds (``best_passes_bounds_of``).
 """
 
 from __future__ import annotations
