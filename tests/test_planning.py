@@ -690,7 +690,8 @@ def test_a_best_without_a_bound_beside_refused_bounded_models_says_what_its_figu
     from dataspex.stages.plan import _stopped_at_bounds, _unbounded_best_line
 
     caps = {"linear": {"r2": 0.50, "r2_se": 0.03}, "quadratic": {"r2": 0.522, "r2_se": 0.03}}
-    rows = {"linear": {"figure": None}, "quadratic": {"figure": None}, "proxyspex": {"figure": 11525}}
+    rows = {"linear": {"figure": None, "refused": "past"}, "quadratic": {"figure": None, "refused": "within"},
+            "proxyspex": {"figure": 11525, "refused": None}}
     stopped = _stopped_at_bounds("proxyspex", rows, caps)
     assert stopped == caps
     assert _unbounded_best_line("proxyspex", stopped).startswith(
@@ -699,8 +700,8 @@ def test_a_best_without_a_bound_beside_refused_bounded_models_says_what_its_figu
         "proxyspex passes that: on five real-text runs")
     # a bounded best, or no refused bounded model: nothing to say
     assert _stopped_at_bounds("quadratic", {**rows, "quadratic": {"figure": 9000}}, caps) == {}
-    assert _stopped_at_bounds("proxyspex", {**rows, "linear": {"figure": 20000}, "quadratic": {"figure": 30000}},
-                              caps) == {}
+    assert _stopped_at_bounds("proxyspex", {**rows, "linear": {"figure": 20000, "refused": None},
+                                            "quadratic": {"figure": None, "refused": None}}, caps) == {}  # 64x past
 
 
 def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothing():
@@ -729,6 +730,7 @@ def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothi
                      for d in (0.01, -0.01))
     assert a["figure_range"] == a["power"]["range"] == [higher, lower] and higher < toward < lower
     assert b["figure_range"] is None and c["figure_range"] is None  # refused; no bound
+    assert (a["refused"], b["refused"], c["refused"]) == (None, "within", None)
     assert b["figure"] is None and b["power"] is None and b["why"] == (
         "the target is at or above its bound R^2 0.440, within two of its standard errors (0.010): no curve reaches "
         "it, though the bound may lie higher (more held-out masks, design.heldout, narrow it)")
@@ -744,5 +746,6 @@ def test_plan_rows_under_a_bound_act_on_the_power_law_to_it_and_past_it_on_nothi
     # more than two SEs past a bound: no figure at all
     rows = {name: row(name) for name in "ab"}
     _choose_figures(rows, {"b": {**caps["b"], "r2": 0.4}}, curve, target, None, 1024, 256)
-    assert rows["b"]["figure"] is None and rows["b"]["why"].startswith("the target is above what main effects and "
-                                                                      "its 7 screened pairs can explain (R^2 0.400")
+    assert rows["b"]["figure"] is None and rows["b"]["refused"] == "past"
+    assert rows["b"]["why"].startswith("the target is above what main effects and its 7 screened pairs can explain "
+                                       "(R^2 0.400")

@@ -242,14 +242,16 @@ def _choose_figures(rows: dict, caps: dict, curve, target: float, ceiling: float
             row["power"] = {k: acted[k] for k in ("curve", "n_masks", "why", "doublings", "range")}
         row["figure"], row["figure_from"] = acted["n_masks"], acted["source"] or "log2 line"
         row["figure_range"] = acted["range"] if acted["n_masks"] is not None else None
+        row["refused"] = acted["refused"]  # None, or "past" / "within" its bound
 
 
 def _stopped_at_bounds(best: str, rows: dict, caps: dict) -> dict:
-    """The bounds (``caps``, by name) of the estimators refused a figure there, where ``best`` has none of its own:
-    then it is best only because they stop short, and its figure assumes it passes them. {} otherwise."""
+    """The bounds (``caps``, by name) of the estimators refused a figure at them (``refused``, as
+    :func:`_choose_figures` sets it), where ``best`` has none of its own: then it is best only because they stop
+    short, and its figure assumes it passes them. {} otherwise."""
     if best in caps:
         return {}
-    return {name: caps[name] for name, row in rows.items() if name in caps and row["figure"] is None}
+    return {name: caps[name] for name, row in rows.items() if name in caps and row.get("refused")}
 
 
 def _unbounded_best_line(best: str, stopped: dict) -> str:
