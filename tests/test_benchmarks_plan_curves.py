@@ -87,3 +87,26 @@ def test_the_pilot_bound_is_the_limit_for_main_effects_and_adds_the_screen_energ
         {"r2": limit["r2"] + energy["share"], "r2_se": np.hypot(limit["r2_se"], energy["se"])})
     assert plan_curves.pilot_bound(run, "proxyspex", SimpleNamespace(fit_summary=lambda: {}), M) is None
     assert plan_curves.pilot_bound(run, "linear", linear, 31) is None  # under 4n fit masks: no limit
+
+
+def test_measure_caches_its_points_and_refits_only_the_pilot_for_a_cache_without_the_bounds_se(tmp_path):
+    import json
+    import os
+
+    from tests.test_report import copy_run
+
+    run_dir = copy_run(tmp_path)  # 48 fit masks over 10 training examples: a 4n pilot has a limit
+    cache = str(tmp_path / "cache" / "run_pilot48.json")
+    first = plan_curves.measure(run_dir, ["linear"], 48, cache)
+    assert [m for m, _ in first["points"]["linear"]] == [12, 24, 36, 48]
+    bound = first["bounds"]["linear"]
+    assert set(bound) == {"r2", "r2_se"} and bound["r2_se"] > 0
+    assert plan_curves.measure(run_dir, ["linear"], 48, cache) == first  # read back, not refitted
+    # a cache written before the bounds kept their SE (a float): its points stay, its bounds are refitted
+    old = {**first, "bounds": {"linear": bound["r2"]}, "points": {"linear": [[m, -1.0] for m, _ in
+                                                                           first["points"]["linear"]]}}
+    with open(cache, "w") as fh:
+        json.dump(old, fh)
+    upgraded = plan_curves.measure(run_dir, ["linear"], 48, cache)
+    assert upgraded["points"] == old["points"] and upgraded["bounds"]["linear"] == pytest.approx(bound)
+    assert json.load(open(cache)) == upgraded and not os.path.exists(cache + ".tmp")
