@@ -26,22 +26,20 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from budget import run_splits  # noqa: E402
 
-CELLS = ((1, 1, 1.0), (1, 0, -1.0), (0, 1, -1.0), (0, 0, 1.0))  # (x_i, x_j, sign in the second difference)
-
-
 def second_difference(masks: np.ndarray, y: np.ndarray, i: int, j: int) -> dict:
-    """The cell-mean second difference of outputs ``y`` (M,) over 0/1 ``masks`` (M, n) for examples i and j:
+    """The cell-mean second difference of outputs ``y`` (M,) over 0/1 ``masks`` (M, n) for examples i and j, with
+    its standard error: the held-out pair test's contrast with each cell's own variance
+    (:func:`dataspex.fit.significance._welch`, here on the outputs themselves rather than on residuals).
     {"value", "se", "counts" (masks per cell: both, i only, j only, neither)}; value and se None where a cell holds
-    fewer than two masks."""
-    value, variance, counts = 0.0, 0.0, []
-    for a, b, sign in CELLS:
-        cell = y[(masks[:, i] == a) & (masks[:, j] == b)]
-        counts.append(int(len(cell)))
-        if len(cell) < 2:
-            return {"value": None, "se": None, "counts": counts}
-        value += sign * float(cell.mean())
-        variance += float(cell.var(ddof=1)) / len(cell)
-    return {"value": value, "se": float(np.sqrt(variance)), "counts": counts}
+    fewer than two masks, or every cell is constant."""
+    from dataspex.fit.significance import _cells, _welch
+
+    cells = _cells(masks, i, j)  # neither, only j, only i, both
+    contrast = _welch(np.asarray(y, dtype=np.float64), cells)
+    counts = [int(c.sum()) for c in reversed(cells)]
+    if contrast is None:
+        return {"value": None, "se": None, "counts": counts}
+    return {"value": contrast[0], "se": contrast[1], "counts": counts}
 
 
 def random_masks(run_dir: str) -> dict:

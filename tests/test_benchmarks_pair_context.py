@@ -15,10 +15,16 @@ def test_the_cell_mean_second_difference_is_the_pair_term_and_its_se_sums_the_ce
     masks = (rng.random((400, 5)) < 0.5).astype(np.uint8)
     x, z = masks[:, 1].astype(float), masks[:, 3].astype(float)
     y = 1.0 + 0.5 * x - 0.3 * z + 0.7 * x * z + 2.0 * masks[:, 0]  # another example's effect averages out only
-    exact = pair_context.second_difference(masks, 1.0 + 0.5 * x - 0.3 * z + 0.7 * x * z, 1, 3)
-    assert exact["value"] == pytest.approx(0.7) and exact["se"] == pytest.approx(0.0)
-    got = pair_context.second_difference(masks, y, 1, 3)
     cells = [(x == a) & (z == b) for a, b in ((1, 1), (1, 0), (0, 1), (0, 0))]
+    wobble = rng.normal(size=400)  # noise whose mean is exactly zero in every cell: the means stay exact
+    for c in cells:
+        wobble[c] -= wobble[c].mean()
+    exact = pair_context.second_difference(masks, 1.0 + 0.5 * x - 0.3 * z + 0.7 * x * z + wobble, 1, 3)
+    assert exact["value"] == pytest.approx(0.7)
+    assert exact["se"] == pytest.approx(np.sqrt(sum(wobble[c].var(ddof=1) / c.sum() for c in cells)))
+    # outputs constant in every cell: no error to give, so no value (as the held-out pair test treats them)
+    assert pair_context.second_difference(masks, 1.0 + x * z, 1, 3)["value"] is None
+    got = pair_context.second_difference(masks, y, 1, 3)
     assert got["counts"] == [int(c.sum()) for c in cells] and sum(got["counts"]) == 400
     by_hand = y[cells[0]].mean() - y[cells[1]].mean() - y[cells[2]].mean() + y[cells[3]].mean()
     assert got["value"] == pytest.approx(by_hand)
