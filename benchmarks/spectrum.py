@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from itertools import combinations
 from math import comb
 
 import numpy as np
@@ -61,14 +60,17 @@ def pair_kernel(masks: np.ndarray, members: np.ndarray) -> np.ndarray:
     return 0.5 * (agree ** 2 - k)
 
 
-def top_pairs(top: np.ndarray) -> tuple[list, list]:
-    """The pairs among each output's examples ``top`` (k, T) as a screen for
+def top_pairs(weights: np.ndarray, k: int) -> tuple[list, list]:
+    """The pairs among each output's k examples of largest |weights| (n, T), chosen as the local quadratic model
+    chooses its own (``_own_pairs`` of :mod:`dataspex.fit.estimators.quadratic`), as a screen for
     :func:`dataspex.fit.faithfulness.pair_energy`: every pair inside some output's k, and per pair the outputs
     whose k hold both."""
+    from dataspex.fit.estimators.quadratic import _own_pairs
+
     served: dict[tuple[int, int], list[int]] = {}
-    for t in range(top.shape[1]):
-        for a, b in combinations(sorted(int(i) for i in top[:, t]), 2):
-            served.setdefault((a, b), []).append(t)
+    for t, pairs in enumerate(_own_pairs(weights, k)):
+        for pair in pairs:
+            served.setdefault(pair, []).append(t)
     return [list(p) for p in served], list(served.values())
 
 
@@ -145,8 +147,7 @@ def main(argv=None) -> dict:
     got["pairs across classes"] = energy.of(krawtchouk(2, n)[D] - within)
     coef = least_squares_main_effects(results.masks[fit], loss[fit])[1:]  # (n, T)
     for k in (int(k) for k in opts.top.split(",") if k):
-        top = np.argsort(-np.abs(coef), axis=0)[:k]  # (k, T)
-        pairs, outputs = top_pairs(top)
+        pairs, outputs = top_pairs(coef, k)
         share = pair_energy(X, Y, pairs, outputs, groups=opts.groups)
         got[f"pairs among each test example's top {k}"] = (share["share"], share["se"])
     pairs = list(run["replica"].items())

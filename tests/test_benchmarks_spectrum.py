@@ -69,8 +69,11 @@ def test_the_kernel_form_and_the_products_pair_energy_are_one_estimate():
     product_form = pair_energy(X, Y, list(combinations(members.tolist(), 2)), None)["share"]
     assert kernel == pytest.approx(product_form, rel=1e-10)
     # each output its own examples: the screen top_pairs makes, against the kernel of each output alone
-    top = np.array([[1, 4], [2, 6], [0, 5]])  # (k = 3, T = 2)
-    pairs, outputs = spectrum.top_pairs(top)
+    top = np.array([[1, 4], [2, 6], [0, 5]])  # (k = 3, T = 2): each output's three largest weights
+    weights = np.zeros((n, 2))
+    weights[top[:, 0], 0], weights[top[:, 1], 1] = [3.0, -2.0, 1.0], [0.5, 0.4, -0.3]
+    weights[7, 0] = weights[3, 1] = 0.1  # smaller, left out
+    pairs, outputs = spectrum.top_pairs(weights, 3)
     assert sorted(map(tuple, pairs)) == [(0, 1), (0, 2), (1, 2), (4, 5), (4, 6), (5, 6)]
     assert all(ts == ([0] if max(p) < 3 else [1]) for p, ts in zip(pairs, outputs))
     Yc = Y - Y.mean(0)
