@@ -222,7 +222,7 @@ def pair_energy(masks: np.ndarray, Y: np.ndarray, pairs, outputs, p: float = 0.5
 
 
 def screen_reach(masks: np.ndarray | None, Y: np.ndarray | None, screen: dict, limit: dict,
-                   p: float = 0.5) -> dict:
+                 p: float = 0.5) -> dict:
     """The most a model of main effects plus the pairs of ``screen`` (an estimator's ``fit_summary`` entry: pairs
     and the outputs each may serve) explains: ``limit`` (:func:`main_effects_limit`) plus :func:`pair_energy` of
     those pairs on masks (M, n) drawn with keep probability ``p`` and their outputs Y (M, T). Keys ``r2``,

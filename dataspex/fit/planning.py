@@ -159,9 +159,9 @@ def acted_forecast(curve, name: str, target: float, ceiling: float | None, bound
     (``refused`` "past": more than two SEs past; "within": at or above it, within two, where no curve measured on
     real text crossed its bound); without one, from 2n fit masks on (``n_units`` given), the power law to the noise
     ``ceiling`` (it asked 0.51-1.00x the retrains needed from 2n pilots and 0.40-1.01x from 4n and 8n, where the
-    log2 line asked 0.28-0.93x; ProxySPEX from 2n pilots: 0.73-3.42x); else the log2 line. Keys of :func:`needed_retrains` plus ``source`` (the curve's
-    name; None when refused), ``curve`` (the curve read), ``refused`` (None, "past" or "within") and ``range`` (under a
-    bound, :func:`bound_range`; else None)."""
+    log2 line asked 0.28-0.93x; ProxySPEX from 2n pilots: 0.73-3.42x); else the log2 line. Keys of
+    :func:`needed_retrains` plus ``source`` (the curve's name; None when refused), ``curve`` (the curve read),
+    ``refused`` (None, "past" or "within") and ``range`` (under a bound, :func:`bound_range`; else None)."""
     _, line = estimator_curve(curve, name)
     out = {**needed_retrains(line, target, ceiling), "source": "log2 line", "curve": line, "refused": None,
            "range": None}
