@@ -288,13 +288,11 @@ def test_a_unit_run_reports_validates_and_curates_unit_pairs(tmp_path):
 
 
 @pytest.mark.slow
-def test_drill_and_hand_made_drill_units_are_refused_with_their_reasons(tmp_path):
+def test_drill_before_a_fit_and_hand_made_drill_units_are_refused_with_their_reasons(tmp_path):
     run_dir = str(tmp_path / "run")
     run_cli("design", f"run_dir={run_dir}", *TINY)
-    refused = run_cli("drill", f"run_dir={run_dir}", check=False)
-    assert refused.returncode == 2
-    assert "masks are over the training examples (design.units=example): `dataspex drill` goes from unit pairs" \
-        in refused.stderr
+    refused = run_cli("drill", f"run_dir={run_dir}", check=False)  # over examples it drills too, but needs a fit
+    assert refused.returncode == 2 and "dataspex fit" in refused.stderr, refused.stderr
     by_hand = run_cli("design", f"run_dir={tmp_path / 'other'}", *TINY, "design.units=drill", check=False)
     assert by_hand.returncode == 2 and "design.units=drill is a drill-down's grouping" in by_hand.stderr
     bad = run_cli("design", f"run_dir={tmp_path / 'bad'}", *TINY, "design.units=column:source", check=False)

@@ -352,7 +352,7 @@ def test_validate_refuses_bad_settings(tmp_path):
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.seeds=0", check=False)
     assert proc.returncode == 2 and "validate.seeds=0 must be at least 1" in proc.stderr
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.select=best", check=False)
-    assert proc.returncode == 2 and "validate.select=best must be findings or top" in proc.stderr
+    assert proc.returncode == 2 and "validate.select=best must be findings, top or drilled" in proc.stderr
     proc = run_cli("validate", f"run_dir={run_dir}", "validate.seeds=16", "validate.max_seeds=8", check=False)
     assert proc.returncode == 2 and ("validate.max_seeds=8 is below validate.seeds=16: set it to validate.seeds or "
                                      "more (equal: no extra seeds for wide intervals)") in proc.stderr

@@ -24,7 +24,7 @@ from dataspex.fit.planning import CEILING_SHARE, acted_forecast, extrapolation_r
 from dataspex.fit.ranking import ranked_pairs, ranked_triples, score_stack
 from dataspex.fit.significance import heldout_evidence
 from dataspex.report.curation import curation_actions, decide, drop_all_effect, examples_to_review
-from dataspex.report.drill import load_drill
+from dataspex.report.drill import load_drill, load_fullset_drill
 from dataspex.report.text import KINDS, _label
 from dataspex.validate import load_validation
 from dataspex.validate.curation import load_curation
@@ -268,7 +268,7 @@ def gather(cfg, store, data, fitted: dict, faithfulness: dict, name: str) -> dic
             "drop_effect": drop_effect, "diverged": diverged, "evidence": evidence, "trust": trust,
             "result": result, "fitted": fitted, "stack": stack, "curation": curation,
             "decision": decide(actions, validation, curation),
-            "drill": load_drill(store, units)}
+            "drill": load_drill(store, units), "fullset": load_fullset_drill(store, units)}
 
 
 def summary(ctx) -> dict:
@@ -305,6 +305,10 @@ def summary(ctx) -> dict:
                 "level": vmeta.get("level"), "seeds": vmeta.get("seeds"), "stale": vmeta.get("stale"),
                 "confirmed": int((validation["verdict"] == "confirmed").sum()), "pairs": len(validation),
                 "curated": vmeta.get("curated")},
+            "full_set": None if ctx.get("fullset") is None else {
+                "run_dir": ctx["fullset"]["run_dir"], "stale": ctx["fullset"]["stale"],
+                "n_masks": ctx["fullset"]["meta"].get("n_masks"), "pairs": len(ctx["fullset"]["table"]),
+                "hold": [[int(r.i), int(r.j)] for r in ctx["fullset"]["table"].itertuples() if r.holds]},
             "pair_tests": ctx["evidence"], "trust": ctx["trust"],
             "bottom_line": {key: ctx["decision"][key] for key in ("status", "reason", "pairs")},
             "degree3": 0 if triples is None else len(triples)}

@@ -1,6 +1,8 @@
-"""The link from a run over units to its drill-down (``dataspex drill``, in ``<run_dir>/drill``): for each drilled
-unit pair, the example pairs the drill-down's report found inside it. Read from the drill-down's own report files
-(``report/pairs.csv`` and ``summary.json``), which its report stage wrote."""
+"""The link from a run to its drill-down (``dataspex drill``, in ``<run_dir>/drill``). Over units: for each drilled
+unit pair, the example pairs the drill-down's report found inside it, read from the drill-down's own report files
+(``report/pairs.csv`` and ``summary.json``), which its report stage wrote. Over examples: which of the run's top
+pairs hold at the full training set, read from the drill-down's ``fullset.json``
+(:mod:`dataspex.validate.fullset`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import os
 
 import pandas as pd
 
+from dataspex.fit.artifacts import fit_stamp
 from dataspex.store import RunStore
+from dataspex.validate.fullset import load_fullset
 
 DRILL_DIR = "drill"  # the drill-down run, inside the run directory
 SHOWN = 3  # example pairs shown per drilled unit pair and kind
@@ -48,3 +52,17 @@ def load_drill(store, units) -> dict | None:
     found = found.sort_values(["a", "b", "kind", "rank"]).groupby(["a", "b", "kind"]).head(SHOWN)
     return {"run_dir": child.run_dir, "estimator": child_summary.get("estimator"),
             "trust": child_summary.get("trust"), "pairs": drilled, "found": found.reset_index(drop=True)}
+
+
+def load_fullset_drill(store, units) -> dict | None:
+    """{"run_dir", "table" (one row per drilled pair: :func:`dataspex.validate.fullset.fullset_table`), "meta"
+    (its settings), "stale" (the run was refitted after the drill-down chose its pairs)}, or None when the run is
+    over units or has no drill-down over examples."""
+    if units is not None:
+        return None
+    run_dir = store.path(DRILL_DIR)
+    table, meta = load_fullset(run_dir)
+    if table is None:
+        return None
+    return {"run_dir": run_dir, "table": table, "meta": meta, "stale": meta.get("fit_stamp") != fit_stamp(store)}
+

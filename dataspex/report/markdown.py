@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataspex.report.text import (
     DRILL_HEAD,
+    FULLSET_HEAD,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -17,6 +18,8 @@ from dataspex.report.text import (
     _config_yaml,
     _drill_rows,
     _drill_text,
+    _fullset_rows,
+    _fullset_text,
     _faith_rows,
     _headline,
     _intro,
@@ -54,6 +57,9 @@ def render_markdown(ctx) -> str:
         lines.append("_Not run yet: `dataspex validate run_dir=...`._")
     else:
         lines += [_validation_text(ctx), ""] + _md_table(VALIDATION_HEAD, _validation_rows(ctx))
+    if ctx.get("fullset") is not None:
+        lines += ["", "## At the full training set (drill-down)", "", _fullset_text(ctx), ""]
+        lines += _md_table(FULLSET_HEAD, _fullset_rows(ctx))
     validated = ctx["validation"] is not None
     for kind, explanation in KINDS.items():
         lines += ["", f"## Top {kind} pairs", "", f"{explanation.capitalize()}.", ""]

@@ -10,6 +10,7 @@ import re
 
 from dataspex.report.text import (
     DRILL_HEAD,
+    FULLSET_HEAD,
     FAITH_HEAD,
     FAITH_NOTE,
     FILES,
@@ -22,6 +23,8 @@ from dataspex.report.text import (
     _config_yaml,
     _drill_rows,
     _drill_text,
+    _fullset_rows,
+    _fullset_text,
     _faith_rows,
     _headline,
     _intro,
@@ -121,6 +124,10 @@ def render_html(ctx) -> str:
         text = _h(_validation_text(ctx)).replace("**confirmed**", "<b>confirmed</b>")
         body["validation"] = f'<p class="note">{text}</p>' + _html_table(
             VALIDATION_HEAD, _validation_rows(ctx), numeric=("predicted (full)", "realised", "interval", "seeds"))
+    if ctx.get("fullset") is not None:
+        body["fullset"] = f'<p class="note">{_h(_fullset_text(ctx))}</p>' + _html_table(
+            FULLSET_HEAD, _fullset_rows(ctx), numeric=("predicted (full)", "drill-down", "q-value"))
+        sections.insert(2, ("fullset", "At the full training set (drill-down)"))
     validated = ctx["validation"] is not None
     for kind, explanation in KINDS.items():
         table = ctx["tables"][kind]

@@ -41,7 +41,8 @@ STAGE_HELP = {
     "validate": "retrain the report's findings directly (full, minus i, minus j, minus both) to confirm them",
     "curate": "write the curated training set; retrain it, random removals and baselines; score on the eval split",
     "plan": "from a pilot run: the retrains and wall time a target faithfulness needs, and the study's commands",
-    "drill": "in a run over units: study the members of the top unit pairs, to find the example pairs inside",
+    "drill": "retrain the members of the top pairs, the rest kept: over units the example pairs inside, over "
+             "examples which pairs hold at the full set",
 }
 
 

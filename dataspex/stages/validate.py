@@ -18,6 +18,7 @@ from dataspex.design.validation import ROLE, curated_mask, extend_design, seeds_
 from dataspex.fit.artifacts import choose_estimator, load_fitted
 from dataspex.fit.ranking import select_pairs
 from dataspex.report.context import listed_pairs, pair_evidence
+from dataspex.report.drill import DRILL_DIR, load_fullset_drill
 from dataspex.report.text import KINDS
 from dataspex.stages.report import report_run
 from dataspex.stages.rundir import open_run
@@ -51,6 +52,12 @@ def stage_validate(cfg) -> pd.DataFrame:
                         "(held-out q-value <= report.q_max=%s), so the report names no action; "
                         "validate.select=top retrains the top pairs anyway", " or ".join(opts["kinds"]),
                         cfg.report.q_max)
+            return pd.DataFrame()
+    elif opts["select"] == "drilled":
+        pairs = drilled_pairs(store, opts)
+        if pairs.empty:
+            log.warning("validate: nothing to validate: none of the drill-down's %s pairs holds at the full "
+                        "training set (its q-value <= report.q_max)", " or ".join(opts["kinds"]))
             return pd.DataFrame()
     else:
         pairs = select_pairs(fitted[ranking], opts["kinds"], opts["top_k"], estimand, data.n_test)
@@ -158,6 +165,24 @@ def pair_seeds(pair_of: np.ndarray, want: np.ndarray, seeds: np.ndarray) -> np.n
     out = np.array(seeds, dtype=np.int64, copy=True)
     np.maximum.at(out, pair_of, np.asarray(want, dtype=np.int64))
     return out
+
+
+def drilled_pairs(store, opts: dict) -> pd.DataFrame:
+    """The pairs ``dataspex drill`` found to hold at the full training set (its fullset.json), the first
+    ``validate.top_k`` of each kind in ``validate.kinds`` in the run's order. Refuses when the run has no
+    drill-down over examples, or when the run was refitted after it (the drilled pairs were another fit's)."""
+    fullset = load_fullset_drill(store, None)
+    if fullset is None:
+        raise DataspexError(f"validate.select=drilled validates the pairs that hold at the full set in a drill-down "
+                            f"over examples, and {store.path(DRILL_DIR)} has none: run `dataspex drill "
+                            f"run_dir={store.run_dir}` first")
+    if fullset["stale"]:
+        raise DataspexError(f"{fullset['run_dir']} drilled the pairs of an earlier fit of {store.run_dir}: remove it "
+                            "and run `dataspex drill` again, or validate with validate.select=findings")
+    table = fullset["table"]
+    held = table[table["holds"].astype(bool)]
+    parts = [held[held["kind"] == kind].sort_values("rank").head(opts["top_k"]) for kind in opts["kinds"]]
+    return pd.concat(parts, ignore_index=True).drop_duplicates(subset=["i", "j"], keep="first").reset_index(drop=True)
 
 
 def report_findings(cfg, store, design, data, fitted: dict, faithfulness: dict, ranking: str,

@@ -50,7 +50,7 @@ __all__ = ["ELSEWHERE_NUMBERS", "analyse", "analyse_curated", "elsewhere", "remo
 SETTINGS = ("top_k", "seeds", "max_seeds", "level", "kinds", "select")
 # The numbers :func:`elsewhere` adds to a pair's row (beside its verdict ``removal_elsewhere``), in this order.
 ELSEWHERE_NUMBERS = ("realised_removal_elsewhere", "removal_elsewhere_ci_low", "removal_elsewhere_ci_high")
-SELECT = ("findings", "top")
+SELECT = ("findings", "top", "drilled")
 
 
 def settings(cfg) -> dict:
@@ -71,7 +71,7 @@ def settings(cfg) -> dict:
         raise DataspexError(f"validate.level={out['level']} must be in [0.5, 1)")
     out["select"] = str(out["select"])
     if out["select"] not in SELECT:
-        raise DataspexError(f"validate.select={out['select']} must be findings or top")
+        raise DataspexError(f"validate.select={out['select']} must be findings, top or drilled")
     bad = [k for k in out["kinds"] if k not in PAIR_KINDS]
     if bad:
         raise DataspexError(f"validate.kinds has {bad}: use harmful, redundant, complementary or interaction")
