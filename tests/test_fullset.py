@@ -78,7 +78,7 @@ def test_a_design_that_cannot_separate_the_terms_is_refused():
         pair_at_full_set(kept, np.arange(40.0), 0, 1)
 
 
-def test_a_pair_inside_a_redundant_group_is_measured_with_the_rest_of_the_group_kept():
+def test_a_pair_inside_a_redundant_group_is_measured_with_the_rest_of_the_group_kept(tmp_path):
     """Members 0, 1, 2 each keep a test loss low (it is 1 only when all three are dropped), member 3 acts alone.
     At the full set (2 kept) the pair (0, 1) has second difference 0; averaged over member 2 kept at random it is
     0.5. Keeping the neighbour gives the full-set value exactly; too few retrains that keep it are refused."""
@@ -98,6 +98,12 @@ def test_a_pair_inside_a_redundant_group_is_measured_with_the_rest_of_the_group_
     few = fullset_table(pairs, [0.5, 0.5], z[:6], Y[:6], [10, 11, 12, 13, 14], q_max=0.1)
     assert few["estimate"].isna().all() and not few["holds"].any() and few["q_value"].isna().all()
     assert few["note"].str.contains("cannot separate the pair's interaction").all()
+    save_fullset(str(tmp_path), few, {})  # NaN is written as null (strict JSON) and read back as NaN
+    assert "NaN" not in open(tmp_path / "fullset.json").read()
+    pd.testing.assert_frame_equal(load_fullset(str(tmp_path))[0], few)
+    exact = fullset_table(pairs.iloc[:1], [-0.5], z, np.column_stack([-(z[:, 0] * z[:, 1]).astype(float)] * 2),
+                          [10, 11, 12, 13, 14], q_max=0.1)  # no noise: an exact fit on the predicted side holds
+    assert exact["se"].iloc[0] == pytest.approx(0.0, abs=1e-9) and exact["holds"].iloc[0]
 
 
 def _pairs(rows) -> pd.DataFrame:

@@ -52,6 +52,7 @@ FULLSET = "fullset.json"  # in the drill-down's run directory
 # pattern), what the run's model predicts at the full set, the drill-down's estimate and its test.
 COLUMNS = ["kind", "rank", "i", "j", "test", "score", "estimand", "pattern", "predicted", "neighbours", "estimate",
            "se", "dof", "masks", "p_value", "q_value", "holds", "note"]
+NUMBERS = ("score", "predicted", "estimate", "se", "p_value", "q_value")  # floats, NaN where not measured
 
 
 def pair_at_full_set(masks: np.ndarray, y: np.ndarray, a: int, b: int, kept=()) -> tuple[float, float, int, int]:
@@ -108,7 +109,12 @@ def fullset_table(pairs: pd.DataFrame, predicted, masks: np.ndarray, Y: np.ndarr
             rows.append(dict(row, estimate=np.nan, se=np.nan, dof=0, masks=0, p_value=np.nan, note=str(exc)))
             continue
         side = np.sign(pred)
-        p_value = float(stats.t.sf(side * c / se, dof)) if se > 0 and side != 0 else 1.0
+        if side == 0:
+            p_value = 1.0
+        elif se > 0:
+            p_value = float(stats.t.sf(side * c / se, dof))
+        else:  # an exact fit (no noise): the interaction is where it is
+            p_value = 0.0 if side * c > 0 else 1.0
         rows.append(dict(row, estimate=c, se=se, dof=dof, masks=used, p_value=p_value, note=""))
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("q_value", "holds")])
     table["q_value"] = bh_qvalues(table["p_value"].to_numpy(dtype=np.float64))
@@ -117,8 +123,10 @@ def fullset_table(pairs: pd.DataFrame, predicted, masks: np.ndarray, Y: np.ndarr
 
 
 def save_fullset(run_dir: str, table: pd.DataFrame, meta: dict) -> None:
-    """``<drill-down>/fullset.json``: the settings (``meta``) and one record per drilled pair."""
-    write_json(os.path.join(run_dir, FULLSET), dict(meta, pairs=table.to_dict(orient="records")))
+    """``<drill-down>/fullset.json``: the settings (``meta``) and one record per drilled pair (a number that is
+    not one, NaN, written as null)."""
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    write_json(os.path.join(run_dir, FULLSET), dict(meta, pairs=records))
 
 
 def load_fullset(run_dir: str) -> tuple[pd.DataFrame, dict] | tuple[None, None]:
@@ -127,4 +135,7 @@ def load_fullset(run_dir: str) -> tuple[pd.DataFrame, dict] | tuple[None, None]:
     if not os.path.exists(path):
         return None, None
     meta = read_json(path)
-    return pd.DataFrame(meta.pop("pairs"), columns=COLUMNS), meta
+    table = pd.DataFrame(meta.pop("pairs"), columns=COLUMNS)
+    for column in NUMBERS:
+        table[column] = pd.to_numeric(table[column]).astype(np.float64)
+    return table, meta
