@@ -756,8 +756,8 @@ def _fullset_text(ctx) -> str:
             f"{meta.get('q_max')}. Pairs ranked on half-size training sets can be smaller at the full set, where a "
             "team acts (on fresh real text a median 0.21-0.48 of their half-size size). This is a cheaper, "
             "approximate look at the full set, not a validation: with random members dropped around the pair, its "
-            "estimates lay within noise of `dataspex validate`'s on three fresh real sets and further than their "
-            "errors on a fourth (median 1.49 combined standard errors off), so the report's actions stay its "
+            "estimates lay within noise of `dataspex validate`'s on four fresh real sets and further than their "
+            "errors on a fifth (median 1.49 combined standard errors off), so the report's actions stay its "
             "findings; `validate.select=drilled` retrains the pairs that hold here (benchmarks/README.md, *Two "
             "stages*).")
 

@@ -21,10 +21,11 @@ that each keep a Tolkien test quote's loss low (a third fresh fortunes set, test
 pairs, +0.67 to +0.83 nats, while at the full set, with the other two there, `validate` measured +0.010 and +0.013;
 kept, the same retrains say +0.003 and +0.031. On the three sets where this rule was chosen, the 24 validated pairs'
 estimates lay a median 0.68 of their combined standard errors from `validate`'s full-set values (noise alone gives
-about 0.67), those over every retrain 1.28; on a fourth set, made after the choice, the 7 validated pairs (none with
-a neighbour) lay a median 1.49 away, 3 of them more than 2. The likeliest reason: the rule assumes that members
+about 0.67), those over every retrain 1.28; on two sets made after the choice, 0.66 on one (6 pairs) and 1.49 on the
+other (7 pairs, none with a neighbour; 3 of them more than 2). Part of the reason: the rule assumes that members
 acting only on other test examples do not act on t, and with nine or ten of 256 dropped around a pair (there) that
-need not hold. So the estimate is near the full set, not at it, and its standard error understates how far
+need not hold (a drill-down of half as many pairs moved one of the three misses into noise); the rest is not known.
+So the estimate is near the full set, not at it, and its standard error understates how far
 (benchmarks/fullset_agreement.py; benchmarks/README.md, "Two stages"). The price is retrains: a pair with k
 neighbours uses about 2^-k of them. The other members' main effects are in the fit because each retrain drops
 several of them. With Student t on the fit's degrees of freedom, a one-sided p-value on the side the run's model
