@@ -18,53 +18,38 @@ import argparse
 import numpy as np
 
 
-def realised(design, results, i: int, j: int, t: int) -> dict | None:
-    """The validation retrains' second difference of test example t for pair (i, j): {"value", "se", "seeds"}
-    from the first r replicates of each of the four training sets (r: the fewest any has), or None under 2."""
-    from dataspex.design.validation import VARIANTS, replicate_ids, variant_masks
-    from dataspex.validate.analysis import t_interval
-
-    ids = replicate_ids(design)
-    row_of = {int(m): r for r, m in enumerate(results.mask_ids)}
-    got = {v: [row_of[m] for m in ids.get(mask.tobytes(), []) if m in row_of]
-           for v, mask in variant_masks(design.n_units, i, j).items()}
-    r = min(len(v) for v in got.values())
-    if r < 2:
-        return None
-    y = {v: results.losses[got[v][:r], t] for v in VARIANTS}
-    mean, se, _, _ = t_interval(y["minus_both"] - y["minus_i"] - y["minus_j"] + y["full"], 0.9)
-    return {"value": mean, "se": se, "seeds": r}
-
-
 def compare(run_dir: str) -> list[dict]:
-    """One row per drilled pair of ``run_dir`` with a validation: the pair, its estimate with its neighbours kept
-    and over every retrain (each with se), and the realised value."""
+    """One row per drilled pair of ``run_dir`` whose four validation training sets have at least two seeds: the
+    pair, its estimate with its neighbours kept and over every retrain (each with se), and the realised value
+    (``dataspex.validate.analyse`` on every stored replicate, as `validate` computes it), all on the output the
+    drill-down modelled."""
+    from dataspex.fit.artifacts import load_fitted
     from dataspex.report.drill import DRILL_DIR
     from dataspex.store import RunStore
-    from dataspex.validate.fullset import load_fullset, pair_at_full_set
+    from dataspex.validate import analyse
+    from dataspex.validate.fullset import load_fullset, pair_at_full_set, random_retrains
 
     store = RunStore(run_dir)
-    design = store.load_design()
-    results = store.load_results(design)
     child = RunStore(store.path(DRILL_DIR))
     table, meta = load_fullset(child.run_dir)
     if table is None:
         raise SystemExit(f"error: {run_dir} has no drill-down over examples (run `dataspex drill` first)")
+    design = store.load_design()
+    fitted, _ = load_fitted(store)
+    # every replicate a validation stored (no training set has more than the design has rows)
+    realised = analyse(table, design, store.load_results(design), fitted, meta["ranking"], design.n_units,
+                       len(design), 0.9, meta["output"])
     cdesign = child.load_design()
-    cres = child.load_results(cdesign)
-    use = np.logical_or.reduce([cres.keep(cdesign, role) for role in ("fit", "heldout", "replicate")])
-    masks, losses = cres.masks[use], cres.losses[use]
+    masks, Y = random_retrains(cdesign, child.load_results(cdesign), meta["output"])
     column = {int(x): k for k, x in enumerate(meta["members"])}
     rows = []
-    for p in table.itertuples():
-        real = realised(design, results, int(p.i), int(p.j), int(p.test))
-        if real is None:
+    for p, v in zip(table.itertuples(), realised.itertuples()):
+        if v.seeds < 2:  # not validated (pending), or one seed: no interval
             continue
-        a, b = column[int(p.i)], column[int(p.j)]
-        every = pair_at_full_set(masks, losses[:, p.test], a, b)
+        every = pair_at_full_set(masks, Y[:, p.test], column[int(p.i)], column[int(p.j)])
         rows.append({"run": run_dir, "kind": p.kind, "i": int(p.i), "j": int(p.j), "test": int(p.test),
                      "neighbours": list(p.neighbours), "kept": (p.estimate, p.se), "every": every[:2],
-                     "holds": bool(p.holds), "realised": real})
+                     "holds": bool(p.holds), "realised": {"value": v.realised, "se": v.se, "seeds": int(v.seeds)}})
     return rows
 
 

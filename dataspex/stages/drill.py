@@ -37,14 +37,12 @@ from dataspex.stages.report import report_run, stage_report
 from dataspex.stages.rundir import fingerprint, open_run, override_key, record_creation, stored_overrides
 from dataspex.stages.train import stage_train
 from dataspex.store import RunStore
-from dataspex.validate.fullset import FULLSET, fullset_table, save_fullset
+from dataspex.validate.fullset import FULLSET, fullset_table, random_retrains, save_fullset
 
 log = logging.getLogger("dataspex")
 
 # The drill-down's design block: a random design over the members, its knobs from the `drill:` block.
 _DESIGN_KEYS = ("m", "heldout", "replicates", "p", "seed")
-# The drill-down's rows that are random retrains over the members (its validate rows, if any, are not).
-RANDOM_ROLES = ("fit", "heldout", "replicate")
 
 
 def drill_config(cfg, run_dir: str):
@@ -138,13 +136,12 @@ def at_full_set(cfg, parent, child_store, table, ranking: str, fit, members) -> 
     fitted, faithfulness = fit
     output = faithfulness[ranking].get("output", "loss")
     design = child_store.load_design()
-    results = child_store.load_results(design)
-    use = np.logical_or.reduce([results.keep(design, role) for role in RANDOM_ROLES])
+    masks, Y = random_retrains(design, child_store.load_results(design), output)
     predicted = [fitted[ranking].pair_scores("full", output=int(t))[int(i), int(j)]
                  for i, j, t in zip(table["i"], table["j"], table["test"])]
     q_max = float(cfg.report.q_max)
-    found = fullset_table(table, predicted, results.masks[use], results.outputs(output)[use], members, q_max)
-    save_fullset(child_store.run_dir, found, {"ranking": ranking, "output": output, "n_masks": int(use.sum()),
+    found = fullset_table(table, predicted, masks, Y, members, q_max)
+    save_fullset(child_store.run_dir, found, {"ranking": ranking, "output": output, "n_masks": len(masks),
                                               "fit_stamp": fit_stamp(parent),
                                               "members": [int(x) for x in members], "q_max": q_max,
                                               "p": float(cfg.drill.p)})
@@ -157,5 +154,5 @@ def at_full_set(cfg, parent, child_store, table, ranking: str, fit, members) -> 
                  r.q_value, r.masks, f"its neighbours {r.neighbours}" if r.neighbours else "any members",
                  "holds" if r.holds else "does not hold")
     log.info("drill: %d of %d drilled pairs hold at the full training set (q <= report.q_max=%g; %d retrains) -> "
-             "%s", int(found["holds"].sum()), len(found), q_max, int(use.sum()),
+             "%s", int(found["holds"].sum()), len(found), q_max, len(masks),
              child_store.path(FULLSET))

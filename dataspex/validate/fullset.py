@@ -46,14 +46,24 @@ from dataspex.core.errors import DataspexError
 from dataspex.core.files import read_json, write_json
 from dataspex.fit.significance import bh_qvalues
 
-__all__ = ["FULLSET", "fullset_table", "load_fullset", "neighbours", "pair_at_full_set", "save_fullset"]
+__all__ = ["FULLSET", "RANDOM_ROLES", "fullset_table", "load_fullset", "neighbours", "pair_at_full_set",
+           "random_retrains", "save_fullset"]
 
 FULLSET = "fullset.json"  # in the drill-down's run directory
 # The columns of a drilled pair's row, in order: the run's pair (kind, rank, i, j, test, score, estimand,
 # pattern), what the run's model predicts at the full set, the drill-down's estimate and its test.
 COLUMNS = ["kind", "rank", "i", "j", "test", "score", "estimand", "pattern", "predicted", "neighbours", "estimate",
            "se", "dof", "masks", "p_value", "q_value", "holds", "note"]
+# The drill-down's rows that are random retrains over the members (its validate rows, if any, are not).
+RANDOM_ROLES = ("fit", "heldout", "replicate")
 NUMBERS = ("score", "predicted", "estimate", "se", "p_value", "q_value")  # floats, NaN where not measured
+
+
+def random_retrains(design, results, output: str) -> tuple[np.ndarray, np.ndarray]:
+    """The drill-down's random retrains (rows of :data:`RANDOM_ROLES`) among ``results``: their masks over the
+    members (m, M) and their ``output`` (m, T), as the drill-down's estimates read them."""
+    use = np.logical_or.reduce([results.keep(design, role) for role in RANDOM_ROLES])
+    return results.masks[use], results.outputs(output)[use]
 
 
 def pair_at_full_set(masks: np.ndarray, y: np.ndarray, a: int, b: int, kept=()) -> tuple[float, float, int, int]:
