@@ -223,3 +223,49 @@ def test_one_study_gives_every_pair_test_the_same_ranked_pairs():
     assert both["pooled"] == null_pairs.one_study(*args, ("pooled",))["pooled"]
     assert both["welch"] == null_pairs.one_study(*args, ("welch",))["welch"]
     assert len(both["pooled"]["p_values"]) == both["pooled"]["listed"]
+
+
+def test_logits_caught_from_the_engine_give_its_losses_and_margins_and_the_runner_is_restored():
+    """benchmarks/logits.py: the logits caught pass by pass (3 adapters per pass, 5 masks: one short pass) give the
+    engine's own losses and margins for every mask, in id order; the runner's margin function is put back. Real
+    training of the bundled model on the tiny demo set."""
+    from hydra import compose, initialize_config_dir
+
+    from dataspex.cli import config_dir
+    from dataspex.train import engine, runners
+    from tests.conftest import TINY
+    from train_throughput import setup
+
+    logits_bench = load_benchmark("logits")
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "train.adapters_per_pass=3"])
+    base, train, test = setup(cfg)
+    masks = (np.random.default_rng(1).random((5, len(train))) < 0.5).astype(np.uint8)
+    masks[2, :] = 1  # kept counts differ, so passes regroup the masks out of input order
+    ids = [7, 3, 9, 4, 8]
+    before = runners.margins
+    losses, logits, gold = logits_bench.retrain_logits(cfg, masks, ids, lambda msg: None)
+    assert runners.margins is before
+    out = {int(m): (loss, marg) for m, loss, marg, _ in engine.train_masks(base, cfg.lora, cfg.train, train, test,
+                                                                          masks, ids)}
+    want_loss = np.stack([out[i][0] for i in ids])
+    want_margin = np.stack([out[i][1] for i in ids])
+    assert logits.shape[:2] == (5, len(test)) and logits.shape[2] >= 2 and gold.shape == (len(test),)
+    np.testing.assert_allclose(losses, want_loss, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(logits_bench.loss_from_logits(logits, gold), want_loss, rtol=1e-5, atol=1e-5)
+    others = np.where(np.arange(logits.shape[2])[None, None, :] == gold[None, :, None], -np.inf, logits)
+    gold_logit = np.take_along_axis(logits, np.broadcast_to(gold[None, :, None], (5, len(test), 1)), 2)[..., 0]
+    np.testing.assert_allclose(gold_logit - np.logaddexp.reduce(others, axis=2), want_margin, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_from_logits_is_the_cross_entropy():
+    """benchmarks/logits.py: logsumexp - gold logit, against a direct softmax on hand-sized numbers, and stable
+    for large logits."""
+    logits_bench = load_benchmark("logits")
+    logits = np.array([[[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], [[1000.0, 999.0, 0.0], [-2.0, 1.0, 1.0]]])  # (2, 2, 3)
+    gold = np.array([1, 0])
+    got = logits_bench.loss_from_logits(logits, gold)
+    p = np.exp(logits[0] - logits[0].max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(got[0], -np.log(p[[0, 1], gold]))
+    np.testing.assert_allclose(got[1], [np.log1p(np.exp(1.0)), np.log(np.exp(-2.0) + 2 * np.exp(1.0)) + 2.0])

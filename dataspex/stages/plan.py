@@ -143,7 +143,8 @@ def stage_plan(cfg) -> dict:
                 if r["n_masks"] is not None else f"not reachable: {r['why']}")
         if r["power"] is not None:
             p = r["power"]
-            span = describe_range(p.get("range"), caps[name]["r2_se"]) if name in caps else ""
+            bounded = name in caps and r["figure_from"] == "power law to its bound"
+            span = describe_range(r["figure_range"], caps[name]["r2_se"]) if bounded else ""
             need += f"; {describe(p['curve'])}: " + (
                 f"{p['n_masks']}" + (f"; {span}" if span else "") if p["n_masks"] is not None else
                 f"more than {2 ** MAX_DOUBLINGS}x the pilot ({p['doublings']:.1f} doublings)" if p["doublings"] else
@@ -239,7 +240,7 @@ def _choose_figures(rows: dict, caps: dict, curve, target: float, ceiling: float
                 f"({cap['r2_se']:.3f}): no curve reaches it, though the bound may lie higher (more held-out masks, "
                 "design.heldout, narrow it)"))
         elif acted["source"] == "power law to its bound":
-            row["power"] = {k: acted[k] for k in ("curve", "n_masks", "why", "doublings", "range")}
+            row["power"] = {k: acted[k] for k in ("curve", "n_masks", "why", "doublings")}  # its range: figure_range
         row["figure"], row["figure_from"] = acted["n_masks"], acted["source"] or "log2 line"
         row["figure_range"] = acted["range"] if acted["n_masks"] is not None else None
         row["refused"] = acted["refused"]  # None, or "past" / "within" its bound
