@@ -8,6 +8,11 @@ validation seeds, the drill-down's estimate two ways, over the retrains that kee
 `drill` reports) and over every retrain (each member kept at random), beside the realised value, with
 z = (estimate - realised) / sqrt(se^2 + se_realised^2). With no bias, |z| has a median about 0.67.
 
+It also says how influential the members a drill-down drops around each pair are on that pair's test example:
+how many of the other members rank among the top 10% of the training set by the size of their main effect
+there (least squares on the run's own fit retrains; by chance a tenth of them would), and their median size
+against every example's.
+
     python benchmarks/fullset_agreement.py /tmp/exp10/wx /tmp/exp10/fx /tmp/exp10/f3
 """
 
@@ -36,9 +41,11 @@ def compare(run_dir: str) -> list[dict]:
         raise SystemExit(f"error: {run_dir} has no drill-down over examples (run `dataspex drill` first)")
     design = store.load_design()
     fitted, _ = load_fitted(store)
+    results = store.load_results(design)
     # every replicate a validation stored (no training set has more than the design has rows)
-    realised = analyse(table, design, store.load_results(design), fitted, meta["ranking"], design.n_units,
-                       len(design), 0.9, meta["output"])
+    realised = analyse(table, design, results, fitted, meta["ranking"], design.n_units, len(design), 0.9,
+                       meta["output"])
+    effects = np.abs(main_effects(results, design, meta["output"]))
     cdesign = child.load_design()
     masks, Y = random_retrains(cdesign, child.load_results(cdesign), meta["output"])
     column = {int(x): k for k, x in enumerate(meta["members"])}
@@ -47,10 +54,27 @@ def compare(run_dir: str) -> list[dict]:
         if v.seeds < 2:  # not validated (pending), or one seed: no interval
             continue
         every = pair_at_full_set(masks, Y[:, p.test], column[int(p.i)], column[int(p.j)])
+        others = [int(x) for x in meta["members"] if int(x) not in (int(p.i), int(p.j))]
+        size = effects[:, p.test]
+        top = np.argsort(-size)[: max(1, round(0.1 * len(size)))]
         rows.append({"run": run_dir, "kind": p.kind, "i": int(p.i), "j": int(p.j), "test": int(p.test),
                      "neighbours": list(p.neighbours), "kept": (p.estimate, p.se), "every": every[:2],
-                     "holds": bool(p.holds), "realised": {"value": v.realised, "se": v.se, "seeds": int(v.seeds)}})
+                     "holds": bool(p.holds), "realised": {"value": v.realised, "se": v.se, "seeds": int(v.seeds)},
+                     "confirmed": v.verdict == "confirmed",
+                     "others": len(others), "others_in_top": int(np.isin(others, top).sum()),
+                     "others_size": float(np.median(size[others]) / np.median(size))})
     return rows
+
+
+def main_effects(results, design, output: str) -> np.ndarray:
+    """(n, T) main effects by least squares on the run's fit retrains (intercept and centred masks) of ``output``
+    on every test example: the change of that output when an example is kept."""
+    from dataspex.core.outputs import modelled_output
+
+    keep = results.keep(design, "fit")
+    X = results.masks[keep].astype(np.float64)
+    Y = modelled_output(output, results.losses[keep], results.margins[keep])
+    return np.linalg.lstsq(np.c_[np.ones(len(X)), X - X.mean(axis=0)], Y, rcond=None)[0][1:]
 
 
 def z_value(estimate: tuple, real: dict) -> float:
@@ -73,6 +97,17 @@ def main(argv=None) -> list[dict]:
     for mode in ("kept", "every"):
         z = np.abs([z_value(r[mode], r["realised"]) for r in rows if np.isfinite(r[mode][0])])
         print(f"{mode}: {len(z)} pairs, median |z| {np.median(z):.2f}, |z| > 2 in {int((z > 2).sum())}")
+    held = [r for r in rows if r["holds"]]
+    print(f"holding pairs with a validation: {len(held)}, confirmed by `validate` (on every seed it stored): "
+          f"{sum(r['confirmed'] for r in held)}; the other validated pairs: {len(rows) - len(held)}, confirmed: "
+          f"{sum(r['confirmed'] for r in rows if not r['holds'])}")
+    for run in opts.runs:
+        mine = [r for r in rows if r["run"] == run]
+        if mine:
+            print(f"{run}: the other members around each pair, among the top 10% by main effect on its test "
+                  f"example: {sum(r['others_in_top'] for r in mine)} of {sum(r['others'] for r in mine)} "
+                  f"(chance: 10%); their median main effect / every example's: "
+                  f"{np.median([r['others_size'] for r in mine]):.2f} (median over {len(mine)} pairs)")
     return rows
 
 

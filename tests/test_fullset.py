@@ -209,7 +209,30 @@ def test_drill_on_a_run_over_examples_then_validate_what_holds(tmp_path):
     assert rows[0]["realised"]["value"] == pytest.approx(validated["realised"].iloc[0])
     assert rows[0]["realised"]["se"] == pytest.approx(validated["se"].iloc[0])
     assert rows[0]["kept"] == pytest.approx((table["estimate"].iloc[0], table["se"].iloc[0]))
+    assert rows[0]["confirmed"] == (validated["verdict"].iloc[0] == "confirmed")
+    assert rows[0]["others"] == len(meta["members"]) - 2 and 0 <= rows[0]["others_in_top"] <= rows[0]["others"]
     save_fullset(child.run_dir, table, dict(meta, fit_stamp="another fit"))
     stale = run_cli(*args, check=False)
     assert stale.returncode == 2 and "drilled the pairs of an earlier fit" in stale.stderr
 
+
+
+def test_fullset_agreement_main_effects_are_least_squares_on_the_fit_retrains_of_the_modelled_output():
+    """benchmarks/fullset_agreement.py: an output exactly additive in the mask on the fit rows gives back its
+    effects (on the loss, and with the sign of the modelled margin); held-out rows, here not additive, are left
+    out."""
+    from types import SimpleNamespace
+
+    from tests.benchmark_scripts import load_benchmark
+
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 2, (40, 5)).astype(np.uint8)
+    effects = rng.normal(size=(5, 3))
+    losses = 0.7 + masks @ effects
+    fit = np.arange(40) < 30
+    losses[~fit] += rng.normal(size=(10, 3))  # held-out rows: not additive
+    results = SimpleNamespace(masks=masks, losses=losses, margins=-2 * losses,
+                              keep=lambda design, kind: fit if kind == "fit" else ~fit)
+    main_effects = load_benchmark("fullset_agreement").main_effects
+    np.testing.assert_allclose(main_effects(results, None, "loss"), effects, atol=1e-10)
+    np.testing.assert_allclose(main_effects(results, None, "margin"), 2 * effects, atol=1e-10)
