@@ -97,6 +97,14 @@ def main(argv=None) -> list[dict]:
     for mode in ("kept", "every"):
         z = np.abs([z_value(r[mode], r["realised"]) for r in rows if np.isfinite(r[mode][0])])
         print(f"{mode}: {len(z)} pairs, median |z| {np.median(z):.2f}, |z| > 2 in {int((z > 2).sum())}")
+    from scipy.stats import spearmanr
+
+    for mode in ("kept", "every"):
+        both = [(abs(z_value(r[mode], r["realised"])), r["others_in_top"]) for r in rows if np.isfinite(r[mode][0])]
+        if len(both) >= 3:
+            rho = spearmanr(*zip(*both))
+            print(f"{mode}: |z| against the other members in the top 10% by main effect, per pair: Spearman "
+                  f"{rho.statistic:+.2f} (p {rho.pvalue:.2f})")
     held = [r for r in rows if r["holds"]]
     print(f"holding pairs with a validation: {len(held)}, confirmed by `validate` (on every seed it stored): "
           f"{sum(r['confirmed'] for r in held)}; the other validated pairs: {len(rows) - len(held)}, confirmed: "
