@@ -55,3 +55,28 @@ def test_pairs_and_scores_against_a_known_model(tmp_path, capsys):
 def test_a_model_that_predicts_nothing_has_no_correlation():
     scores = agreement.agreement(np.zeros(3), np.array([0.5, -0.2, 0.1]))
     assert np.isnan(scores["corr"]) and scores["signs"] == 0 and scores["mae"] == pytest.approx(0.8 / 3)
+
+
+def test_confirmed_by_kind_counts_findings_per_kind_and_refuses_other_selections(tmp_path, capsys):
+    """benchmarks/confirmed_by_kind.py: per folder and in total, confirmed of validated by kind; a validation of
+    another selection (drilled pairs) is refused by name."""
+    import json
+
+    script = load_benchmark("confirmed_by_kind")
+
+    def folder(name, select, rows):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "validation.json").write_text(json.dumps({"select": select}))
+        (path / "validation.csv").write_text("kind,i,j,verdict\n" + "".join(f"{k},0,1,{v}\n" for k, v in rows))
+        return str(path)
+
+    a = folder("a", "findings", [("harmful", "confirmed"), ("harmful", "not confirmed"), ("redundant", "confirmed")])
+    b = folder("b", "findings", [("redundant", "not confirmed"), ("redundant", "confirmed"), ("harmful", "pending")])
+    out = script.main([a, b])
+    assert out["folders"][a] == {"harmful": (1, 2), "redundant": (1, 1)}
+    assert out["total"] == {"harmful": (1, 3), "redundant": (2, 3)}
+    assert "| all | 1 of 3 | 2 of 3 |" in capsys.readouterr().out
+    c = folder("c", "drilled", [("harmful", "confirmed")])
+    with pytest.raises(SystemExit, match="validated select='drilled', not the report's findings"):
+        script.main([a, c])

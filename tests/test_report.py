@@ -159,6 +159,7 @@ def test_report_finds_the_planted_pairs_and_says_what_to_do():
     assert summary["examples_to_review_predicted"] and top["i"] in summary["examples_to_review_predicted"]
     assert summary["examples_to_review_validated"] is None and "examples_to_review" not in summary
     assert "Not validated yet" in md and "Examples to drop or relabel, predicted (top harmful pairs): #" in md
+    assert "confirmed 7 of 19 harmful findings and 19 of 25 redundant ones" in md  # the real-text base rate
     assert "Examples to drop or relabel, validated: none yet (not validated)." in md
     assert summary["bottom_line"]["status"] == "validate next"
     assert "* **Bottom line: not an action yet.** The ranking model predicts harm from #" in md
