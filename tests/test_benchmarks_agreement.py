@@ -68,15 +68,22 @@ def test_confirmed_by_kind_counts_findings_per_kind_and_refuses_other_selections
         path = tmp_path / name
         path.mkdir()
         (path / "validation.json").write_text(json.dumps({"select": select}))
-        (path / "validation.csv").write_text("kind,i,j,verdict\n" + "".join(f"{k},0,1,{v}\n" for k, v in rows))
+        (path / "validation.csv").write_text("kind,i,j,predicted,realised,verdict\n" + "".join(
+            f"{k},0,1,{p},{r},{v}\n" for k, p, r, v in rows))
         return str(path)
 
-    a = folder("a", "findings", [("harmful", "confirmed"), ("harmful", "not confirmed"), ("redundant", "confirmed")])
-    b = folder("b", "findings", [("redundant", "not confirmed"), ("redundant", "confirmed"), ("harmful", "pending")])
+    a = folder("a", "findings", [("harmful", -0.4, -0.3, "confirmed"), ("harmful", -0.5, 0.1, "not confirmed"),
+                                 ("redundant", 0.5, 0.2, "confirmed")])
+    b = folder("b", "findings", [("redundant", 0.6, 0.3, "not confirmed"), ("redundant", 0.2, 0.3, "confirmed"),
+                                 ("harmful", 0.3, "", "pending")])
     out = script.main([a, b])
     assert out["folders"][a] == {"harmful": (1, 2), "redundant": (1, 1)}
     assert out["total"] == {"harmful": (1, 3), "redundant": (2, 3)}
-    assert "| all | 1 of 3 | 2 of 3 |" in capsys.readouterr().out
-    c = folder("c", "drilled", [("harmful", "confirmed")])
+    # signs and sizes over pairs with a realised value: harmful 0.75 and -0.2, redundant 0.4, 0.5 and 1.5
+    assert out["signs"]["harmful"] == (1, 2, pytest.approx(0.275), pytest.approx(0.45))
+    assert out["signs"]["redundant"] == (3, 3, pytest.approx(0.5), pytest.approx(0.5))
+    printed = capsys.readouterr().out
+    assert "| all | 1 of 3 | 2 of 3 |" in printed and "harmful: 1 of 2 realised with the predicted sign" in printed
+    c = folder("c", "drilled", [("harmful", -0.1, -0.1, "confirmed")])
     with pytest.raises(SystemExit, match="validated select='drilled', not the report's findings"):
         script.main([a, c])

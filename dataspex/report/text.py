@@ -274,7 +274,8 @@ def _curated_elsewhere(cur: dict) -> str:
 # should read a list of unvalidated findings with (benchmarks/confirmed_by_kind.py on eight runs, 4n to 16n fit
 # retrains; benchmarks/README, *Two stages*).
 REAL_TEXT_CONFIRMED = ("on eight real-text runs without planted pairs in benchmarks/README, `dataspex validate` "
-                       "confirmed 7 of 19 harmful findings and 19 of 25 redundant ones at the full training set")
+                       "confirmed 7 of 19 harmful findings and 19 of 25 redundant ones at the full training set; 16 "
+                       "and 24 came out with the predicted sign, at a median 0.47 and 0.43 of the predicted size")
 
 
 def _full_set_size(validation: pd.DataFrame, cfg) -> str:
