@@ -23,11 +23,6 @@ import numpy as np
 KINDS = ("harmful", "redundant")
 
 
-def tally(folder: str) -> dict:
-    """{kind: (confirmed, validated)} of one validation of findings; SystemExit for another selection."""
-    return {kind: (sum(r["verdict"] == "confirmed" for r in rows), len(rows)) for kind, rows in read(folder).items()}
-
-
 def read(folder: str) -> dict:
     """{kind: [validation rows]} of one validation of findings; SystemExit for another selection."""
     with open(os.path.join(folder, "validation.json")) as fh:
@@ -37,6 +32,11 @@ def read(folder: str) -> dict:
     with open(os.path.join(folder, "validation.csv"), newline="") as fh:
         rows = list(csv.DictReader(fh))
     return {kind: [r for r in rows if r["kind"] == kind] for kind in KINDS}
+
+
+def tally(by_kind: dict) -> dict:
+    """{kind: (confirmed, validated)} of :func:`read`'s rows."""
+    return {kind: (sum(r["verdict"] == "confirmed" for r in rows), len(rows)) for kind, rows in by_kind.items()}
 
 
 def signs_and_sizes(rows: list[dict]) -> tuple[int, int, float, float]:
@@ -54,9 +54,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", help="validation folders (a run's validate/ or a copy)")
     opts = parser.parse_args(argv)
-    per = {folder: tally(folder) for folder in opts.folders}
-    total = {kind: tuple(sum(t[kind][k] for t in per.values()) for k in (0, 1)) for kind in KINDS}
-    every = {kind: [r for folder in opts.folders for r in read(folder)[kind]] for kind in KINDS}
+    rows = {folder: read(folder) for folder in opts.folders}
+    every = {kind: [r for by_kind in rows.values() for r in by_kind[kind]] for kind in KINDS}
+    per, total = {folder: tally(by_kind) for folder, by_kind in rows.items()}, tally(every)
     signs = {kind: signs_and_sizes(every[kind]) for kind in KINDS}
     print("| validation | harmful: confirmed of | redundant: confirmed of |")
     print("|---|---:|---:|")

@@ -67,14 +67,13 @@ def compare(run_dir: str) -> list[dict]:
 
 
 def main_effects(results, design, output: str) -> np.ndarray:
-    """(n, T) main effects by least squares on the run's fit retrains (intercept and centred masks) of ``output``
-    on every test example: the change of that output when an example is kept."""
-    from dataspex.core.outputs import modelled_output
+    """(n, T) main effects of ``output`` on every test example by least squares on the run's fit retrains
+    (:func:`dataspex.fit.faithfulness.least_squares_main_effects`, its intercept left out): the change of that
+    output when an example is kept."""
+    from dataspex.fit.faithfulness import least_squares_main_effects
 
     keep = results.keep(design, "fit")
-    X = results.masks[keep].astype(np.float64)
-    Y = modelled_output(output, results.losses[keep], results.margins[keep])
-    return np.linalg.lstsq(np.c_[np.ones(len(X)), X - X.mean(axis=0)], Y, rcond=None)[0][1:]
+    return least_squares_main_effects(results.masks[keep], results.outputs(output)[keep])[1:]
 
 
 def z_value(estimate: tuple, real: dict) -> float:
@@ -94,15 +93,16 @@ def main(argv=None) -> list[dict]:
               f"{r['kept'][0]:+.3f} +- {r['kept'][1]:.3f} | {r['every'][0]:+.3f} +- {r['every'][1]:.3f} | "
               f"{r['realised']['value']:+.3f} +- {r['realised']['se']:.3f} ({r['realised']['seeds']}) | "
               f"{'holds' if r['holds'] else '-'} |")
-    for mode in ("kept", "every"):
-        z = np.abs([z_value(r[mode], r["realised"]) for r in rows if np.isfinite(r[mode][0])])
-        print(f"{mode}: {len(z)} pairs, median |z| {np.median(z):.2f}, |z| > 2 in {int((z > 2).sum())}")
     from scipy.stats import spearmanr
 
-    for mode in ("kept", "every"):
-        both = [(abs(z_value(r[mode], r["realised"])), r["others_in_top"]) for r in rows if np.isfinite(r[mode][0])]
-        if len(both) >= 3:
-            rho = spearmanr(*zip(*both))
+    measured = {mode: [r for r in rows if np.isfinite(r[mode][0])] for mode in ("kept", "every")}
+    z = {mode: np.abs([z_value(r[mode], r["realised"]) for r in mine]) for mode, mine in measured.items()}
+    for mode in measured:
+        print(f"{mode}: {len(z[mode])} pairs, median |z| {np.median(z[mode]):.2f}, |z| > 2 in "
+              f"{int((z[mode] > 2).sum())}")
+    for mode, mine in measured.items():
+        if len(mine) >= 3:
+            rho = spearmanr(z[mode], [r["others_in_top"] for r in mine])
             print(f"{mode}: |z| against the other members in the top 10% by main effect, per pair: Spearman "
                   f"{rho.statistic:+.2f} (p {rho.pvalue:.2f})")
     held = [r for r in rows if r["holds"]]

@@ -223,6 +223,7 @@ def test_fullset_agreement_main_effects_are_least_squares_on_the_fit_retrains_of
     out."""
     from types import SimpleNamespace
 
+    from dataspex.core.outputs import modelled_output
     from tests.benchmark_scripts import load_benchmark
 
     rng = np.random.default_rng(0)
@@ -231,8 +232,9 @@ def test_fullset_agreement_main_effects_are_least_squares_on_the_fit_retrains_of
     losses = 0.7 + masks @ effects
     fit = np.arange(40) < 30
     losses[~fit] += rng.normal(size=(10, 3))  # held-out rows: not additive
-    results = SimpleNamespace(masks=masks, losses=losses, margins=-2 * losses,
-                              keep=lambda design, kind: fit if kind == "fit" else ~fit)
+    margins = -2 * losses
+    results = SimpleNamespace(masks=masks, keep=lambda design, kind: fit if kind == "fit" else ~fit,
+                              outputs=lambda kind: modelled_output(kind, losses, margins))
     main_effects = load_benchmark("fullset_agreement").main_effects
     np.testing.assert_allclose(main_effects(results, None, "loss"), effects, atol=1e-10)
     np.testing.assert_allclose(main_effects(results, None, "margin"), 2 * effects, atol=1e-10)

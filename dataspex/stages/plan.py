@@ -143,8 +143,8 @@ def stage_plan(cfg) -> dict:
                 if r["n_masks"] is not None else f"not reachable: {r['why']}")
         if r["power"] is not None:
             p = r["power"]
-            bounded = name in caps and r["figure_from"] == "power law to its bound"
-            span = describe_range(r["figure_range"], caps[name]["r2_se"]) if bounded else ""
+            span = (describe_range(r["figure_range"], caps[name]["r2_se"])
+                    if r["figure_from"] == "power law to its bound" else "")  # a bound's power law: name in caps
             need += f"; {describe(p['curve'])}: " + (
                 f"{p['n_masks']}" + (f"; {span}" if span else "") if p["n_masks"] is not None else
                 f"more than {2 ** MAX_DOUBLINGS}x the pilot ({p['doublings']:.1f} doublings)" if p["doublings"] else
